@@ -1,0 +1,316 @@
+//! Wire types of the SuperSocket admin API, shared by the host (`supersocketd`) and the CLI
+//! (`supersocket`).
+//!
+//! Only serde types and constants live here: the JSON shapes of SPEC §6, nothing that runs.
+
+use serde::{Deserialize, Serialize};
+
+/// Path prefix of the versioned admin API.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Largest request body the admin API accepts (bigger ones get 413).
+pub const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// The life-cycle state of one server instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Not running; listeners closed.
+    Stopped,
+    /// Binding listeners (or waiting for its agent to report ready).
+    Starting,
+    /// Accepting and serving sessions.
+    Running,
+    /// Listeners closed, sessions draining.
+    Stopping,
+    /// Process isolation: the agent died and waits for its next restart.
+    Backoff,
+    /// Could not start, or gave up restarting; only an explicit start leaves it.
+    Failed,
+}
+
+impl ServerState {
+    /// The lower-case name used in JSON, tables and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Backoff => "backoff",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an instance runs relative to the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// On the host's shared runtime.
+    #[default]
+    None,
+    /// On a runtime with worker threads of its own, inside the host.
+    Runtime,
+    /// In a supervised child agent process.
+    Process,
+}
+
+impl Isolation {
+    /// The lower-case name used in config, JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Runtime => "runtime",
+            Self::Process => "process",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One bound listener of a running instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// The bound IP address.
+    pub ip: String,
+    /// The bound port (the real one when the config asked for 0 or a fallback was used).
+    pub port: u16,
+    /// Whether the listener speaks TLS.
+    pub tls: bool,
+}
+
+/// `Server`: one instance as the admin API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Unique instance name.
+    pub name: String,
+    /// Server type (`echo`, `command`, ...).
+    #[serde(rename = "type")]
+    pub server_type: String,
+    /// Current life-cycle state.
+    pub state: ServerState,
+    /// Isolation level it runs at.
+    pub isolation: Isolation,
+    /// Whether the host starts it at boot.
+    pub autostart: bool,
+    /// The agent's pid under process isolation, else the host's.
+    pub pid: u32,
+    /// Bound addresses while running, empty otherwise.
+    pub listeners: Vec<ListenerInfo>,
+    /// Sessions open now.
+    pub sessions: u64,
+    /// Configured connection limit.
+    pub max_connections: u64,
+    /// Sessions accepted since the host started.
+    pub total_sessions: u64,
+    /// Packages decoded since the host started.
+    pub total_packages: u64,
+    /// Bytes received from peers.
+    pub bytes_in: u64,
+    /// Bytes sent to peers.
+    pub bytes_out: u64,
+    /// When the current run started (RFC 3339 UTC), if running.
+    pub started_at: Option<String>,
+    /// Seconds since `started_at`, 0 when not running.
+    pub uptime_secs: u64,
+    /// Restarts by the supervisor (process isolation).
+    pub restarts: u64,
+    /// Why the last start or run failed, if it did.
+    pub last_error: Option<String>,
+}
+
+/// `Session`: one open connection of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Opaque id, unique in the host for its lifetime.
+    pub id: String,
+    /// The peer's address.
+    pub remote: String,
+    /// The local address the peer connected to.
+    pub local: String,
+    /// When the session was accepted (RFC 3339 UTC).
+    pub started_at: String,
+    /// Last time bytes moved in either direction (RFC 3339 UTC).
+    pub last_active_at: String,
+    /// Bytes received from the peer.
+    pub bytes_in: u64,
+    /// Bytes sent to the peer.
+    pub bytes_out: u64,
+}
+
+/// The answer of `GET /api/v1/host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Version of `supersocketd`.
+    pub version: String,
+    /// Process id of the host.
+    pub pid: u32,
+    /// When the host started (RFC 3339 UTC).
+    pub started_at: String,
+    /// Seconds since the host started.
+    pub uptime_secs: u64,
+    /// The config file in use, or `null` for the embedded default.
+    pub config_path: Option<String>,
+    /// `running`, or `stopping` once a shutdown has begun.
+    pub state: String,
+}
+
+/// One line of the readiness answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyCheck {
+    /// The instance (or `host`) checked.
+    pub name: String,
+    /// Whether this check passes.
+    pub ok: bool,
+    /// The instance's state (or the host's).
+    pub state: String,
+    /// With `?verbose`: why the check passes or fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The answer of `GET /readyz` (200 when `ready`, else 503).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// True when every check passes.
+    pub ready: bool,
+    /// One check per autostart instance, plus the host itself.
+    pub checks: Vec<ReadyCheck>,
+}
+
+/// The answer of `GET /api/v1/route/{type}?key=K`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// The server type routed over.
+    #[serde(rename = "type")]
+    pub server_type: String,
+    /// The routing key.
+    pub key: String,
+    /// The instance picked.
+    pub server: String,
+    /// Its index among the running instances of the type.
+    pub index: usize,
+    /// How many running instances of the type there are.
+    pub of: usize,
+}
+
+/// The answer of `POST /api/v1/reload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Servers created.
+    pub added: Vec<String>,
+    /// Servers stopped and dropped.
+    pub removed: Vec<String>,
+    /// Servers restarted with their new settings.
+    pub changed: Vec<String>,
+    /// Servers left untouched.
+    pub unchanged: Vec<String>,
+}
+
+/// Body of `POST .../sessions/{id}/send`: exactly one of the two fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Text sent as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Bytes, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// Machine-readable error codes of the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400
+    BadRequest,
+    /// 401
+    Unauthorized,
+    /// 403
+    Forbidden,
+    /// 404
+    NotFound,
+    /// 409
+    Conflict,
+    /// 413
+    PayloadTooLarge,
+    /// 500, with the cause of a failed start
+    StartFailed,
+    /// 500
+    Internal,
+    /// 503
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::StartFailed | Self::Internal => 500,
+            Self::Unavailable => 503,
+        }
+    }
+}
+
+/// The `error` member of an error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// A sentence a user can act on.
+    pub message: String,
+}
+
+/// Every non-2xx answer of the admin API: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_use_the_names_of_the_spec() {
+        assert_eq!(serde_json::to_string(&ServerState::Backoff).unwrap(), "\"backoff\"");
+        assert_eq!(ServerState::Running.to_string(), "running");
+        assert_eq!(serde_json::to_string(&Isolation::Process).unwrap(), "\"process\"");
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::StartFailed).unwrap(),
+            "\"start_failed\""
+        );
+    }
+
+    #[test]
+    fn server_type_is_named_type_in_json() {
+        let route = RouteInfo {
+            server_type: "chat".into(),
+            key: "room-3".into(),
+            server: "chat-2".into(),
+            index: 1,
+            of: 3,
+        };
+        let json = serde_json::to_value(&route).unwrap();
+        assert_eq!(json["type"], "chat");
+    }
+}

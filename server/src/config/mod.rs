@@ -1,0 +1,280 @@
+//! The host's configuration (SPEC §3): schema types, loading from TOML or JSON, and validation
+//! whose every error names the file, the server, the key and the line.
+//!
+//! Layout: `node` reads either format into one tree with lines; `schema` walks that tree into the
+//! types below, collecting every problem; `validate` checks what spans servers (unique names,
+//! overlapping ports, TLS files, known types); `default.toml` is the embedded default.
+
+mod duration;
+mod error;
+mod node;
+mod schema;
+mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::{format_duration, parse_duration};
+pub use error::{ConfigError, ConfigErrors};
+pub use supersocket_proto::Isolation;
+
+/// The embedded default config, used when no file is found.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// Name shown for the embedded default in messages.
+pub const EMBEDDED_NAME: &str = "<embedded default>";
+
+/// Where a config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file on disk.
+    File(PathBuf),
+    /// The embedded default of SPEC §2.
+    Embedded,
+}
+
+impl ConfigSource {
+    /// The name used in messages.
+    pub fn display_name(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Embedded => EMBEDDED_NAME.to_owned(),
+        }
+    }
+
+    /// The folder relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self {
+            Self::File(path) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            Self::Embedded => PathBuf::from("."),
+        }
+    }
+}
+
+/// The whole host configuration, validated, with replicas expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from.
+    pub source: ConfigSource,
+    /// Bound on draining sessions at stop and at shutdown.
+    pub shutdown_timeout: Duration,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// Every server instance, in config order.
+    pub servers: Vec<ServerConfig>,
+}
+
+/// Where and how the admin API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// TCP address or unix socket path.
+    pub listen: AdminAddr,
+    /// Bearer token every non-health route requires, if set (`token` or `token_file`).
+    pub token: Option<String>,
+}
+
+/// The admin API's listening address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// `IP:PORT`.
+    Tcp(SocketAddr),
+    /// `unix:/path`.
+    Unix(PathBuf),
+}
+
+impl AdminAddr {
+    /// Parses `IP:PORT`, `[IPv6]:PORT`, `localhost:PORT` or `unix:/path`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, e.g. \"unix:/run/supersocket.sock\"".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if let Some(port) = text.strip_prefix("localhost:") {
+            let port = port.parse().map_err(|_| format!("{text:?} has no valid port"))?;
+            return Ok(Self::Tcp(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port)));
+        }
+        text.parse()
+            .map(Self::Tcp)
+            .map_err(|_| format!("{text:?} is not an address like \"127.0.0.1:2020\" or \"unix:/path\""))
+    }
+
+    /// Loopback TCP and unix sockets are reachable only from this machine.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Tcp(addr) => addr.ip().is_loopback(),
+            Self::Unix(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// One server instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Unique name (`[A-Za-z0-9_.-]+`); replicas are `name-1..N`.
+    pub name: String,
+    /// Built-in or registered server type.
+    pub server_type: String,
+    /// Started when the host boots.
+    pub autostart: bool,
+    /// Where it runs.
+    pub isolation: Isolation,
+    /// Worker threads of its own runtime (isolation `runtime`).
+    pub threads: usize,
+    /// Addresses to listen on (may be empty for a backend-only instance).
+    pub listeners: Vec<ListenerConfig>,
+    /// How many following ports to try when a port is busy.
+    pub port_fallback: u16,
+    /// Open sessions beyond this are accepted and closed at once (`rejected`).
+    pub max_connections: usize,
+    /// Longest package in bytes; a longer one closes the session (`protocol_error`).
+    pub max_package_length: usize,
+    /// No bytes either way for this long closes the session; `None` = off.
+    pub idle_timeout: Option<Duration>,
+    /// Outbound messages queued per session before it counts as a slow reader.
+    pub send_queue: usize,
+    /// TLS on every listener of the server.
+    pub tls: Option<TlsConfig>,
+    /// Restart policy of the agent (process isolation).
+    pub restart: RestartConfig,
+    /// Host name clients should use to reach it (gate answers).
+    pub advertise: Option<String>,
+    /// Type-specific settings, as JSON.
+    pub options: serde_json::Value,
+    /// Folder that relative paths in `options` are resolved against.
+    pub base_dir: PathBuf,
+}
+
+/// One listening address of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub ip: IpAddr,
+    /// Port to bind; 0 picks a free one.
+    pub port: u16,
+    /// Listen backlog.
+    pub backlog: u32,
+}
+
+/// TLS material of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsConfig {
+    /// PEM certificate chain and private key files.
+    Files {
+        /// Certificate chain (PEM).
+        cert: PathBuf,
+        /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// A certificate for localhost made at start.
+    SelfSigned,
+}
+
+/// When the supervisor restarts an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Whenever it exits.
+    Always,
+    /// When it exits with an error or a signal.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// Supervision of an agent process (process isolation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartConfig {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// Unstable starts before the state is `failed`.
+    pub max_retries: u32,
+    /// First back-off delay.
+    pub backoff: Duration,
+    /// Longest back-off delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            policy: RestartPolicy::OnFailure,
+            max_retries: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Decides whether a server type name is known (built-in or registered).
+pub trait TypeCatalog {
+    /// Whether `name` is a known server type.
+    fn contains(&self, name: &str) -> bool;
+    /// Checks the type-specific `options` of a server of that type.
+    fn check_options(&self, server: &ServerConfig) -> Result<(), String>;
+}
+
+impl Config {
+    /// Reads and validates a config file (`.json` as JSON, anything else as TOML).
+    pub fn load(path: &Path, types: &dyn TypeCatalog) -> Result<Self, ConfigErrors> {
+        let source = ConfigSource::File(path.to_path_buf());
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: source.display_name(),
+                line: None,
+                server: None,
+                key: None,
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        let json = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+        Self::parse(&text, json, source, types)
+    }
+
+    /// The embedded default config of SPEC §2.
+    pub fn embedded(types: &dyn TypeCatalog) -> Result<Self, ConfigErrors> {
+        Self::parse(EMBEDDED_DEFAULT, false, ConfigSource::Embedded, types)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str, json: bool, source: ConfigSource, types: &dyn TypeCatalog) -> Result<Self, ConfigErrors> {
+        let file = source.display_name();
+        let tree = if json {
+            node::from_json(text)
+        } else {
+            node::from_toml(text)
+        };
+        let tree = tree.map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line: e.line,
+                server: None,
+                key: None,
+                message: e.message,
+            }])
+        })?;
+        let (config, mut errors) = schema::read(&tree, source);
+        errors.extend(validate::check(&config, types));
+        if errors.is_empty() {
+            Ok(config.into_config())
+        } else {
+            errors.iter_mut().for_each(|e| e.file.clone_from(&file));
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// A server by name.
+    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+}

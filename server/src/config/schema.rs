@@ -1,0 +1,537 @@
+//! The schema walk: turns the value tree into config types, collecting every problem (wrong
+//! kinds, values out of range, unknown keys) with its key path, server and line.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::node::{Node, Value};
+use super::{
+    AdminAddr, AdminConfig, Config, ConfigError, ConfigSource, Isolation, ListenerConfig, RestartConfig, RestartPolicy,
+    ServerConfig, TlsConfig, parse_duration,
+};
+
+/// Lines of the keys that cross-server validation reports on.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Spots {
+    pub path: String,
+    pub name: Option<usize>,
+    pub server_type: Option<usize>,
+    pub listeners: Vec<Option<usize>>,
+    pub tls: Option<usize>,
+    pub options: Option<usize>,
+}
+
+/// The config as read, each server with the lines of its keys.
+pub(super) struct Draft {
+    pub source: ConfigSource,
+    pub shutdown_timeout: Duration,
+    pub admin: AdminConfig,
+    pub admin_line: Option<usize>,
+    pub servers: Vec<(ServerConfig, Spots)>,
+}
+
+impl Draft {
+    pub fn into_config(self) -> Config {
+        Config {
+            source: self.source,
+            shutdown_timeout: self.shutdown_timeout,
+            admin: self.admin,
+            servers: self.servers.into_iter().map(|(server, _)| server).collect(),
+        }
+    }
+}
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:2020";
+const ROOT_KEYS: &str = "isolation, shutdown_timeout, admin, servers";
+
+/// Reads the tree; the draft holds every server that had a usable name and type.
+pub(super) fn read(root: &Node, source: ConfigSource) -> (Draft, Vec<ConfigError>) {
+    let mut errs = Errors::default();
+    let base_dir = source.base_dir();
+    let mut draft = Draft {
+        source,
+        shutdown_timeout: Duration::from_secs(10),
+        admin: AdminConfig {
+            listen: AdminAddr::parse(DEFAULT_ADMIN).expect("default admin address parses"),
+            token: None,
+        },
+        admin_line: None,
+        servers: Vec::new(),
+    };
+    let Some(mut table) = Table::open(root, String::new(), &mut errs) else {
+        return (draft, errs.list);
+    };
+    let isolation = table
+        .take("isolation")
+        .and_then(|field| isolation(&field, &mut errs))
+        .unwrap_or_default();
+    if let Some(field) = table.take("shutdown_timeout") {
+        draft.shutdown_timeout = duration(&field, &mut errs).unwrap_or(draft.shutdown_timeout);
+    }
+    if let Some(field) = table.take("admin") {
+        draft.admin_line = field.node.line;
+        read_admin(&field, &base_dir, &mut draft.admin, &mut errs);
+    }
+    if let Some(field) = table.take("servers") {
+        if let Some(items) = field.array(&mut errs) {
+            for (index, item) in items.iter().enumerate() {
+                let path = format!("servers[{index}]");
+                if let Some(read) = read_server(item, path, isolation, &base_dir, &mut errs) {
+                    draft.servers.extend(read);
+                }
+            }
+        }
+    }
+    table.finish(ROOT_KEYS, &mut errs);
+    (draft, errs.list)
+}
+
+fn read_admin(field: &Field<'_>, base_dir: &std::path::Path, admin: &mut AdminConfig, errs: &mut Errors) {
+    let Some(mut table) = Table::open(field.node, field.path.clone(), errs) else {
+        return;
+    };
+    if let Some(field) = table.take("listen") {
+        if let Some(text) = field.string(errs) {
+            match AdminAddr::parse(&text) {
+                Ok(addr) => admin.listen = addr,
+                Err(message) => errs.at(&field, message),
+            }
+        }
+    }
+    let token = table.take("token");
+    let token_file = table.take("token_file");
+    match (token, token_file) {
+        (Some(_), Some(file)) => errs.at(&file, "set either `token` or `token_file`, not both".into()),
+        (Some(field), None) => admin.token = field.string(errs).filter(|t| nonempty_token(t, &field, errs)),
+        (None, Some(field)) => {
+            if let Some(path) = field.string(errs) {
+                match std::fs::read_to_string(base_dir.join(&path)) {
+                    Ok(text) => {
+                        let token = text.trim().to_owned();
+                        admin.token = Some(token).filter(|t| nonempty_token(t, &field, errs));
+                    }
+                    Err(e) => errs.at(&field, format!("cannot read token file {path:?}: {e}")),
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    table.finish("listen, token, token_file", errs);
+}
+
+fn nonempty_token(token: &str, field: &Field<'_>, errs: &mut Errors) -> bool {
+    if token.is_empty() {
+        errs.at(field, "the admin token is empty".into());
+    }
+    !token.is_empty()
+}
+
+const SERVER_KEYS: &str = "name, type, autostart, isolation, threads, replicas, listeners, port_fallback, \
+    max_connections, max_package_length, idle_timeout, send_queue, tls, restart, advertise, options";
+
+fn read_server(
+    node: &Node,
+    path: String,
+    root_isolation: Isolation,
+    base_dir: &std::path::Path,
+    errs: &mut Errors,
+) -> Option<Vec<(ServerConfig, Spots)>> {
+    let mut table = Table::open(node, path.clone(), errs)?;
+    let mut spots = Spots {
+        path,
+        ..Spots::default()
+    };
+    // Read the name first so that every later error of this server carries it.
+    let name_field = table.take("name");
+    let name = match &name_field {
+        Some(field) => field.string(errs).filter(|name| valid_name(name, field, errs)),
+        None => {
+            errs.at_line(table.path.clone(), table.line, "server has no `name`".into());
+            None
+        }
+    };
+    spots.name = name_field.as_ref().and_then(|f| f.node.line);
+    errs.server.clone_from(&name);
+
+    let server_type = match table.take("type") {
+        Some(field) => {
+            spots.server_type = field.node.line;
+            field.string(errs)
+        }
+        None => {
+            errs.at_line(table.path.clone(), table.line, "server has no `type`".into());
+            None
+        }
+    };
+    let mut server = ServerConfig {
+        name: name.clone().unwrap_or_default(),
+        server_type: server_type.clone().unwrap_or_default(),
+        autostart: true,
+        isolation: root_isolation,
+        threads: 1,
+        listeners: Vec::new(),
+        port_fallback: 0,
+        max_connections: 10_000,
+        max_package_length: 1024 * 1024,
+        idle_timeout: Some(Duration::from_secs(300)),
+        send_queue: 256,
+        tls: None,
+        restart: RestartConfig::default(),
+        advertise: None,
+        options: serde_json::Value::Object(Default::default()),
+        base_dir: base_dir.to_path_buf(),
+    };
+    if let Some(f) = table.take("autostart") {
+        server.autostart = f.boolean(errs).unwrap_or(true);
+    }
+    if let Some(f) = table.take("isolation") {
+        server.isolation = isolation(&f, errs).unwrap_or(root_isolation);
+    }
+    if let Some(f) = table.take("threads") {
+        server.threads = f.integer(1, 1024, errs).map_or(1, |n| n as usize);
+    }
+    let replicas = table
+        .take("replicas")
+        .and_then(|f| f.integer(1, 1000, errs))
+        .unwrap_or(0);
+    if let Some(f) = table.take("listeners") {
+        for (index, item) in f.array(errs).unwrap_or_default().iter().enumerate() {
+            spots.listeners.push(item.line);
+            if let Some(listener) = read_listener(item, format!("{}[{index}]", f.path), errs) {
+                server.listeners.push(listener);
+            }
+        }
+    }
+    if let Some(f) = table.take("port_fallback") {
+        server.port_fallback = f.integer(0, 1000, errs).unwrap_or(0) as u16;
+    }
+    if let Some(f) = table.take("max_connections") {
+        server.max_connections = f.integer(1, 10_000_000, errs).unwrap_or(1) as usize;
+    }
+    if let Some(f) = table.take("max_package_length") {
+        server.max_package_length = f.integer(1, 1 << 30, errs).unwrap_or(1) as usize;
+    }
+    if let Some(f) = table.take("idle_timeout") {
+        server.idle_timeout = duration(&f, errs).filter(|d| !d.is_zero());
+    }
+    if let Some(f) = table.take("send_queue") {
+        server.send_queue = f.integer(1, 1_000_000, errs).unwrap_or(1) as usize;
+    }
+    if let Some(f) = table.take("tls") {
+        spots.tls = f.node.line;
+        server.tls = read_tls(&f, base_dir, errs);
+    }
+    if let Some(f) = table.take("restart") {
+        server.restart = read_restart(&f, errs);
+    }
+    if let Some(f) = table.take("advertise") {
+        server.advertise = f.string(errs);
+    }
+    if let Some(f) = table.take("options") {
+        spots.options = f.node.line;
+        if matches!(f.node.value, Value::Table(_)) {
+            server.options = f.node.to_json();
+        } else {
+            errs.at(&f, format!("expected a table, found {}", f.node.kind()));
+        }
+    }
+    table.finish(SERVER_KEYS, errs);
+    errs.server = None;
+    // A server without a usable name or type is reported above and left out of cross-checks.
+    name.and(server_type)?;
+    Some(expand_replicas(server, spots, replicas))
+}
+
+/// `replicas = N` becomes `name-1..N` on ports `port+0..port+N-1` (pomelo's clusterCount).
+fn expand_replicas(server: ServerConfig, spots: Spots, replicas: i64) -> Vec<(ServerConfig, Spots)> {
+    if replicas == 0 {
+        return vec![(server, spots)];
+    }
+    (0..replicas as u16)
+        .map(|i| {
+            let mut replica = server.clone();
+            replica.name = format!("{}-{}", server.name, i + 1);
+            for listener in &mut replica.listeners {
+                if listener.port != 0 {
+                    listener.port = listener.port.saturating_add(i);
+                }
+            }
+            (replica, spots.clone())
+        })
+        .collect()
+}
+
+fn valid_name(name: &str, field: &Field<'_>, errs: &mut Errors) -> bool {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        errs.at(
+            field,
+            format!("server name {name:?} must be 1-128 characters of A-Z a-z 0-9 _ . -"),
+        );
+    }
+    ok
+}
+
+fn read_listener(node: &Node, path: String, errs: &mut Errors) -> Option<ListenerConfig> {
+    let mut table = Table::open(node, path, errs)?;
+    let ip = match table.take("ip") {
+        Some(f) => f.string(errs).and_then(|text| match parse_ip(&text) {
+            Some(ip) => Some(ip),
+            None => {
+                errs.at(
+                    &f,
+                    format!("{text:?} is not \"Any\", \"IPv6Any\", \"Loopback\" or an IP address"),
+                );
+                None
+            }
+        }),
+        None => Some(IpAddr::from([0, 0, 0, 0])),
+    };
+    let port = match table.take("port") {
+        Some(f) => f.integer(0, 65535, errs).map(|p| p as u16),
+        None => {
+            errs.at_line(table.path.clone(), table.line, "listener has no `port`".into());
+            None
+        }
+    };
+    let backlog = table
+        .take("backlog")
+        .map_or(Some(1024), |f| f.integer(1, 65535, errs).map(|b| b as u32));
+    table.finish("ip, port, backlog", errs);
+    Some(ListenerConfig {
+        ip: ip?,
+        port: port?,
+        backlog: backlog?,
+    })
+}
+
+/// `Any`, `IPv6Any`, `Loopback`, `IPv6Loopback` (any case) or a literal address.
+pub(crate) fn parse_ip(text: &str) -> Option<IpAddr> {
+    match text.to_ascii_lowercase().as_str() {
+        "any" => Some(IpAddr::from([0, 0, 0, 0])),
+        "ipv6any" => Some(IpAddr::from([0u16; 8])),
+        "loopback" => Some(IpAddr::from([127, 0, 0, 1])),
+        "ipv6loopback" => Some(IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1u16])),
+        _ => text.trim_matches(|c| c == '[' || c == ']').parse().ok(),
+    }
+}
+
+fn read_tls(field: &Field<'_>, base_dir: &std::path::Path, errs: &mut Errors) -> Option<TlsConfig> {
+    let mut table = Table::open(field.node, field.path.clone(), errs)?;
+    let self_signed = table.take("self_signed");
+    let cert = table.take("cert");
+    let key = table.take("key");
+    let result = match (self_signed, cert, key) {
+        (Some(flag), None, None) => match flag.boolean(errs) {
+            Some(true) => Some(TlsConfig::SelfSigned),
+            Some(false) => {
+                errs.at(&flag, "`self_signed = false` needs `cert` and `key` instead".into());
+                None
+            }
+            None => None,
+        },
+        (None, Some(cert), Some(key)) => {
+            let cert = cert.string(errs).map(|p| base_dir.join(p));
+            let key = key.string(errs).map(|p| base_dir.join(p));
+            Some(TlsConfig::Files { cert: cert?, key: key? })
+        }
+        (Some(flag), _, _) => {
+            errs.at(
+                &flag,
+                "use either `self_signed = true` or `cert` and `key`, not both".into(),
+            );
+            None
+        }
+        (None, cert, _) => {
+            let missing = if cert.is_none() { "cert" } else { "key" };
+            errs.at(
+                field,
+                format!("tls needs both `cert` and `key` (missing `{missing}`), or `self_signed = true`"),
+            );
+            None
+        }
+    };
+    table.finish("cert, key, self_signed", errs);
+    result
+}
+
+fn read_restart(field: &Field<'_>, errs: &mut Errors) -> RestartConfig {
+    let mut restart = RestartConfig::default();
+    let Some(mut table) = Table::open(field.node, field.path.clone(), errs) else {
+        return restart;
+    };
+    if let Some(f) = table.take("policy") {
+        restart.policy = match f.string(errs).as_deref() {
+            Some("always") => RestartPolicy::Always,
+            Some("on-failure") => RestartPolicy::OnFailure,
+            Some("never") => RestartPolicy::Never,
+            Some(other) => {
+                errs.at(
+                    &f,
+                    format!("unknown policy {other:?} (use \"always\", \"on-failure\" or \"never\")"),
+                );
+                restart.policy
+            }
+            None => restart.policy,
+        };
+    }
+    if let Some(f) = table.take("max_retries") {
+        restart.max_retries = f.integer(0, 1_000_000, errs).unwrap_or(5) as u32;
+    }
+    if let Some(f) = table.take("backoff") {
+        restart.backoff = duration(&f, errs).unwrap_or(restart.backoff);
+    }
+    if let Some(f) = table.take("max_backoff") {
+        restart.max_backoff = duration(&f, errs).unwrap_or(restart.max_backoff);
+    }
+    if restart.max_backoff < restart.backoff {
+        errs.at(field, "`max_backoff` is shorter than `backoff`".into());
+    }
+    table.finish("policy, max_retries, backoff, max_backoff", errs);
+    restart
+}
+
+fn isolation(field: &Field<'_>, errs: &mut Errors) -> Option<Isolation> {
+    match field.string(errs)?.as_str() {
+        "none" => Some(Isolation::None),
+        "runtime" => Some(Isolation::Runtime),
+        "process" => Some(Isolation::Process),
+        other => {
+            errs.at(
+                field,
+                format!("unknown isolation {other:?} (use \"none\", \"runtime\" or \"process\")"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(field: &Field<'_>, errs: &mut Errors) -> Option<Duration> {
+    let text = field.string(errs)?;
+    parse_duration(&text).map_err(|message| errs.at(field, message)).ok()
+}
+
+/// Collects errors; knows the server being read so that each error names it.
+#[derive(Default)]
+struct Errors {
+    list: Vec<ConfigError>,
+    server: Option<String>,
+}
+
+impl Errors {
+    fn at(&mut self, field: &Field<'_>, message: String) {
+        self.at_line(field.path.clone(), field.node.line, message);
+    }
+
+    fn at_line(&mut self, key: String, line: Option<usize>, message: String) {
+        self.list.push(ConfigError {
+            file: String::new(),
+            line,
+            server: self.server.clone(),
+            key: Some(key).filter(|k| !k.is_empty()),
+            message,
+        });
+    }
+}
+
+/// A value and its key path.
+struct Field<'n> {
+    node: &'n Node,
+    path: String,
+}
+
+impl<'n> Field<'n> {
+    fn string(&self, errs: &mut Errors) -> Option<String> {
+        match &self.node.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => self.wrong_kind("a string", errs),
+        }
+    }
+
+    fn boolean(&self, errs: &mut Errors) -> Option<bool> {
+        match self.node.value {
+            Value::Bool(b) => Some(b),
+            _ => self.wrong_kind("true or false", errs),
+        }
+    }
+
+    fn integer(&self, min: i64, max: i64, errs: &mut Errors) -> Option<i64> {
+        match self.node.value {
+            Value::Int(n) if (min..=max).contains(&n) => Some(n),
+            Value::Int(n) => {
+                errs.at(self, format!("{n} is out of range ({min} to {max})"));
+                None
+            }
+            _ => self.wrong_kind("an integer", errs),
+        }
+    }
+
+    fn array(&self, errs: &mut Errors) -> Option<&'n [Node]> {
+        match &self.node.value {
+            Value::Array(items) => Some(items),
+            _ => self.wrong_kind("an array", errs),
+        }
+    }
+
+    fn wrong_kind<T>(&self, expected: &str, errs: &mut Errors) -> Option<T> {
+        errs.at(self, format!("expected {expected}, found {}", self.node.kind()));
+        None
+    }
+}
+
+/// A table being read: remembers which keys were taken so the rest can be reported unknown.
+struct Table<'n> {
+    entries: &'n [(String, Node)],
+    taken: Vec<bool>,
+    path: String,
+    line: Option<usize>,
+}
+
+impl<'n> Table<'n> {
+    fn open(node: &'n Node, path: String, errs: &mut Errors) -> Option<Self> {
+        match &node.value {
+            Value::Table(entries) => Some(Self {
+                entries,
+                taken: vec![false; entries.len()],
+                path,
+                line: node.line,
+            }),
+            _ => {
+                let message = format!("expected a table, found {}", node.kind());
+                errs.at_line(path, node.line, message);
+                None
+            }
+        }
+    }
+
+    fn take(&mut self, key: &str) -> Option<Field<'n>> {
+        let index = self.entries.iter().position(|(k, _)| k == key)?;
+        self.taken[index] = true;
+        let path = if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        };
+        Some(Field {
+            node: &self.entries[index].1,
+            path,
+        })
+    }
+
+    fn finish(self, known: &str, errs: &mut Errors) {
+        for ((key, node), taken) in self.entries.iter().zip(self.taken) {
+            if !taken {
+                let path = if self.path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.path)
+                };
+                errs.at_line(path, node.line, format!("unknown key `{key}` (known keys: {known})"));
+            }
+        }
+    }
+}

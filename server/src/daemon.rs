@@ -1,0 +1,213 @@
+//! The `supersocketd` program: arguments, logging, config discovery, the admin API, the `ready`
+//! line, and signals. A custom host binary calls [`main`] with its own [`HostBuilder`] and gets
+//! the same command line, API and life cycle.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::admin::{self, AdminListener};
+use crate::config::{AdminAddr, Config, ConfigErrors, TypeCatalog};
+use crate::host::{Host, HostBuilder};
+
+/// Runs one host process with many named socket server instances and an admin API.
+#[derive(Debug, Parser)]
+#[command(name = "supersocketd", version, about)]
+struct Args {
+    /// Config file (TOML, or JSON by extension); else ./supersocket.toml, else the embedded default.
+    #[arg(long, env = "SUPERSOCKET_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Admin API address, overriding `[admin] listen` (e.g. 127.0.0.1:0, unix:/path).
+    #[arg(long, value_name = "ADDR", value_parser = AdminAddr::parse)]
+    admin: Option<AdminAddr>,
+    /// Validate the config, list every problem, and exit (0 valid, 1 not).
+    #[arg(long)]
+    check: bool,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. info, debug, supersocket=trace).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The config file used when none is named.
+const DEFAULT_CONFIG_FILE: &str = "supersocket.toml";
+
+/// Parses the command line and runs the host until it is shut down.
+pub fn main(builder: HostBuilder) -> ExitCode {
+    let args = Args::parse();
+    if let Err(message) = init_logging(&args) {
+        eprintln!("supersocketd: {message}");
+        return ExitCode::from(2);
+    }
+    let config = match load_config(&args, builder.types()) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("error: {error}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: OK ({} servers)",
+            config.source.display_name(),
+            config.servers.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("supersocketd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(run(builder, config));
+    // Sessions of stopped instances are gone; anything left (a stuck handler) must not delay exit.
+    runtime.shutdown_background();
+    code
+}
+
+fn init_logging(args: &Args) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| format!("invalid --log-level {:?}: {e}", args.log_level))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    std::panic::set_hook(Box::new(|panic| {
+        let location = panic
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = panic
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("?"), %location, "panic: {payload}");
+    }));
+    Ok(())
+}
+
+/// `--config`, else `$SUPERSOCKET_CONFIG` (both through clap), else `./supersocket.toml`, else
+/// the embedded default; then the command-line and environment overrides.
+fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErrors> {
+    let local = PathBuf::from(DEFAULT_CONFIG_FILE);
+    let mut config = match (&args.config, local.exists()) {
+        (Some(path), _) => Config::load(path, types)?,
+        (None, true) => Config::load(&local, types)?,
+        (None, false) => Config::embedded(types)?,
+    };
+    if let Some(admin) = &args.admin {
+        config.admin.listen = admin.clone();
+    }
+    if let Ok(token) = std::env::var("SUPERSOCKET_TOKEN") {
+        if !token.is_empty() {
+            config.admin.token = Some(token);
+        }
+    }
+    if !config.admin.listen.is_local() && config.admin.token.is_none() {
+        return Err(ConfigErrors(vec![crate::config::ConfigError {
+            file: config.source.display_name(),
+            line: None,
+            server: None,
+            key: Some("admin.listen".into()),
+            message: format!(
+                "admin address {} is reachable from other machines; set `admin.token` (or SUPERSOCKET_TOKEN) or listen on loopback",
+                config.admin.listen
+            ),
+        }]));
+    }
+    Ok(config)
+}
+
+async fn run(builder: HostBuilder, config: Config) -> ExitCode {
+    let admin_addr = config.admin.listen.clone();
+    let listener = match AdminListener::bind(&admin_addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("supersocketd: cannot listen for the admin API on {admin_addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let url = listener.url();
+    let unix_path = match &admin_addr {
+        AdminAddr::Unix(path) => Some(path.clone()),
+        AdminAddr::Tcp(_) => None,
+    };
+    let host = builder.build(config);
+    tokio::spawn(listener.serve(admin::router(host.clone())));
+    let signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("supersocketd: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    host.start_autostart().await;
+    tracing::info!(admin = %url, "host ready");
+    println!("supersocketd ready: admin={url}");
+    signals.serve(&host).await;
+    if let Some(path) = unix_path {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("host stopped");
+    ExitCode::SUCCESS
+}
+
+/// The signals the host answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT, then shuts the host down gracefully; a second SIGINT during
+    /// the shutdown exits at once.
+    async fn serve(mut self, host: &Host) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => tracing::warn!("SIGHUP: reloading the config is not supported by this host"),
+            }
+        }
+        tracing::info!("shutting down (a second SIGINT exits at once)");
+        let shutdown = host.shutdown();
+        tokio::select! {
+            () = shutdown => {}
+            _ = self.int.recv() => {
+                tracing::warn!("second SIGINT: exiting at once");
+                std::process::exit(130);
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The host: the registry of instances built from one config, their coordinated start at boot
+//! and stop at shutdown, and the host-wide facts the admin API reports.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ServerState};
+
+use crate::config::{Config, ConfigSource};
+use crate::instance::Instance;
+use crate::service::{ServerTypes, Service, ServiceContext};
+use crate::timefmt::rfc3339;
+
+/// Builds a host: the built-in server types plus the ones the user registers.
+#[derive(Clone)]
+pub struct HostBuilder {
+    types: ServerTypes,
+}
+
+impl Default for HostBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostBuilder {
+    /// A builder that knows the built-in types.
+    pub fn new() -> Self {
+        Self {
+            types: ServerTypes::builtin(),
+        }
+    }
+
+    /// Registers a server type; `factory` makes the service of each instance of that type from
+    /// its config (it also runs on `--check`, so it must not touch the outside world).
+    pub fn server_type<F, S, E>(mut self, name: &str, factory: F) -> Self
+    where
+        F: Fn(&ServiceContext<'_>) -> Result<S, E> + Send + Sync + 'static,
+        S: Service,
+        E: Display,
+    {
+        self.types.register(name, factory);
+        self
+    }
+
+    /// The types known so far (used to validate configs).
+    pub fn types(&self) -> &ServerTypes {
+        &self.types
+    }
+
+    /// The host for `config`; no instance is started yet.
+    pub fn build(self, config: Config) -> Host {
+        let instances = config
+            .servers
+            .iter()
+            .map(|server| Arc::new(Instance::new(server.clone(), self.types.clone())))
+            .collect();
+        Host {
+            inner: Arc::new(HostInner {
+                config: RwLock::new(config),
+                instances: RwLock::new(instances),
+                started_at: SystemTime::now(),
+                started: Instant::now(),
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+/// A running host; cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    config: RwLock<Config>,
+    /// Every instance, in config order.
+    instances: RwLock<Vec<Arc<Instance>>>,
+    started_at: SystemTime,
+    started: Instant,
+    /// Set once shutdown begins: readiness fails from then on.
+    stopping: AtomicBool,
+}
+
+impl Host {
+    /// Every instance, in config order.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.inner.instances.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One instance by name.
+    pub fn instance(&self, name: &str) -> Option<Arc<Instance>> {
+        self.instances().into_iter().find(|i| i.name() == name)
+    }
+
+    /// The stop bound of the config.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown_timeout
+    }
+
+    /// Starts every autostart instance, side by side; one that fails stays `failed` and does not
+    /// stop the others.
+    pub async fn start_autostart(&self) {
+        let starts = self
+            .instances()
+            .into_iter()
+            .filter(|i| i.config().autostart)
+            .map(|instance| {
+                tokio::spawn(async move {
+                    // A failure is recorded in the instance (`failed`, `last_error`) and logged.
+                    let _ = instance.start().await;
+                })
+            });
+        for start in starts.collect::<Vec<_>>() {
+            let _ = start.await;
+        }
+    }
+
+    /// Graceful shutdown: readiness fails at once, then every instance stops side by side
+    /// within the shutdown timeout.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let timeout = self.shutdown_timeout();
+        let stops = self
+            .instances()
+            .into_iter()
+            .map(|instance| tokio::spawn(async move { instance.stop(timeout).await }));
+        for stop in stops.collect::<Vec<_>>() {
+            let _ = stop.await;
+        }
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Readiness: every autostart instance running and the host not shutting down.
+    pub fn readiness(&self, verbose: bool) -> Readiness {
+        let stopping = self.is_stopping();
+        let mut checks = vec![ReadyCheck {
+            name: "host".into(),
+            ok: !stopping,
+            state: if stopping { "stopping" } else { "running" }.into(),
+            detail: verbose.then(|| if stopping { "shutting down" } else { "serving" }.into()),
+        }];
+        for instance in self.instances().iter().filter(|i| i.config().autostart) {
+            let info = instance.info();
+            let ok = info.state == ServerState::Running;
+            let detail = verbose.then(|| match (&info.last_error, ok) {
+                (_, true) => format!("running for {}s", info.uptime_secs),
+                (Some(error), false) => error.clone(),
+                (None, false) => format!("autostart server is {}", info.state),
+            });
+            checks.push(ReadyCheck {
+                name: info.name,
+                ok,
+                state: info.state.to_string(),
+                detail,
+            });
+        }
+        Readiness {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
+    }
+
+    /// The host facts of `GET /api/v1/host`.
+    pub fn info(&self) -> HostInfo {
+        let config = self.inner.config.read().unwrap_or_else(|e| e.into_inner());
+        HostInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started_at: rfc3339(self.inner.started_at),
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            config_path: match &config.source {
+                ConfigSource::File(path) => Some(path.display().to_string()),
+                ConfigSource::Embedded => None,
+            },
+            state: if self.is_stopping() { "stopping" } else { "running" }.into(),
+        }
+    }
+}

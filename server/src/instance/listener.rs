@@ -1,0 +1,95 @@
+//! Binding an instance's listeners: backlog, port 0, `port_fallback`, IPv6 sockets bound
+//! v6-only (so `Any` and `IPv6Any` can share a port), and all-or-nothing.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{ListenerConfig, ServerConfig};
+
+/// Binds every listener of `server`, or none: on the first failure the ones bound are
+/// released and the error names the address, the port(s) and the server.
+pub(crate) fn bind_all(server: &ServerConfig) -> Result<Vec<TcpListener>, String> {
+    server
+        .listeners
+        .iter()
+        .map(|listener| bind_one(listener, server.port_fallback, &server.name))
+        .collect()
+}
+
+fn bind_one(listener: &ListenerConfig, fallback: u16, server: &str) -> Result<TcpListener, String> {
+    let ip = listener.ip;
+    let last = if listener.port == 0 {
+        0
+    } else {
+        listener.port.saturating_add(fallback)
+    };
+    for port in listener.port..=last {
+        match bind_at(SocketAddr::new(ip, port), listener.backlog) {
+            Ok(socket) => {
+                if port != listener.port {
+                    tracing::warn!(
+                        server,
+                        "port {} on {ip} is in use; listening on {port} instead",
+                        listener.port
+                    );
+                }
+                return Ok(socket);
+            }
+            Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+            Err(e) => {
+                return Err(format!(
+                    "cannot listen on {} (server {server}): {e}",
+                    SocketAddr::new(ip, port)
+                ));
+            }
+        }
+    }
+    Err(if last == listener.port {
+        format!("port {} on {ip} is in use (server {server})", listener.port)
+    } else {
+        format!(
+            "ports {}-{last} on {ip} are all in use (server {server})",
+            listener.port
+        )
+    })
+}
+
+fn bind_at(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Restarting an instance must not wait for TIME_WAIT of its previous sessions.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(port: u16) -> ListenerConfig {
+        ListenerConfig {
+            ip: [127, 0, 0, 1].into(),
+            port,
+            backlog: 16,
+        }
+    }
+
+    #[test]
+    fn a_busy_port_is_named_and_fallback_takes_the_next() {
+        let busy = bind_at("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let err = bind_one(&listener(port), 0, "S").unwrap_err();
+        assert_eq!(err, format!("port {port} on 127.0.0.1 is in use (server S)"));
+        // The next port may be taken by someone else on a busy machine; fallback then goes on.
+        let got = bind_one(&listener(port), 5, "S").unwrap();
+        let got_port = got.local_addr().unwrap().port();
+        assert!(got_port > port && got_port <= port + 5, "{got_port} after {port}");
+    }
+}

@@ -1,0 +1,5 @@
+//! `supersocketd`: the SuperSocket host with the built-in server types.
+
+fn main() -> std::process::ExitCode {
+    supersocket::daemon::main(supersocket::HostBuilder::new())
+}

@@ -1,0 +1,70 @@
+//! `command`: SuperSocket's command-line protocol, `KEY arg arg...` with case-insensitive keys,
+//! one line per request and one `\r\n`-terminated line per reply.
+
+use bytes::BytesMut;
+
+use crate::filter::LineFilter;
+use crate::service::Service;
+use crate::session::Session;
+
+/// The command-line protocol of SPEC §5.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommandService;
+
+impl Service for CommandService {
+    type Filter = LineFilter;
+
+    fn filter(&self, max_package_length: usize) -> LineFilter {
+        LineFilter::new(max_package_length)
+    }
+
+    async fn received(&self, session: &mut Session<'_>, line: BytesMut) {
+        let Ok(line) = std::str::from_utf8(&line) else {
+            session.reply_line("ERR invalid UTF-8");
+            return;
+        };
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let is = |name: &str| key.eq_ignore_ascii_case(name);
+        if key.is_empty() {
+            // A bare newline (a user pressing Enter in telnet) gets no answer.
+        } else if is("ECHO") {
+            session.reply_line(rest);
+        } else if is("PING") {
+            session.reply_line("PONG");
+        } else if is("ADD") {
+            reply_fold(session, rest, 0, i64::checked_add);
+        } else if is("MULT") {
+            reply_fold(session, rest, 1, i64::checked_mul);
+        } else if is("WHOAMI") {
+            let id = session.id();
+            session.reply_line(id);
+        } else if is("SERVER") {
+            let instance = session.instance();
+            session.reply_line(instance.name());
+        } else if is("QUIT") {
+            session.close();
+        } else {
+            session.reply_line(format_args!("ERR unknown command {key}"));
+        }
+    }
+}
+
+/// Folds the whitespace-separated integers of `args` with `op`, replying with the result or
+/// with the first problem.
+fn reply_fold(session: &mut Session<'_>, args: &str, start: i64, op: fn(i64, i64) -> Option<i64>) {
+    let mut acc = start;
+    for arg in args.split_ascii_whitespace() {
+        let Ok(n) = arg.parse::<i64>() else {
+            session.reply_line(format_args!("ERR not a number: {arg}"));
+            return;
+        };
+        match op(acc, n) {
+            Some(next) => acc = next,
+            None => {
+                session.reply_line("ERR overflow");
+                return;
+            }
+        }
+    }
+    session.reply_line(acc);
+}

@@ -1,0 +1,409 @@
+//! The per-connection loop: read, decode every package, hand each to the service, write all
+//! replies of that read at once; meanwhile deliver the outbox, watch the idle timeout, and on
+//! stop drain gracefully (handle what was sent, flush, FIN, wait for the peer to close).
+//!
+//! Steady state allocates nothing per package: the read buffer is reused (packages are split
+//! off it and handed back when dropped), replies go into one reused output buffer. A session
+//! idle for [`BUFFER_RELEASE`] gives its buffers back.
+
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::sleep_until;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Decoder;
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
+
+use super::{CloseReason, Session, SessionShared};
+use crate::filter::FilterError;
+use crate::instance::InstanceContext;
+use crate::service::Service;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8 * 1024;
+/// A session quiet for this long frees its read and write buffers.
+const BUFFER_RELEASE: Duration = Duration::from_secs(2);
+/// Bound on a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the polite close (TLS close_notify, FIN) of a session closed by its own side.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An accepted connection, before any TLS handshake.
+pub(crate) enum Connection {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TCP that must complete a TLS handshake first.
+    Tls(TlsAcceptor, TcpStream),
+}
+
+/// Everything a session task needs besides its socket.
+pub(crate) struct SessionSetup {
+    /// The instance it belongs to.
+    pub instance: Arc<InstanceContext>,
+    /// Its registry entry.
+    pub shared: Arc<SessionShared>,
+    /// Cancelled when the instance stops: drain gracefully.
+    pub drain: CancellationToken,
+    /// Cancelled when the stop's timeout passes: close at once.
+    pub hard: CancellationToken,
+}
+
+/// Runs a connection to its end, then unregisters it and tells the service why it closed.
+pub(crate) async fn serve<S: Service>(service: &S, connection: Connection, setup: SessionSetup) {
+    let run = async {
+        match connection {
+            Connection::Tcp(stream) => Driver::new(service, stream, &setup).run().await,
+            Connection::Tls(acceptor, stream) => {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                tokio::select! {
+                    biased;
+                    () = setup.drain.cancelled() => CloseReason::ServerShutdown,
+                    result = handshake => match result {
+                        Ok(Ok(tls)) => Driver::new(service, tls, &setup).run().await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(session = %setup.shared.id, "TLS handshake failed: {e}");
+                            CloseReason::SocketError
+                        }
+                        Err(_) => CloseReason::Timeout,
+                    },
+                }
+            }
+        }
+    };
+    let reason = catch_panic(run).await.unwrap_or(CloseReason::ApplicationError);
+    let shared = &setup.shared;
+    setup.instance.sessions.remove(shared.id);
+    setup.instance.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(
+        server = %setup.instance.name, session = %shared.id, remote = %shared.remote, %reason,
+        "session closed"
+    );
+    let (mut out, mut close) = (BytesMut::new(), None);
+    let mut session = Session {
+        shared,
+        instance: &setup.instance,
+        out: &mut out,
+        close: &mut close,
+    };
+    if catch_panic(service.closed(&mut session, reason)).await.is_none() {
+        tracing::error!(server = %setup.instance.name, session = %shared.id, "closed handler panicked");
+    }
+}
+
+/// Polls `future`, turning a panic inside it into `None` (the panic hook has logged it).
+async fn catch_panic<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    poll_fn(
+        move |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Some(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        },
+    )
+    .await
+}
+
+struct Driver<'a, S: Service, IO> {
+    service: &'a S,
+    io: IO,
+    filter: S::Filter,
+    setup: &'a SessionSetup,
+    /// Bytes read and not yet decoded.
+    rbuf: BytesMut,
+    /// Replies and outbox messages not yet written.
+    out: BytesMut,
+    /// Set by a handler (or the filter) to close after the pending writes.
+    close: Option<CloseReason>,
+    idle_timeout: Option<Duration>,
+}
+
+/// A session's transport: a byte stream that can also say when a read would not block
+/// without being given a buffer, so idle sessions hold none.
+trait SessionIo: AsyncRead + AsyncWrite + Unpin + Send {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl SessionIo for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl SessionIo for TlsStream<TcpStream> {
+    /// rustls may hold decrypted bytes the socket no longer shows, so always read.
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<'a, S, IO> Driver<'a, S, IO>
+where
+    S: Service,
+    IO: SessionIo,
+{
+    fn new(service: &'a S, io: IO, setup: &'a SessionSetup) -> Self {
+        let config = &setup.instance.config;
+        Self {
+            service,
+            io,
+            filter: service.filter(config.max_package_length),
+            setup,
+            rbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            close: None,
+            idle_timeout: config.idle_timeout,
+        }
+    }
+
+    async fn run(mut self) -> CloseReason {
+        let setup = self.setup;
+        let shared = &setup.shared;
+        let mut session = Session {
+            shared,
+            instance: &setup.instance,
+            out: &mut self.out,
+            close: &mut self.close,
+        };
+        self.service.connected(&mut session).await;
+        if let Err(reason) = self.flush().await {
+            return reason;
+        }
+        if let Some(reason) = self.close {
+            return self.close_politely(reason).await;
+        }
+        let mut timer = pin!(sleep_until(self.next_wakeup().into()));
+        loop {
+            let result = tokio::select! {
+                biased;
+                () = setup.drain.cancelled() => return self.drain().await,
+                () = shared.outbox.wait() => self.deliver_outbox().await,
+                read = read_some(&mut self.io, &mut self.rbuf) => match read {
+                    Ok(0) => return CloseReason::RemoteClosing,
+                    Ok(n) => self.on_read(n).await,
+                    Err(_) => return CloseReason::SocketError,
+                },
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if self.idle_timeout.is_some_and(|idle| now >= shared.last_active() + idle) {
+                        return CloseReason::Timeout;
+                    }
+                    if now >= shared.last_active() + BUFFER_RELEASE {
+                        self.release_buffers();
+                    }
+                    timer.as_mut().reset(self.next_wakeup().into());
+                    Ok(())
+                }
+            };
+            match result.and_then(|()| self.close.map_or(Ok(()), Err)) {
+                Ok(()) => {}
+                Err(CloseReason::LocalClosing) => {
+                    return self.close_politely(CloseReason::LocalClosing).await;
+                }
+                Err(reason) => return reason,
+            }
+        }
+    }
+
+    /// The next time the timer must look at the session: when its buffers may be released or
+    /// when it may have been idle too long, whichever is first.
+    fn next_wakeup(&self) -> Instant {
+        let last = self.setup.shared.last_active();
+        let idle = self.idle_timeout.map(|t| last + t);
+        let release = (self.rbuf.capacity() > 0 || self.out.capacity() > 0).then(|| last + BUFFER_RELEASE);
+        match (idle, release) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(t), None) | (None, Some(t)) => t,
+            // Nothing to watch: wake in a day, look, and sleep again.
+            (None, None) => Instant::now() + Duration::from_secs(86_400),
+        }
+    }
+
+    fn release_buffers(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+    }
+
+    /// Decodes and handles every complete package read so far, then writes the replies.
+    async fn on_read(&mut self, n: usize) -> Result<(), CloseReason> {
+        let setup = self.setup;
+        let shared = &setup.shared;
+        shared.touch(Instant::now());
+        shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        setup.instance.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        let result = self.handle_packages().await;
+        self.flush().await?;
+        result
+    }
+
+    async fn handle_packages(&mut self) -> Result<(), CloseReason> {
+        let setup = self.setup;
+        let mut packages = 0u64;
+        let result = loop {
+            match self.filter.decode(&mut self.rbuf) {
+                Ok(Some(package)) => {
+                    packages += 1;
+                    let mut session = Session {
+                        shared: &setup.shared,
+                        instance: &setup.instance,
+                        out: &mut self.out,
+                        close: &mut self.close,
+                    };
+                    self.service.received(&mut session, package).await;
+                    if self.close.is_some() {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    tracing::debug!(server = %setup.instance.name, session = %setup.shared.id, "protocol error: {e}");
+                    // Drop what cannot be decoded; it must not be kept in memory.
+                    self.rbuf = BytesMut::new();
+                    break Err(match e {
+                        FilterError::Io(_) => CloseReason::SocketError,
+                        _ => CloseReason::ProtocolError,
+                    });
+                }
+            }
+        };
+        setup
+            .instance
+            .stats
+            .total_packages
+            .fetch_add(packages, Ordering::Relaxed);
+        result
+    }
+
+    /// Writes every queued outbox message in one go; honours a close request after that.
+    async fn deliver_outbox(&mut self) -> Result<(), CloseReason> {
+        let outbox = &self.setup.shared.outbox;
+        outbox.drain_into(&mut self.out);
+        match outbox.close_requested() {
+            // A slow reader is closed without writing more to it.
+            Some(CloseReason::Timeout) => Err(CloseReason::Timeout),
+            Some(reason) => {
+                self.flush().await?;
+                Err(reason)
+            }
+            None => self.flush().await,
+        }
+    }
+
+    /// Writes `out` completely, unless the stop's deadline passes, a close is requested or the
+    /// peer stops reading for longer than the idle timeout.
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        let setup = self.setup;
+        let shared = &setup.shared;
+        while !self.out.is_empty() {
+            let deadline = self.idle_timeout.map(|t| shared.last_active() + t);
+            tokio::select! {
+                biased;
+                () = setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
+                written = self.io.write_buf(&mut self.out) => match written {
+                    Ok(0) | Err(_) => return Err(CloseReason::SocketError),
+                    Ok(n) => self.count_out(n),
+                },
+                () = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    return Err(CloseReason::Timeout);
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            () = setup.hard.cancelled() => Err(CloseReason::ServerShutdown),
+            flushed = self.io.flush() => flushed.map_err(|_| CloseReason::SocketError),
+        }
+    }
+
+    fn count_out(&self, n: usize) {
+        let shared = &self.setup.shared;
+        shared.touch(Instant::now());
+        shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.setup
+            .instance
+            .stats
+            .bytes_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Closes from this side: TLS close_notify and FIN, briefly bounded.
+    async fn close_politely(mut self, reason: CloseReason) -> CloseReason {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
+        reason
+    }
+
+    /// Graceful stop: handle what the peer already sent, write everything queued, half-close,
+    /// and wait for the peer to close, until the stop's deadline.
+    async fn drain(mut self) -> CloseReason {
+        let hard = &self.setup.hard;
+        let mut peer_closed = false;
+        // Read until the socket would block.
+        loop {
+            match read_now(&mut self.io, &mut self.rbuf).await {
+                None => break,
+                Some(Ok(0)) => {
+                    peer_closed = true;
+                    break;
+                }
+                Some(Ok(n)) => {
+                    if self.on_read(n).await.is_err() || self.close.is_some() {
+                        break;
+                    }
+                }
+                Some(Err(_)) => return CloseReason::SocketError,
+            }
+        }
+        self.setup.shared.outbox.drain_into(&mut self.out);
+        if let Err(reason) = self.flush().await {
+            return reason;
+        }
+        tokio::select! {
+            biased;
+            () = hard.cancelled() => return CloseReason::ServerShutdown,
+            _ = self.io.shutdown() => {}
+        }
+        // Wait for the peer's FIN, discarding what it still sends: closing with unread bytes
+        // would make the kernel send a reset that can destroy replies in flight.
+        while !peer_closed {
+            self.rbuf.clear();
+            tokio::select! {
+                biased;
+                () = hard.cancelled() => break,
+                read = read_some(&mut self.io, &mut self.rbuf) => peer_closed = !matches!(read, Ok(n) if n > 0),
+            }
+        }
+        CloseReason::ServerShutdown
+    }
+}
+
+/// Reads once into `buf`; a session without a buffer waits for data before it takes one.
+async fn read_some<IO: SessionIo>(io: &mut IO, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() == 0 {
+        poll_fn(|cx| io.poll_read_ready(cx)).await?;
+    }
+    buf.reserve(READ_CHUNK);
+    poll_fn(|cx| poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf)).await
+}
+
+/// Reads what is already there, or `None` if the read would block.
+async fn read_now<IO: SessionIo>(io: &mut IO, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+    buf.reserve(READ_CHUNK);
+    poll_fn(|cx| match poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf) {
+        Poll::Pending => Poll::Ready(None),
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+    })
+    .await
+}

@@ -120,10 +120,10 @@ fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErr
     if let Some(admin) = &args.admin {
         config.admin.listen = admin.clone();
     }
-    if let Ok(token) = std::env::var("SUPERSOCKET_TOKEN") {
-        if !token.is_empty() {
-            config.admin.token = Some(token);
-        }
+    if let Ok(token) = std::env::var("SUPERSOCKET_TOKEN")
+        && !token.is_empty()
+    {
+        config.admin.token = Some(token);
     }
     if !config.admin.listen.is_local() && config.admin.token.is_none() {
         return Err(ConfigErrors(vec![crate::config::ConfigError {

@@ -184,3 +184,34 @@ async fn a_json_config_runs_like_toml() {
     let mut client = LineClient::connect(host.port("J", 0).await).await;
     assert_eq!(client.request("ECHO json").await, "json");
 }
+
+#[tokio::test]
+async fn an_instance_on_a_runtime_of_its_own_serves_like_the_others_and_logs_can_be_json() {
+    let mut options = HostOptions::new(
+        r#"
+        [[servers]]
+        name = "Own"
+        type = "command"
+        isolation = "runtime"
+        threads = 2
+        listeners = [{ ip = "Loopback", port = 0 }]
+
+        [[servers]]
+        name = "Shared"
+        type = "echo"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    options.args = vec!["--log-format".into(), "json".into()];
+    let host = HostProcess::start_with(options);
+    assert_eq!(host.server("Own").await["isolation"], "runtime");
+    let mut own = LineClient::connect(host.port("Own", 0).await).await;
+    assert_eq!(own.request("MULT 3 4").await, "12");
+    let mut shared = connect(host.port("Shared", 0).await).await;
+    assert_eq!(echo_roundtrip(&mut shared, b"shared").await, b"shared");
+    let logs = host.stderr();
+    let first = logs.lines().next().expect("the host logs at start");
+    let record: serde_json::Value = serde_json::from_str(first).expect("JSON log lines");
+    assert!(record["fields"]["message"].is_string(), "{record}");
+    assert!(logs.contains(r#""server":"Own""#), "{logs}");
+}

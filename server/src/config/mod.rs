@@ -269,6 +269,8 @@ impl Config {
             Ok(config.into_config())
         } else {
             errors.iter_mut().for_each(|e| e.file.clone_from(&file));
+            // Top to bottom, as a reader fixes them; errors without a line last.
+            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
             Err(ConfigErrors(errors))
         }
     }

@@ -72,13 +72,13 @@ pub(super) fn read(root: &Node, source: ConfigSource) -> (Draft, Vec<ConfigError
         draft.admin_line = field.node.line;
         read_admin(&field, &base_dir, &mut draft.admin, &mut errs);
     }
-    if let Some(field) = table.take("servers") {
-        if let Some(items) = field.array(&mut errs) {
-            for (index, item) in items.iter().enumerate() {
-                let path = format!("servers[{index}]");
-                if let Some(read) = read_server(item, path, isolation, &base_dir, &mut errs) {
-                    draft.servers.extend(read);
-                }
+    if let Some(field) = table.take("servers")
+        && let Some(items) = field.array(&mut errs)
+    {
+        for (index, item) in items.iter().enumerate() {
+            let path = format!("servers[{index}]");
+            if let Some(read) = read_server(item, path, isolation, &base_dir, &mut errs) {
+                draft.servers.extend(read);
             }
         }
     }
@@ -90,12 +90,12 @@ fn read_admin(field: &Field<'_>, base_dir: &std::path::Path, admin: &mut AdminCo
     let Some(mut table) = Table::open(field.node, field.path.clone(), errs) else {
         return;
     };
-    if let Some(field) = table.take("listen") {
-        if let Some(text) = field.string(errs) {
-            match AdminAddr::parse(&text) {
-                Ok(addr) => admin.listen = addr,
-                Err(message) => errs.at(&field, message),
-            }
+    if let Some(field) = table.take("listen")
+        && let Some(text) = field.string(errs)
+    {
+        match AdminAddr::parse(&text) {
+            Ok(addr) => admin.listen = addr,
+            Err(message) => errs.at(&field, message),
         }
     }
     let token = table.take("token");

@@ -35,10 +35,10 @@ pub(super) fn check(draft: &Draft, types: &dyn TypeCatalog) -> Vec<ConfigError> 
         } else if let Err(message) = types.check_options(server) {
             push(server, spots, "options", spots.options.or(spots.server_type), message);
         }
-        if let Some(TlsConfig::Files { cert, key }) = &server.tls {
-            if let Err(message) = crate::tls::check_files(cert, key) {
-                push(server, spots, "tls", spots.tls, message);
-            }
+        if let Some(TlsConfig::Files { cert, key }) = &server.tls
+            && let Err(message) = crate::tls::check_files(cert, key)
+        {
+            push(server, spots, "tls", spots.tls, message);
         }
     }
 

@@ -1,1 +1,215 @@
-fn main() {}
+//! `supersocket`: the command-line client of the SuperSocket host's admin API (SPEC §7).
+//!
+//! Exit codes: 0 success; 1 the operation failed or a server/session does not exist; 2 usage;
+//! 3 host unreachable; 4 unauthorized. Every error is one line on stderr.
+
+mod cli;
+mod client;
+mod render;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, Parser};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use cli::{Cli, Command, Output, Targets};
+use client::{Client, CtlError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("supersocket: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("supersocket: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// What a command prints: for people, and for `--output json`.
+struct Printer {
+    output: Output,
+}
+
+impl Printer {
+    /// Prints the API's JSON, or the human rendering of it.
+    fn show(&self, json: &Value, human: impl FnOnce(&Value) -> String) {
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
+            Output::Table => print!("{}", ensure_newline(human(json))),
+        }
+    }
+}
+
+fn ensure_newline(mut text: String) -> String {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// Encodes a path segment (server names are safe; session ids and keys may not be).
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    let printer = Printer { output: cli.output };
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "supersocket", &mut std::io::stdout());
+        return Ok(());
+    }
+    let client = Client::new(&cli.url, cli.token, cli.timeout)?;
+    match cli.command {
+        Command::List => {
+            let servers = client.get("/api/v1/servers").await?;
+            printer.show(&servers, render::servers);
+        }
+        Command::Status { name: Some(name) } => {
+            let server = client.get(&format!("/api/v1/servers/{}", segment(&name))).await?;
+            printer.show(&server, render::server_detail);
+        }
+        Command::Status { name: None } => {
+            let host = client.get("/api/v1/host").await?;
+            let ready = client.call(Method::GET, "/readyz", None).await?.body;
+            let servers = client.get("/api/v1/servers").await?;
+            let status = json!({ "host": host, "readiness": ready, "servers": servers });
+            printer.show(&status, |s| {
+                format!(
+                    "{}\n{}",
+                    render::host_summary(&s["host"], &s["readiness"]),
+                    render::servers(&s["servers"])
+                )
+            });
+        }
+        Command::Start(targets) => operate(&client, &printer, targets, "start").await?,
+        Command::Stop { targets, timeout } => {
+            let action = match timeout {
+                Some(t) => format!("stop?timeout={}", supersocket_proto::format_duration(t)),
+                None => "stop".to_owned(),
+            };
+            operate(&client, &printer, targets, &action).await?;
+        }
+        Command::Restart(targets) => operate(&client, &printer, targets, "restart").await?,
+        Command::Sessions { name, limit } => {
+            let path = format!("/api/v1/servers/{}/sessions?limit={limit}", segment(&name));
+            let sessions = client.get(&path).await?;
+            printer.show(&sessions, render::sessions);
+        }
+        Command::Send { name, session, text } => {
+            let path = format!("/api/v1/servers/{}/sessions/{}/send", segment(&name), segment(&session));
+            let body = json!({ "text": format!("{text}\r\n") });
+            let receipt = client.ok(Method::POST, &path, Some(&body)).await?;
+            printer.show(&receipt, |r| {
+                format!("sent {} bytes to session {session} of {name}", r["bytes"])
+            });
+        }
+        Command::Kick { name, session } => {
+            let path = format!("/api/v1/servers/{}/sessions/{}", segment(&name), segment(&session));
+            client.ok(Method::DELETE, &path, None).await?;
+            printer.show(&json!({ "server": name, "session": session, "closed": true }), |_| {
+                format!("closed session {session} of {name}")
+            });
+        }
+        Command::Route { server_type, key } => {
+            let path = format!("/api/v1/route/{}?key={}", segment(&server_type), segment(&key));
+            let route = client.get(&path).await?;
+            printer.show(&route, |r| {
+                let n = r["index"].as_u64().unwrap_or(0);
+                format!("{} (index {n} of {})", r["server"].as_str().unwrap_or("?"), r["of"])
+            });
+        }
+        Command::Reload => {
+            let report = client.ok(Method::POST, "/api/v1/reload", None).await?;
+            printer.show(&report, render::reload_report);
+        }
+        Command::Health { wait } => health(&client, &printer, wait).await?,
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+/// Runs start, stop or restart on each target in turn: one line per server; fails (exit 1)
+/// if any did, after trying them all.
+async fn operate(client: &Client, printer: &Printer, targets: Targets, action: &str) -> Result<(), CtlError> {
+    let names = if targets.all {
+        let servers = client.get("/api/v1/servers").await?;
+        servers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str().map(str::to_owned))
+            .collect()
+    } else {
+        targets.names
+    };
+    let verb = action.split('?').next().unwrap_or(action);
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for name in &names {
+        let path = format!("/api/v1/servers/{}/{action}", segment(name));
+        match client.ok(Method::POST, &path, None).await {
+            Ok(server) => {
+                if printer.output == Output::Table {
+                    println!("{name}: {}", server["state"].as_str().unwrap_or("?"));
+                }
+                results.push(server);
+            }
+            Err(CtlError::Failed(message)) => {
+                if printer.output == Output::Table {
+                    println!("{name}: {verb} failed");
+                }
+                failures.push(format!("{verb} {name}: {message}"));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if printer.output == Output::Json {
+        printer.show(&Value::Array(results), |_| String::new());
+    }
+    match failures.len() {
+        0 => Ok(()),
+        _ => Err(CtlError::Failed(failures.join("; "))),
+    }
+}
+
+/// Readiness, once or polled until ready within `wait`.
+async fn health(client: &Client, printer: &Printer, wait: Option<Duration>) -> Result<(), CtlError> {
+    let deadline = Instant::now() + wait.unwrap_or_default();
+    loop {
+        let outcome = client.call(Method::GET, "/readyz", None).await;
+        let done = Instant::now() >= deadline;
+        match outcome {
+            Ok(answer) if answer.status == StatusCode::OK => {
+                printer.show(&answer.body, |_| "ready".to_owned());
+                return Ok(());
+            }
+            Ok(answer) if done => {
+                if printer.output == Output::Json {
+                    printer.show(&answer.body, |_| String::new());
+                }
+                return Err(CtlError::Failed(format!(
+                    "not ready: {}",
+                    render::not_ready(&answer.body)
+                )));
+            }
+            Err(error @ CtlError::Unauthorized { .. }) => return Err(error),
+            Err(error) if done => return Err(error),
+            _ => tokio::time::sleep(Duration::from_millis(200).min(deadline - Instant::now())).await,
+        }
+    }
+}

@@ -1,8 +1,12 @@
 //! Wire types of the SuperSocket admin API, shared by the host (`supersocketd`) and the CLI
 //! (`supersocket`).
 //!
-//! Only serde types and constants live here: the JSON shapes of SPEC §6, nothing that runs.
+//! Only serde types, constants and the duration format (`"500ms"`, `"10s"`) live here: what
+//! crosses the wire, nothing that runs.
 
+mod duration;
+
+pub use duration::{format_duration, parse_duration};
 use serde::{Deserialize, Serialize};
 
 /// Path prefix of the versioned admin API.
@@ -205,6 +209,15 @@ pub struct RouteInfo {
     pub of: usize,
 }
 
+/// The answer of `POST .../sessions/{id}/send` (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendReceipt {
+    /// The session the bytes were queued for.
+    pub session: String,
+    /// How many bytes were queued.
+    pub bytes: usize,
+}
+
 /// The answer of `POST /api/v1/reload`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReport {
@@ -242,6 +255,8 @@ pub enum ErrorCode {
     Forbidden,
     /// 404
     NotFound,
+    /// 405
+    MethodNotAllowed,
     /// 409
     Conflict,
     /// 413
@@ -262,6 +277,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::StartFailed | Self::Internal => 500,
@@ -277,6 +293,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// A sentence a user can act on.
     pub message: String,
+    /// Every problem, when there are several (a reload of a broken config lists each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 /// Every non-2xx answer of the admin API: `{"error": {"code": "...", "message": "..."}}`.

@@ -73,6 +73,7 @@ pub fn main(builder: HostBuilder) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let builder = builder.admin_token_override(env_token());
     let code = runtime.block_on(run(builder, config));
     // Sessions of stopped instances are gone; anything left (a stuck handler) must not delay exit.
     runtime.shutdown_background();
@@ -108,6 +109,11 @@ fn init_logging(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `$SUPERSOCKET_TOKEN`, which wins over the config's token.
+fn env_token() -> Option<String> {
+    std::env::var("SUPERSOCKET_TOKEN").ok().filter(|t| !t.is_empty())
+}
+
 /// `--config`, else `$SUPERSOCKET_CONFIG` (both through clap), else `./supersocket.toml`, else
 /// the embedded default; then the command-line and environment overrides.
 fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErrors> {
@@ -120,9 +126,7 @@ fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErr
     if let Some(admin) = &args.admin {
         config.admin.listen = admin.clone();
     }
-    if let Ok(token) = std::env::var("SUPERSOCKET_TOKEN")
-        && !token.is_empty()
-    {
+    if let Some(token) = env_token() {
         config.admin.token = Some(token);
     }
     if !config.admin.listen.is_local() && config.admin.token.is_none() {
@@ -155,7 +159,8 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
         AdminAddr::Tcp(_) => None,
     };
     let host = builder.build(config);
-    tokio::spawn(listener.serve(admin::router(host.clone())));
+    let router = admin::router(host.clone(), listener.local_addr());
+    tokio::spawn(listener.serve(router));
     let signals = match Signals::new() {
         Ok(signals) => signals,
         Err(e) => {
@@ -172,6 +177,16 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
     }
     tracing::info!("host stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: reloads the config; an invalid file changes nothing and is logged.
+async fn reload(host: &Host) {
+    tracing::info!("SIGHUP: reloading the config");
+    if let Err(errors) = host.reload().await {
+        for error in &errors.0 {
+            tracing::error!("reload refused, nothing changed: {error}");
+        }
+    }
 }
 
 /// The signals the host answers.
@@ -197,7 +212,7 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => tracing::warn!("SIGHUP: reloading the config is not supported by this host"),
+                _ = self.hup.recv() => reload(host).await,
             }
         }
         tracing::info!("shutting down (a second SIGINT exits at once)");

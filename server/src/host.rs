@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ServerState};
+use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ReloadReport, ServerState};
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigErrors, ConfigSource};
 use crate::instance::Instance;
 use crate::service::{ServerTypes, Service, ServiceContext};
 use crate::timefmt::rfc3339;
@@ -17,6 +17,7 @@ use crate::timefmt::rfc3339;
 #[derive(Clone)]
 pub struct HostBuilder {
     types: ServerTypes,
+    token_override: Option<String>,
 }
 
 impl Default for HostBuilder {
@@ -30,6 +31,7 @@ impl HostBuilder {
     pub fn new() -> Self {
         Self {
             types: ServerTypes::builtin(),
+            token_override: None,
         }
     }
 
@@ -50,8 +52,18 @@ impl HostBuilder {
         &self.types
     }
 
+    /// An admin token that wins over the config's, now and after every reload (the daemon
+    /// passes `$SUPERSOCKET_TOKEN`).
+    pub fn admin_token_override(mut self, token: Option<String>) -> Self {
+        self.token_override = token.filter(|t| !t.is_empty());
+        self
+    }
+
     /// The host for `config`; no instance is started yet.
-    pub fn build(self, config: Config) -> Host {
+    pub fn build(self, mut config: Config) -> Host {
+        if self.token_override.is_some() {
+            config.admin.token.clone_from(&self.token_override);
+        }
         let instances = config
             .servers
             .iter()
@@ -59,6 +71,9 @@ impl HostBuilder {
             .collect();
         Host {
             inner: Arc::new(HostInner {
+                types: self.types,
+                token_override: self.token_override,
+                reload: tokio::sync::Mutex::new(()),
                 config: RwLock::new(config),
                 instances: RwLock::new(instances),
                 started_at: SystemTime::now(),
@@ -76,6 +91,12 @@ pub struct Host {
 }
 
 struct HostInner {
+    /// The server types, for instances created by a reload.
+    types: ServerTypes,
+    /// Admin token that wins over the config's.
+    token_override: Option<String>,
+    /// Serialises reloads.
+    reload: tokio::sync::Mutex<()>,
     config: RwLock<Config>,
     /// Every instance, in config order.
     instances: RwLock<Vec<Arc<Instance>>>,
@@ -96,13 +117,94 @@ impl Host {
         self.instances().into_iter().find(|i| i.name() == name)
     }
 
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, Config> {
+        self.inner.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The stop bound of the config.
     pub fn shutdown_timeout(&self) -> Duration {
-        self.inner
-            .config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .shutdown_timeout
+        self.config().shutdown_timeout
+    }
+
+    /// The bearer token the admin API requires, if any.
+    pub fn admin_token(&self) -> Option<String> {
+        self.config().admin.token.clone()
+    }
+
+    /// Re-reads the config file and applies the difference: servers added are created (and
+    /// started if autostart), removed ones stopped and dropped, changed ones restarted with
+    /// their new settings, unchanged ones left alone with their sessions. An invalid file
+    /// changes nothing.
+    pub async fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
+        let _serialised = self.inner.reload.lock().await;
+        let source = self.config().source.clone();
+        let mut next = match &source {
+            ConfigSource::File(path) => Config::load(path, &self.inner.types)?,
+            ConfigSource::Embedded => Config::embedded(&self.inner.types)?,
+        };
+        if self.inner.token_override.is_some() {
+            next.admin.token.clone_from(&self.inner.token_override);
+        }
+        if next.admin.listen != self.config().admin.listen {
+            tracing::warn!(
+                "admin.listen changed to {}; it takes effect at the next start",
+                next.admin.listen
+            );
+        }
+        let timeout = next.shutdown_timeout;
+        let current = self.instances();
+        let mut report = ReloadReport::default();
+        let mut instances = Vec::with_capacity(next.servers.len());
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for server in &next.servers {
+            match current.iter().find(|i| i.name() == server.name) {
+                Some(instance) if *instance.config() == *server => {
+                    report.unchanged.push(server.name.clone());
+                    instances.push(instance.clone());
+                }
+                Some(instance) => {
+                    report.changed.push(server.name.clone());
+                    changed.push((instance.clone(), server.clone()));
+                    instances.push(instance.clone());
+                }
+                None => {
+                    report.added.push(server.name.clone());
+                    let instance = Arc::new(Instance::new(server.clone(), self.inner.types.clone()));
+                    added.push(instance.clone());
+                    instances.push(instance);
+                }
+            }
+        }
+        let removed: Vec<_> = current
+            .into_iter()
+            .filter(|i| next.server(i.name()).is_none())
+            .collect();
+        report.removed = removed.iter().map(|i| i.name().to_owned()).collect();
+        *self.inner.instances.write().unwrap_or_else(|e| e.into_inner()) = instances;
+        *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = next;
+
+        let mut work = Vec::new();
+        for instance in removed {
+            work.push(tokio::spawn(async move { instance.stop(timeout).await }));
+        }
+        for (instance, config) in changed {
+            work.push(tokio::spawn(async move { instance.reconfigure(config, timeout).await }));
+        }
+        for instance in added.into_iter().filter(|i| i.config().autostart) {
+            work.push(tokio::spawn(async move {
+                // A failure is recorded in the instance and logged.
+                let _ = instance.start().await;
+            }));
+        }
+        for task in work {
+            let _ = task.await;
+        }
+        tracing::info!(
+            added = ?report.added, removed = ?report.removed, changed = ?report.changed,
+            unchanged = report.unchanged.len(), "config reloaded"
+        );
+        Ok(report)
     }
 
     /// Starts every autostart instance, side by side; one that fails stays `failed` and does not
@@ -174,7 +276,7 @@ impl Host {
 
     /// The host facts of `GET /api/v1/host`.
     pub fn info(&self) -> HostInfo {
-        let config = self.inner.config.read().unwrap_or_else(|e| e.into_inner());
+        let config = self.config();
         HostInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),

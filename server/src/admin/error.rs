@@ -10,6 +10,7 @@ use supersocket_proto::{ErrorBody, ErrorCode, ErrorDetail};
 pub struct ApiError {
     code: ErrorCode,
     message: String,
+    details: Vec<String>,
 }
 
 impl ApiError {
@@ -18,12 +19,32 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            details: Vec::new(),
         }
+    }
+
+    /// 400 with one line per problem.
+    pub fn with_details(code: ErrorCode, message: impl Into<String>, details: Vec<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
     }
 
     /// 404 for a server that does not exist.
     pub fn no_server(name: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("no server named {name:?}"))
+    }
+
+    /// 404 for a session that does not exist.
+    pub fn no_session(server: &str, id: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("server {server:?} has no session {id:?}"))
     }
 }
 
@@ -34,6 +55,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
+                details: self.details,
             },
         };
         (status, Json(body)).into_response()

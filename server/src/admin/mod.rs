@@ -1,29 +1,57 @@
-//! The embedded admin API (SPEC §6): axum routes over the host, served on TCP or a unix socket.
+//! The embedded admin API (SPEC §6): axum routes over the host, guarded by Host/Origin checks
+//! and the bearer token, served on TCP or a unix socket.
 
 mod error;
+mod guard;
+mod metrics;
 mod routes;
 
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use supersocket_proto::MAX_ADMIN_BODY;
 
 pub use error::ApiError;
 
 use crate::config::AdminAddr;
 use crate::host::Host;
 
-/// The admin API's router over `host`.
-pub fn router(host: Host) -> Router {
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AdminState {
+    host: Host,
+    /// The bound TCP address, for Host checks; `None` on a unix socket.
+    own: Option<SocketAddr>,
+}
+
+/// The admin API's router over `host`, listening at `own` (`None` for a unix socket).
+pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
+    let state = AdminState { host, own };
+    let server = "/servers/{name}";
     let api = Router::new()
         .route("/host", get(routes::host_info))
         .route("/servers", get(routes::list_servers))
-        .route("/servers/{name}", get(routes::get_server));
+        .route(server, get(routes::get_server))
+        .route(&format!("{server}/start"), post(routes::start))
+        .route(&format!("{server}/stop"), post(routes::stop))
+        .route(&format!("{server}/restart"), post(routes::restart))
+        .route(&format!("{server}/sessions"), get(routes::sessions))
+        .route(&format!("{server}/sessions/{{id}}"), delete(routes::kick))
+        .route(&format!("{server}/sessions/{{id}}/send"), post(routes::send))
+        .route("/reload", post(routes::reload));
     Router::new()
         .route("/livez", get(routes::livez))
         .route("/healthz", get(routes::livez))
         .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
         .nest(supersocket_proto::API_PREFIX, api)
         .fallback(routes::not_found)
-        .with_state(host)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .with_state(state)
 }
 
 /// A bound admin listener.
@@ -35,32 +63,41 @@ pub enum AdminListener {
 }
 
 impl AdminListener {
-    /// Binds the admin address.
+    /// Binds the admin address; a unix socket is created with mode 0600.
     pub async fn bind(addr: &AdminAddr) -> std::io::Result<Self> {
         match addr {
             AdminAddr::Tcp(addr) => Ok(Self::Tcp(tokio::net::TcpListener::bind(addr).await?)),
             AdminAddr::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
                 // A socket file left by a previous run would make bind fail.
-                if std::fs::symlink_metadata(path)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                {
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
                     std::fs::remove_file(path)?;
                 }
-                let listener = tokio::net::UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                // Created unreachable to others from the first instant, then bound.
+                let mask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+                let listener = tokio::net::UnixListener::bind(path);
+                nix::sys::stat::umask(mask);
+                let listener = listener?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
                 Ok(Self::Unix(listener, path.clone()))
             }
         }
     }
 
+    /// The bound TCP address (`None` for a unix socket).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(listener) => listener.local_addr().ok(),
+            Self::Unix(..) => None,
+        }
+    }
+
     /// The URL clients use: `http://IP:PORT` or `unix:/path`.
     pub fn url(&self) -> String {
-        match self {
-            Self::Tcp(listener) => match listener.local_addr() {
-                Ok(addr) => format!("http://{addr}"),
-                Err(_) => "http://?".into(),
-            },
-            Self::Unix(_, path) => format!("unix:{}", path.display()),
+        match (self, self.local_addr()) {
+            (Self::Tcp(_), Some(addr)) => format!("http://{addr}"),
+            (Self::Tcp(_), None) => "http://?".into(),
+            (Self::Unix(_, path), _) => format!("unix:{}", path.display()),
         }
     }
 

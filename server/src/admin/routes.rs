@@ -1,13 +1,27 @@
 //! The admin API's handlers, one small function per route.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use base64::Engine as _;
 use serde::Deserialize;
-use supersocket_proto::{ErrorCode, HostInfo, Readiness, ServerInfo};
+use supersocket_proto::{
+    ErrorCode, HostInfo, Readiness, ReloadReport, SendReceipt, SendRequest, ServerInfo, SessionInfo,
+};
 
+use super::AdminState;
 use super::error::ApiError;
-use crate::host::Host;
+use crate::config::parse_duration;
+use crate::instance::Instance;
+use crate::session::{SendError, SessionId};
+
+/// Sessions listed when no `limit` is given.
+const DEFAULT_SESSION_LIMIT: usize = 1000;
 
 /// `GET /livez`, `GET /healthz`: 200 while the host runs.
 pub async fn livez() -> Json<serde_json::Value> {
@@ -21,8 +35,8 @@ pub struct ReadyQuery {
 }
 
 /// `GET /readyz`: 200 when every autostart server runs and the host is not stopping, else 503.
-pub async fn readyz(State(host): State<Host>, Query(query): Query<ReadyQuery>) -> (StatusCode, Json<Readiness>) {
-    let readiness = host.readiness(query.verbose.is_some());
+pub async fn readyz(State(state): State<AdminState>, Query(query): Query<ReadyQuery>) -> (StatusCode, Json<Readiness>) {
+    let readiness = state.host.readiness(query.verbose.is_some());
     let status = if readiness.ready {
         StatusCode::OK
     } else {
@@ -32,22 +46,190 @@ pub async fn readyz(State(host): State<Host>, Query(query): Query<ReadyQuery>) -
 }
 
 /// `GET /api/v1/host`.
-pub async fn host_info(State(host): State<Host>) -> Json<HostInfo> {
-    Json(host.info())
+pub async fn host_info(State(state): State<AdminState>) -> Json<HostInfo> {
+    Json(state.host.info())
 }
 
 /// `GET /api/v1/servers`: every server in config order.
-pub async fn list_servers(State(host): State<Host>) -> Json<Vec<ServerInfo>> {
-    Json(host.instances().iter().map(|i| i.info()).collect())
+pub async fn list_servers(State(state): State<AdminState>) -> Json<Vec<ServerInfo>> {
+    Json(state.host.instances().iter().map(|i| i.info()).collect())
 }
 
 /// `GET /api/v1/servers/{name}`.
-pub async fn get_server(State(host): State<Host>, Path(name): Path<String>) -> Result<Json<ServerInfo>, ApiError> {
-    let instance = host.instance(&name).ok_or_else(|| ApiError::no_server(&name))?;
+pub async fn get_server(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServerInfo>, ApiError> {
+    Ok(Json(instance(&state, &name)?.info()))
+}
+
+fn instance(state: &AdminState, name: &str) -> Result<Arc<Instance>, ApiError> {
+    state.host.instance(name).ok_or_else(|| ApiError::no_server(name))
+}
+
+/// Instance operations are refused once the host is shutting down.
+fn operable(state: &AdminState, name: &str) -> Result<Arc<Instance>, ApiError> {
+    if state.host.is_stopping() {
+        return Err(ApiError::new(ErrorCode::Conflict, "the host is shutting down"));
+    }
+    instance(state, name)
+}
+
+/// Query of stop and restart.
+#[derive(Debug, Deserialize)]
+pub struct StopQuery {
+    timeout: Option<String>,
+}
+
+impl StopQuery {
+    /// The drain bound asked for, else the config's `shutdown_timeout`.
+    fn timeout(&self, state: &AdminState) -> Result<Duration, ApiError> {
+        match &self.timeout {
+            Some(text) => parse_duration(text).map_err(|e| ApiError::bad_request(format!("timeout: {e}"))),
+            None => Ok(state.host.shutdown_timeout()),
+        }
+    }
+}
+
+/// `POST /api/v1/servers/{name}/start`: the server once running, or `start_failed`.
+pub async fn start(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Json<ServerInfo>, ApiError> {
+    let instance = operable(&state, &name)?;
+    instance
+        .start()
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
     Ok(Json(instance.info()))
+}
+
+/// `POST /api/v1/servers/{name}/stop?timeout=5s`: the server once stopped.
+pub async fn stop(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Result<Json<ServerInfo>, ApiError> {
+    let instance = operable(&state, &name)?;
+    instance.stop(query.timeout(&state)?).await;
+    Ok(Json(instance.info()))
+}
+
+/// `POST /api/v1/servers/{name}/restart`: the server once running again.
+pub async fn restart(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Result<Json<ServerInfo>, ApiError> {
+    let instance = operable(&state, &name)?;
+    let timeout = query.timeout(&state)?;
+    instance
+        .restart(timeout)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
+    Ok(Json(instance.info()))
+}
+
+/// Query of `GET .../sessions`.
+#[derive(Debug, Deserialize)]
+pub struct SessionsQuery {
+    limit: Option<String>,
+}
+
+/// `GET /api/v1/servers/{name}/sessions?limit=N`: open sessions, oldest first.
+pub async fn sessions(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<SessionsQuery>,
+) -> Result<Json<Vec<SessionInfo>>, ApiError> {
+    let instance = instance(&state, &name)?;
+    let limit = match query.limit {
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("limit {text:?} is not a count")))?,
+        None => DEFAULT_SESSION_LIMIT,
+    };
+    Ok(Json(instance.sessions(limit)))
+}
+
+fn session_id(name: &str, id: &str) -> Result<SessionId, ApiError> {
+    id.parse().map_err(|_| ApiError::no_session(name, id))
+}
+
+/// `POST /api/v1/servers/{name}/sessions/{id}/send`: `{"text": ...}` or `{"base64": ...}`; 202.
+pub async fn send(
+    State(state): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let instance = instance(&state, &name)?;
+    let session = session_id(&name, &id)?;
+    let request: SendRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let bytes = match (request.text, request.base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| ApiError::bad_request(format!("base64: {e}")))?,
+        _ => return Err(ApiError::bad_request("give exactly one of `text` and `base64`")),
+    };
+    let length = bytes.len();
+    match instance.send_to(session, bytes.into()) {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(SendReceipt {
+                session: id,
+                bytes: length,
+            }),
+        )),
+        Err(SendError::NoSession) => Err(ApiError::no_session(&name, &id)),
+        Err(e @ SendError::QueueFull) => Err(ApiError::new(ErrorCode::Conflict, e.to_string())),
+    }
+}
+
+/// `DELETE /api/v1/servers/{name}/sessions/{id}`: closes it (`local_closing`); 204.
+pub async fn kick(
+    State(state): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let instance = instance(&state, &name)?;
+    if instance.kick(session_id(&name, &id)?) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::no_session(&name, &id))
+    }
+}
+
+/// `POST /api/v1/reload`: what changed, or 400 with every error (and nothing changed).
+pub async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadReport>, ApiError> {
+    if state.host.is_stopping() {
+        return Err(ApiError::new(ErrorCode::Conflict, "the host is shutting down"));
+    }
+    match state.host.reload().await {
+        Ok(report) => Ok(Json(report)),
+        Err(errors) => Err(ApiError::with_details(
+            ErrorCode::BadRequest,
+            format!("the config has {} error(s); nothing was changed", errors.0.len()),
+            errors.0.iter().map(ToString::to_string).collect(),
+        )),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let body = super::metrics::render(&state.host);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 /// Any other path.
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
 }

@@ -5,7 +5,6 @@
 //! types below, collecting every problem; `validate` checks what spans servers (unique names,
 //! overlapping ports, TLS files, known types); `default.toml` is the embedded default.
 
-mod duration;
 mod error;
 mod node;
 mod schema;
@@ -15,9 +14,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use supersocket_proto::Isolation;
+pub use supersocket_proto::{format_duration, parse_duration};
 
 /// The embedded default config, used when no file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");

@@ -58,6 +58,18 @@ impl InstanceContext {
     }
 }
 
+/// Runs `operation` on its own task so that it completes even if the caller's future is
+/// dropped, and waits for it.
+async fn finish_detached<T: Send + 'static>(operation: impl Future<Output = T> + Send + 'static) -> T {
+    match tokio::spawn(operation).await {
+        Ok(output) => output,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("the runtime shut down during an instance operation"),
+        },
+    }
+}
+
 /// Why an instance could not start.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -134,22 +146,74 @@ impl Instance {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts it: binds every listener or none. Starting a running instance does nothing.
-    pub async fn start(&self) -> Result<(), StartError> {
-        let mut run = self.run.lock().await;
+    /// Starts it: binds every listener or none. Starting a running instance does nothing; a
+    /// start during a stop waits for the stop. The operation runs to its end even if the
+    /// caller stops waiting (an HTTP client that hangs up cannot leave a half-started instance).
+    pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
+        let this = self.clone();
+        finish_detached(async move {
+            let mut run = this.run.lock().await;
+            this.start_locked(&mut run)
+        })
+        .await
+    }
+
+    /// Stops it: closes the listeners, lets sessions drain for at most `timeout`, then closes
+    /// the rest. Stopping a stopped or failed instance does nothing. Runs to its end even if the
+    /// caller stops waiting.
+    pub async fn stop(self: &Arc<Self>, timeout: Duration) {
+        let this = self.clone();
+        finish_detached(async move {
+            let mut run = this.run.lock().await;
+            this.stop_locked(&mut run, timeout).await;
+        })
+        .await
+    }
+
+    /// Stops it (if running) and starts it again, with no other operation in between.
+    pub async fn restart(self: &Arc<Self>, timeout: Duration) -> Result<(), StartError> {
+        let this = self.clone();
+        finish_detached(async move {
+            let mut run = this.run.lock().await;
+            this.stop_locked(&mut run, timeout).await;
+            this.start_locked(&mut run)
+        })
+        .await
+    }
+
+    /// Takes a changed config (reload): stops the instance, swaps the config, and starts it
+    /// again if it was running or is autostart.
+    pub(crate) async fn reconfigure(self: &Arc<Self>, config: ServerConfig, timeout: Duration) {
+        let this = self.clone();
+        finish_detached(async move {
+            let mut run = this.run.lock().await;
+            let was_running = run.is_some();
+            this.stop_locked(&mut run, timeout).await;
+            let autostart = config.autostart;
+            *this.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+            if was_running || autostart {
+                // A failure is recorded in the status and logged.
+                let _ = this.start_locked(&mut run);
+            }
+        })
+        .await
+    }
+
+    fn start_locked(&self, run: &mut Option<Running>) -> Result<(), StartError> {
         if run.is_some() {
             return Ok(());
         }
         self.status().state = ServerState::Starting;
         match self.launch() {
-            Ok(running) => {
-                *run = Some(running.0);
+            Ok((running, listeners)) => {
+                *run = Some(running);
                 let mut status = self.status();
                 status.state = ServerState::Running;
                 status.last_error = None;
                 status.started = Some((SystemTime::now(), Instant::now()));
-                status.listeners = running.1;
-                tracing::info!(server = %self.name, listeners = ?status.listeners.iter().map(|l| format!("{}:{}", l.ip, l.port)).collect::<Vec<_>>(), "started");
+                let bound: Vec<String> = listeners.iter().map(|l| format!("{}:{}", l.ip, l.port)).collect();
+                tracing::info!(server = %self.name, listeners = ?bound, "started");
+                status.listeners = listeners;
                 Ok(())
             }
             Err(message) => {
@@ -234,10 +298,7 @@ impl Instance {
         ))
     }
 
-    /// Stops it: closes the listeners, lets sessions drain for at most `timeout`, then closes
-    /// the rest. Stopping a stopped or failed instance does nothing.
-    pub async fn stop(&self, timeout: Duration) {
-        let mut run = self.run.lock().await;
+    async fn stop_locked(&self, run: &mut Option<Running>, timeout: Duration) {
         let Some(running) = run.take() else { return };
         self.status().state = ServerState::Stopping;
         let began = Instant::now();
@@ -285,6 +346,11 @@ impl Instance {
             restarts: status.restarts,
             last_error: status.last_error,
         }
+    }
+
+    /// Connections closed at once over `max_connections` since the host started.
+    pub fn rejected(&self) -> u64 {
+        self.stats.rejected.load(Ordering::Relaxed)
     }
 
     /// Up to `limit` open sessions, oldest first.

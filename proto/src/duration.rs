@@ -1,4 +1,4 @@
-//! Durations as written in the config: `"500ms"`, `"10s"`, `"5m"`, `"1h"`, `"0s"`.
+//! Durations as written in the config, in query strings and on the command line: `"500ms"`, `"10s"`, `"5m"`, `"1h"`, `"0s"`.
 
 use std::time::Duration;
 

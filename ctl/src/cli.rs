@@ -1,0 +1,117 @@
+//! The command line of `supersocket` (SPEC §7).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Controls a SuperSocket host through its admin API.
+#[derive(Debug, Parser)]
+#[command(name = "supersocket", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Admin API of the host: http://IP:PORT or unix:/path.
+    #[arg(
+        long,
+        env = "SUPERSOCKET_URL",
+        default_value = "http://127.0.0.1:2020",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "SUPERSOCKET_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Tables for people, or the API's JSON unchanged for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// Longest wait for one answer of the host (e.g. 500ms, 30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = supersocket_proto::parse_duration, global = true)]
+    pub timeout: std::time::Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON.
+    Json,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every server instance.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Host summary and servers, or one server in detail.
+    Status {
+        /// A server to show in detail.
+        name: Option<String>,
+    },
+    /// Start servers.
+    Start(Targets),
+    /// Stop servers (sessions drain first).
+    Stop {
+        #[command(flatten)]
+        targets: Targets,
+        /// Bound on draining sessions (default: the host's shutdown_timeout).
+        #[arg(long, value_parser = supersocket_proto::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Restart servers.
+    Restart(Targets),
+    /// List the open sessions of a server.
+    Sessions {
+        /// The server.
+        name: String,
+        /// Most sessions to list.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Send a line of text to one session.
+    Send {
+        /// The server.
+        name: String,
+        /// The session id (see `sessions`).
+        session: String,
+        /// The text; a line end is added.
+        text: String,
+    },
+    /// Close one session.
+    Kick {
+        /// The server.
+        name: String,
+        /// The session id.
+        session: String,
+    },
+    /// Which instance of a type the dispatcher picks for a key.
+    Route {
+        /// The server type.
+        server_type: String,
+        /// The routing key.
+        key: String,
+    },
+    /// Reload the host's config file.
+    Reload,
+    /// Readiness: exit 0 when ready, 1 when not.
+    Health {
+        /// Poll until ready or until this much time has passed.
+        #[arg(long, value_parser = supersocket_proto::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Servers named, or all of them.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Targets {
+    /// Server names.
+    pub names: Vec<String>,
+    /// Every server, in config order.
+    #[arg(long)]
+    pub all: bool,
+}

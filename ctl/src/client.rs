@@ -1,0 +1,162 @@
+//! The HTTP client of the admin API, over TCP or a unix socket, and the failures that map to
+//! the CLI's exit codes.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// A failure, with the exit code of SPEC §7.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The operation failed or a server/session does not exist: exit 1.
+    #[error("{0}")]
+    Failed(String),
+    /// The host cannot be reached: exit 3.
+    #[error("cannot reach the host at {url}: {cause}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        cause: String,
+    },
+    /// The token is missing or wrong: exit 4.
+    #[error("unauthorized at {url}: {message} (set --token or SUPERSOCKET_TOKEN)")]
+    Unauthorized {
+        /// The URL tried.
+        url: String,
+        /// The host's message.
+        message: String,
+    },
+}
+
+impl CtlError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Failed(_) => 1,
+            Self::Unreachable { .. } => 3,
+            Self::Unauthorized { .. } => 4,
+        }
+    }
+}
+
+/// One answer: its status and JSON body (`null` when empty).
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The body as JSON.
+    pub body: Value,
+}
+
+/// The admin API at one URL.
+pub struct Client {
+    http: reqwest::Client,
+    /// Where requests go (`http://localhost` over a unix socket).
+    base: String,
+    /// The URL as the user gave it, for messages.
+    url: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for `url` (`http://IP:PORT` or `unix:/path`).
+    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Self, CtlError> {
+        let builder = reqwest::Client::builder().timeout(timeout).no_proxy();
+        let (builder, base) = match url.strip_prefix("unix:") {
+            Some(path) => (builder.unix_socket(path), "http://localhost".to_owned()),
+            None if url.starts_with("http://") || url.starts_with("https://") => {
+                (builder, url.trim_end_matches('/').to_owned())
+            }
+            None => {
+                return Err(CtlError::Failed(format!(
+                    "--url {url:?} must start with http:// or unix:"
+                )));
+            }
+        };
+        let http = builder
+            .build()
+            .map_err(|e| CtlError::Failed(format!("cannot set up HTTP: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            url: url.to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// Sends a request and returns any answer the host gave; only transport problems fail.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer, CtlError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport(e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(CtlError::Unauthorized {
+                url: self.url.clone(),
+                message: message(&body, status),
+            });
+        }
+        Ok(Answer { status, body })
+    }
+
+    /// Sends a request; any non-2xx answer is a failure carrying the host's message.
+    pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, CtlError> {
+        let answer = self.call(method, path, body).await?;
+        if answer.status.is_success() {
+            Ok(answer.body)
+        } else {
+            Err(CtlError::Failed(message(&answer.body, answer.status)))
+        }
+    }
+
+    /// `GET` that must succeed.
+    pub async fn get(&self, path: &str) -> Result<Value, CtlError> {
+        self.ok(Method::GET, path, None).await
+    }
+
+    fn transport(&self, e: reqwest::Error) -> CtlError {
+        if e.is_timeout() {
+            return CtlError::Failed(format!("no answer from {} in time (raise --timeout)", self.url));
+        }
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            cause = inner.to_string();
+            source = inner.source();
+        }
+        CtlError::Unreachable {
+            url: self.url.clone(),
+            cause,
+        }
+    }
+}
+
+/// The host's error message (with every detail), or the status.
+fn message(body: &Value, status: StatusCode) -> String {
+    let Some(error) = body.get("error") else {
+        return format!("the host answered {status}");
+    };
+    let mut text = error["message"].as_str().unwrap_or("unknown error").to_owned();
+    for detail in error["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        text.push_str("; ");
+        text.push_str(detail);
+    }
+    text
+}

@@ -1,0 +1,241 @@
+//! Tables and lines for people: servers, sessions, host status. Tables stay within 80 columns.
+
+use serde_json::Value;
+use tabled::settings::object::Columns;
+use tabled::settings::peaker::PriorityMax;
+use tabled::settings::{Padding, Style, Width};
+use tabled::{Table, Tabled};
+
+/// Widest a table may be.
+const MAX_WIDTH: usize = 80;
+
+/// One row of `list`.
+#[derive(Tabled)]
+#[tabled(rename_all = "UPPERCASE")]
+struct ServerRow {
+    name: String,
+    #[tabled(rename = "TYPE")]
+    server_type: String,
+    state: String,
+    isolation: String,
+    pid: String,
+    listeners: String,
+    sessions: String,
+    uptime: String,
+    restarts: String,
+}
+
+/// One row of `sessions`.
+#[derive(Tabled)]
+#[tabled(rename_all = "UPPERCASE")]
+struct SessionRow {
+    id: String,
+    remote: String,
+    started: String,
+    #[tabled(rename = "LAST-ACTIVE")]
+    last_active: String,
+    #[tabled(rename = "IN")]
+    bytes_in: String,
+    #[tabled(rename = "OUT")]
+    bytes_out: String,
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table<T: Tabled>(rows: impl IntoIterator<Item = T>) -> String {
+    let mut table = Table::new(rows);
+    // Columns apart by one space, as `ps` and `kubectl` print them.
+    table.with(Style::empty()).with(Padding::new(0, 1, 0, 0));
+    table.modify(Columns::last(), Padding::zero());
+    table.with(Width::wrap(MAX_WIDTH).keep_words(true).priority(PriorityMax::right()));
+    table
+        .to_string()
+        .lines()
+        .map(|line| format!("{}\n", line.trim_end()))
+        .collect()
+}
+
+/// The bound ports, `/tls` marking TLS ones (the table has no room for addresses; `status
+/// NAME` shows them).
+fn ports(server: &Value) -> String {
+    let list: Vec<String> = server["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| format!("{}{}", l["port"], if l["tls"] == true { "/tls" } else { "" }))
+        .collect();
+    if list.is_empty() { "-".into() } else { list.join(",") }
+}
+
+/// `ip:port` of every listener, `+tls` marking TLS ones.
+pub fn listeners(server: &Value) -> String {
+    let list: Vec<String> = server["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let ip = l["ip"].as_str().unwrap_or("?");
+            let ip = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_owned()
+            };
+            let tls = if l["tls"] == true { "+tls" } else { "" };
+            format!("{ip}:{}{tls}", l["port"])
+        })
+        .collect();
+    if list.is_empty() { "-".into() } else { list.join(" ") }
+}
+
+/// `45s`, `12m03s`, `3h04m`, `2d03h`; `-` for a server not running.
+pub fn uptime(server: &Value) -> String {
+    if server["state"] != "running" {
+        return "-".into();
+    }
+    let secs = server["uptime_secs"].as_u64().unwrap_or(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+/// The table of `list`.
+pub fn servers(servers: &Value) -> String {
+    let rows = servers.as_array().into_iter().flatten().map(|s| ServerRow {
+        name: text(&s["name"]),
+        server_type: text(&s["type"]),
+        state: text(&s["state"]),
+        isolation: text(&s["isolation"]),
+        pid: text(&s["pid"]),
+        listeners: ports(s),
+        sessions: text(&s["sessions"]),
+        uptime: uptime(s),
+        restarts: text(&s["restarts"]),
+    });
+    table(rows)
+}
+
+/// The table of `sessions`; times shown as `HH:MM:SS` UTC.
+pub fn sessions(sessions: &Value) -> String {
+    let time = |v: &Value| v.as_str().and_then(|t| t.get(11..19)).unwrap_or("-").to_owned();
+    let rows = sessions.as_array().into_iter().flatten().map(|s| SessionRow {
+        id: text(&s["id"]),
+        remote: text(&s["remote"]),
+        started: time(&s["started_at"]),
+        last_active: time(&s["last_active_at"]),
+        bytes_in: text(&s["bytes_in"]),
+        bytes_out: text(&s["bytes_out"]),
+    });
+    table(rows)
+}
+
+/// One server in detail, one `key: value` line per field.
+pub fn server_detail(server: &Value) -> String {
+    let fields = [
+        ("Name", text(&server["name"])),
+        ("Type", text(&server["type"])),
+        ("State", text(&server["state"])),
+        ("Isolation", text(&server["isolation"])),
+        ("Autostart", text(&server["autostart"])),
+        ("PID", text(&server["pid"])),
+        ("Listeners", listeners(server)),
+        (
+            "Sessions",
+            format!("{} of {}", text(&server["sessions"]), text(&server["max_connections"])),
+        ),
+        ("Total sessions", text(&server["total_sessions"])),
+        ("Packages", text(&server["total_packages"])),
+        (
+            "Bytes in/out",
+            format!("{} / {}", text(&server["bytes_in"]), text(&server["bytes_out"])),
+        ),
+        ("Started", text(&server["started_at"])),
+        ("Uptime", uptime(server)),
+        ("Restarts", text(&server["restarts"])),
+        ("Last error", text(&server["last_error"])),
+    ];
+    fields.iter().map(|(k, v)| format!("{k:<15} {v}\n")).collect()
+}
+
+/// The host summary above the table of `status`.
+pub fn host_summary(host: &Value, ready: &Value) -> String {
+    let readiness = if ready["ready"] == true {
+        "ready".to_owned()
+    } else {
+        format!("not ready ({})", not_ready(ready))
+    };
+    format!(
+        "Host     supersocketd {} (pid {}), {} for {}s\nConfig   {}\nReady    {readiness}\n",
+        text(&host["version"]),
+        text(&host["pid"]),
+        text(&host["state"]),
+        text(&host["uptime_secs"]),
+        host["config_path"].as_str().unwrap_or("<embedded default>"),
+    )
+}
+
+/// The failing checks of a readiness answer: `A is failed, B is stopped`.
+pub fn not_ready(ready: &Value) -> String {
+    let failing: Vec<String> = ready["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["ok"] != true)
+        .map(|c| format!("{} is {}", text(&c["name"]), text(&c["state"])))
+        .collect();
+    failing.join(", ")
+}
+
+/// `added: A, B` lines of a reload report.
+pub fn reload_report(report: &Value) -> String {
+    ["added", "removed", "changed", "unchanged"]
+        .iter()
+        .map(|key| {
+            let names: Vec<String> = report[key].as_array().into_iter().flatten().map(text).collect();
+            let names = if names.is_empty() {
+                "-".to_owned()
+            } else {
+                names.join(", ")
+            };
+            format!("{key:<10} {names}\n")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptimes_are_short() {
+        let at = |secs: u64| uptime(&serde_json::json!({"state": "running", "uptime_secs": secs}));
+        assert_eq!(at(5), "5s");
+        assert_eq!(at(125), "2m05s");
+        assert_eq!(at(3 * 3600 + 4 * 60), "3h04m");
+        assert_eq!(at(2 * 86400 + 3 * 3600), "2d03h");
+        assert_eq!(uptime(&serde_json::json!({"state": "stopped", "uptime_secs": 0})), "-");
+    }
+
+    #[test]
+    fn a_wide_server_table_fits_80_columns() {
+        let server = serde_json::json!({
+            "name": "a-rather-long-server-name-indeed", "type": "connector", "state": "running",
+            "isolation": "process", "pid": 123456, "sessions": 10000, "uptime_secs": 99999, "restarts": 3,
+            "listeners": [{"ip": "fe80::1234:5678:9abc:def0", "port": 65535, "tls": true},
+                          {"ip": "255.255.255.255", "port": 65535, "tls": false}]
+        });
+        let out = servers(&serde_json::json!([server.clone(), server]));
+        for line in out.lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line:?}", line.chars().count());
+        }
+        assert!(out.contains("NAME") && out.contains("RESTARTS"));
+    }
+}

@@ -20,9 +20,10 @@ pub struct Cli {
     /// Tables for people, or the API's JSON unchanged for scripts.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
-    /// Longest wait for one answer of the host (e.g. 500ms, 30s, 2m).
-    #[arg(long, default_value = "60s", value_parser = supersocket_proto::parse_duration, global = true)]
-    pub timeout: std::time::Duration,
+    /// Longest wait for one answer of the host (e.g. 500ms, 30s, 2m); give it before the
+    /// command (after `stop` the same flag is the drain bound).
+    #[arg(long = "timeout", id = "request_timeout", value_name = "DUR", default_value = "60s", value_parser = supersocket_proto::parse_duration)]
+    pub request_timeout: std::time::Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,8 +55,8 @@ pub enum Command {
         #[command(flatten)]
         targets: Targets,
         /// Bound on draining sessions (default: the host's shutdown_timeout).
-        #[arg(long, value_parser = supersocket_proto::parse_duration)]
-        timeout: Option<std::time::Duration>,
+        #[arg(long = "timeout", id = "drain_timeout", value_name = "DUR", value_parser = supersocket_proto::parse_duration)]
+        drain_timeout: Option<std::time::Duration>,
     },
     /// Restart servers.
     Restart(Targets),

@@ -18,7 +18,16 @@ use cli::{Cli, Command, Output, Targets};
 use client::{Client, CtlError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("supersocket: {} (see --help)", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -33,6 +42,13 @@ fn main() -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// The message part of a clap error (before its usage block), on one line.
+fn one_line(rendered: &str) -> String {
+    let message = rendered.split("\n\n").next().unwrap_or(rendered);
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// What a command prints: for people, and for `--output json`.
@@ -67,13 +83,17 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
+/// Time allowed beyond a stop's drain bound for the host to answer.
+const DRAIN_MARGIN: Duration = Duration::from_secs(10);
+
 async fn run(cli: Cli) -> Result<(), CtlError> {
     let printer = Printer { output: cli.output };
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "supersocket", &mut std::io::stdout());
         return Ok(());
     }
-    let client = Client::new(&cli.url, cli.token, cli.timeout)?;
+    let token = cli.token.clone();
+    let client = Client::new(&cli.url, cli.token, cli.request_timeout)?;
     match cli.command {
         Command::List => {
             let servers = client.get("/api/v1/servers").await?;
@@ -97,10 +117,15 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             });
         }
         Command::Start(targets) => operate(&client, &printer, targets, "start").await?,
-        Command::Stop { targets, timeout } => {
-            let action = match timeout {
+        Command::Stop { targets, drain_timeout } => {
+            let action = match drain_timeout {
                 Some(t) => format!("stop?timeout={}", supersocket_proto::format_duration(t)),
                 None => "stop".to_owned(),
+            };
+            // A drain longer than the request timeout must not make the CLI give up first.
+            let client = match drain_timeout {
+                Some(t) if t + DRAIN_MARGIN > cli.request_timeout => Client::new(&cli.url, token, t + DRAIN_MARGIN)?,
+                _ => client,
             };
             operate(&client, &printer, targets, &action).await?;
         }

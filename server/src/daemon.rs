@@ -44,7 +44,21 @@ const DEFAULT_CONFIG_FILE: &str = "supersocket.toml";
 
 /// Parses the command line and runs the host until it is shut down.
 pub fn main(builder: HostBuilder) -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // The message part of clap's error (before its usage block), on one line.
+            let rendered = e.render().to_string();
+            let message = rendered.split("\n\n").next().unwrap_or(&rendered);
+            let message = message.strip_prefix("error: ").unwrap_or(message);
+            eprintln!(
+                "supersocketd: {} (see --help)",
+                message.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            return ExitCode::from(2);
+        }
+    };
     if let Err(message) = init_logging(&args) {
         eprintln!("supersocketd: {message}");
         return ExitCode::from(2);

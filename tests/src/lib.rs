@@ -48,6 +48,46 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// What a run of the CLI printed, and its exit code.
+#[derive(Debug)]
+pub struct CtlOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Standard output as JSON (for `--output json`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Runs the real `supersocket` CLI with `--url url` and extra environment variables.
+pub fn ctl_at(url: &str, args: &[&str], env: &[(&str, &str)]) -> CtlOutput {
+    let output = Command::new(bin("supersocket"))
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .env_remove("SUPERSOCKET_URL")
+        .env_remove("SUPERSOCKET_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run supersocket");
+    let out = CtlOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(!out.stderr.contains("panicked"), "the CLI panicked: {}", out.stderr);
+    assert!(out.stderr.lines().count() <= 1, "errors are one line: {}", out.stderr);
+    out
+}
+
 /// A scratch folder removed when dropped.
 pub struct Scratch {
     path: PathBuf,
@@ -195,6 +235,21 @@ impl HostProcess {
             },
             Err(_) => Err(format!("no ready line; stderr:\n{}", host.stderr())),
         }
+    }
+
+    /// The config file the host was started with.
+    pub fn config_path(&self) -> PathBuf {
+        let toml = self.scratch.path().join("host.toml");
+        if toml.exists() {
+            toml
+        } else {
+            self.scratch.path().join("host.json")
+        }
+    }
+
+    /// Runs the real `supersocket` CLI against this host.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        ctl_at(&self.admin, args, &[])
     }
 
     /// The host's pid.

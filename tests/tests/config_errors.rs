@@ -264,6 +264,9 @@ fn a_valid_config_passes_check_and_a_broken_one_does_not_start() {
 fn usage_errors_exit_2_and_a_public_admin_needs_a_token() {
     let usage = Command::new(bin("supersocketd")).arg("--frobnicate").output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&usage.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("unexpected argument '--frobnicate'"), "{stderr}");
     let usage = Command::new(bin("supersocketd"))
         .args(["--admin", "not-an-address", "--check"])
         .output()

@@ -194,9 +194,9 @@ impl HostProcess {
         let stderr = std::fs::File::create(&stderr_log).map_err(|e| e.to_string())?;
         command
             .args(&options.args)
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env_remove("SUPERSOCKET_CONFIG")
             .env_remove("SUPERSOCKET_TOKEN")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -329,6 +329,19 @@ impl HostProcess {
         while self.get("/readyz").await.0 != status {
             assert!(Instant::now() < deadline, "/readyz never answered {status}");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls until a server of that name exists (after a reload), for at most `timeout`.
+    pub async fn wait_for_server(&self, name: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(&format!("/api/v1/servers/{name}")).await;
+            if status == 200 && body["state"] == "running" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "server {name} did not appear: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -265,8 +265,6 @@ pub enum ErrorCode {
     StartFailed,
     /// 500
     Internal,
-    /// 503
-    Unavailable,
 }
 
 impl ErrorCode {
@@ -281,7 +279,6 @@ impl ErrorCode {
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::StartFailed | Self::Internal => 500,
-            Self::Unavailable => 503,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The host: the registry of instances built from one config, their coordinated start at boot
 //! and stop at shutdown, and the host-wide facts the admin API reports.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ReloadReport, ServerState};
 
 use crate::config::{Config, ConfigErrors, ConfigSource};
+use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
 use crate::instance::Instance;
 use crate::service::{ServerTypes, Service, ServiceContext};
 use crate::timefmt::rfc3339;
@@ -17,6 +19,7 @@ use crate::timefmt::rfc3339;
 #[derive(Clone)]
 pub struct HostBuilder {
     types: ServerTypes,
+    routes: HashMap<String, RouteFn>,
     token_override: Option<String>,
 }
 
@@ -31,6 +34,7 @@ impl HostBuilder {
     pub fn new() -> Self {
         Self {
             types: ServerTypes::builtin(),
+            routes: HashMap::new(),
             token_override: None,
         }
     }
@@ -44,6 +48,17 @@ impl HostBuilder {
         E: Display,
     {
         self.types.register(name, factory);
+        self
+    }
+
+    /// Replaces the dispatcher's route for one server type: `route(key, running)` picks the
+    /// index of the instance (among the running ones of the type, in config order) a key goes
+    /// to. The default is `crc32(key) % running.len()`.
+    pub fn route<F>(mut self, server_type: &str, route: F) -> Self
+    where
+        F: Fn(&str, &[Arc<Instance>]) -> Option<usize> + Send + Sync + 'static,
+    {
+        self.routes.insert(server_type.to_owned(), Arc::new(route));
         self
     }
 
@@ -64,18 +79,26 @@ impl HostBuilder {
         if self.token_override.is_some() {
             config.admin.token.clone_from(&self.token_override);
         }
+        let directory = Arc::new(Directory::new(self.routes));
         let instances = config
             .servers
             .iter()
-            .map(|server| Arc::new(Instance::new(server.clone(), self.types.clone())))
+            .map(|server| {
+                Arc::new(Instance::new(
+                    server.clone(),
+                    self.types.clone(),
+                    Arc::downgrade(&directory),
+                ))
+            })
             .collect();
+        directory.replace(instances);
         Host {
             inner: Arc::new(HostInner {
                 types: self.types,
                 token_override: self.token_override,
                 reload: tokio::sync::Mutex::new(()),
                 config: RwLock::new(config),
-                instances: RwLock::new(instances),
+                directory,
                 started_at: SystemTime::now(),
                 started: Instant::now(),
                 stopping: AtomicBool::new(false),
@@ -98,8 +121,8 @@ struct HostInner {
     /// Serialises reloads.
     reload: tokio::sync::Mutex<()>,
     config: RwLock<Config>,
-    /// Every instance, in config order.
-    instances: RwLock<Vec<Arc<Instance>>>,
+    /// Every instance, by name and type.
+    directory: Arc<Directory>,
     started_at: SystemTime,
     started: Instant,
     /// Set once shutdown begins: readiness fails from then on.
@@ -109,12 +132,22 @@ struct HostInner {
 impl Host {
     /// Every instance, in config order.
     pub fn instances(&self) -> Vec<Arc<Instance>> {
-        self.inner.instances.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.directory.instances()
     }
 
     /// One instance by name.
     pub fn instance(&self, name: &str) -> Option<Arc<Instance>> {
-        self.instances().into_iter().find(|i| i.name() == name)
+        self.inner.directory.instance(name)
+    }
+
+    /// The instance of `server_type` the dispatcher picks for `key`.
+    pub fn route(&self, server_type: &str, key: &str) -> Option<Route> {
+        self.inner.directory.route(server_type, key)
+    }
+
+    /// The way handlers reach the other instances, for code outside any instance.
+    pub fn handle(&self) -> HostHandle {
+        HostHandle(Arc::downgrade(&self.inner.directory))
     }
 
     fn config(&self) -> std::sync::RwLockReadGuard<'_, Config> {
@@ -170,7 +203,8 @@ impl Host {
                 }
                 None => {
                     report.added.push(server.name.clone());
-                    let instance = Arc::new(Instance::new(server.clone(), self.inner.types.clone()));
+                    let directory = Arc::downgrade(&self.inner.directory);
+                    let instance = Arc::new(Instance::new(server.clone(), self.inner.types.clone(), directory));
                     added.push(instance.clone());
                     instances.push(instance);
                 }
@@ -181,7 +215,7 @@ impl Host {
             .filter(|i| next.server(i.name()).is_none())
             .collect();
         report.removed = removed.iter().map(|i| i.name().to_owned()).collect();
-        *self.inner.instances.write().unwrap_or_else(|e| e.into_inner()) = instances;
+        self.inner.directory.replace(instances);
         *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = next;
 
         let mut work = Vec::new();

@@ -8,6 +8,7 @@
 //! - [`session`]: one task per connection (read, decode, handle, write) and what a handler sees.
 //! - [`filter`]: pipeline filters that cut bytes into packages.
 //! - [`service`]: the [`Service`] trait a server type implements, and the type catalog.
+//! - [`dispatch`]: instances finding each other by name and type; the crc32 dispatcher.
 //! - [`services`]: the built-in types (`echo`, `command`).
 //! - [`admin`]: the admin API (axum).
 //! - [`daemon`]: the `supersocketd` program around it all.
@@ -39,6 +40,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod dispatch;
 pub mod filter;
 pub mod host;
 pub mod instance;
@@ -48,7 +50,8 @@ pub mod session;
 mod timefmt;
 pub mod tls;
 
+pub use dispatch::{HostHandle, Route};
 pub use host::{Host, HostBuilder};
-pub use instance::{Instance, InstanceContext};
+pub use instance::{CallError, Instance, InstanceContext};
 pub use service::{Service, ServiceContext};
 pub use session::{CloseReason, Session, SessionId};

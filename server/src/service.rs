@@ -12,6 +12,7 @@ use tokio_util::codec::Decoder;
 
 use crate::config::{ServerConfig, TypeCatalog};
 use crate::filter::FilterError;
+use crate::instance::InstanceContext;
 use crate::session::{CloseReason, Connection, Session, SessionSetup};
 
 /// A server type's behaviour: how bytes become packages, and what happens on each event.
@@ -42,6 +43,22 @@ pub trait Service: Send + Sync + 'static {
     fn closed(&self, session: &mut Session<'_>, reason: CloseReason) -> impl Future<Output = ()> + Send {
         let _ = (session, reason);
         async {}
+    }
+
+    /// Another instance called this one ([`Instance::call`](crate::Instance::call)): answer
+    /// its request. Messages are JSON so that calls work across isolation levels.
+    fn call(
+        &self,
+        instance: &InstanceContext,
+        request: serde_json::Value,
+    ) -> impl Future<Output = Result<serde_json::Value, String>> + Send {
+        let _ = (instance, request);
+        async { Err("this server type takes no calls".to_owned()) }
+    }
+
+    /// The instance is running: start background work with [`InstanceContext::spawn`] here.
+    fn started(&self, instance: &Arc<InstanceContext>) {
+        let _ = instance;
     }
 }
 
@@ -76,10 +93,17 @@ impl<'a> ServiceContext<'a> {
 /// A boxed session future.
 pub(crate) type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A boxed answer to a call.
+pub(crate) type CallFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send>>;
+
 /// A service with its types erased, so instances of any type can be held side by side.
 pub(crate) trait ErasedService: Send + Sync + 'static {
     /// Runs one connection to its end.
     fn serve(self: Arc<Self>, connection: Connection, setup: SessionSetup) -> SessionFuture;
+    /// Answers a call from another instance.
+    fn call(self: Arc<Self>, instance: Arc<InstanceContext>, request: serde_json::Value) -> CallFuture;
+    /// The instance is running.
+    fn started(&self, instance: &Arc<InstanceContext>);
 }
 
 struct Erased<S>(S);
@@ -87,6 +111,14 @@ struct Erased<S>(S);
 impl<S: Service> ErasedService for Erased<S> {
     fn serve(self: Arc<Self>, connection: Connection, setup: SessionSetup) -> SessionFuture {
         Box::pin(async move { crate::session::serve(&self.0, connection, setup).await })
+    }
+
+    fn call(self: Arc<Self>, instance: Arc<InstanceContext>, request: serde_json::Value) -> CallFuture {
+        Box::pin(async move { self.0.call(&instance, request).await })
+    }
+
+    fn started(&self, instance: &Arc<InstanceContext>) {
+        self.0.started(instance);
     }
 }
 

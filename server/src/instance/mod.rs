@@ -3,11 +3,12 @@
 //! of one instance are serialised; reading its state never waits for them.
 
 mod accept;
+mod context;
 mod listener;
 mod stats;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -17,46 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::service::ServerTypes;
+use crate::dispatch::{Directory, HostHandle};
+use crate::service::{ErasedService, ServerTypes};
 use crate::session::{CloseReason, SendError, SessionId, SessionRegistry};
 use crate::timefmt::rfc3339;
 use accept::AcceptLoop;
+pub use context::InstanceContext;
 pub(crate) use stats::InstanceStats;
-
-/// What the sessions of one run of an instance share: its name, config, sessions, counters.
-pub struct InstanceContext {
-    pub(crate) name: String,
-    pub(crate) config: Arc<ServerConfig>,
-    pub(crate) sessions: Arc<SessionRegistry>,
-    pub(crate) stats: Arc<InstanceStats>,
-}
-
-impl InstanceContext {
-    /// The instance's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The instance's config.
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
-    }
-
-    /// Queues bytes for one session of this instance.
-    pub fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
-        self.sessions.send(session, bytes)
-    }
-
-    /// Queues bytes for every session of this instance; returns how many took them.
-    pub fn broadcast(&self, bytes: Bytes) -> usize {
-        self.sessions.broadcast(&bytes)
-    }
-
-    /// Sessions open now.
-    pub fn session_count(&self) -> u64 {
-        self.stats.sessions.load(Ordering::Relaxed)
-    }
-}
 
 /// Runs `operation` on its own task so that it completes even if the caller's future is
 /// dropped, and waits for it.
@@ -68,6 +36,22 @@ async fn finish_detached<T: Send + 'static>(operation: impl Future<Output = T> +
             Err(_) => panic!("the runtime shut down during an instance operation"),
         },
     }
+}
+
+/// Why a call to another instance failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The instance is not running.
+    #[error("server {0:?} is not running")]
+    NotRunning(String),
+    /// The instance's handler answered with an error (or panicked).
+    #[error("server {server:?}: {message}")]
+    Failed {
+        /// The instance called.
+        server: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Why an instance could not start.
@@ -96,6 +80,13 @@ struct Running {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// What calls into a running instance need.
+#[derive(Clone)]
+struct Live {
+    service: Arc<dyn ErasedService>,
+    context: Arc<InstanceContext>,
+}
+
 /// A named server instance.
 pub struct Instance {
     name: String,
@@ -106,10 +97,14 @@ pub struct Instance {
     run: tokio::sync::Mutex<Option<Running>>,
     stats: Arc<InstanceStats>,
     sessions: Arc<SessionRegistry>,
+    /// The host's instances, for dispatch and to announce state changes.
+    directory: Weak<Directory>,
+    /// The service and context of the current run, while running.
+    live: RwLock<Option<Live>>,
 }
 
 impl Instance {
-    pub(crate) fn new(config: ServerConfig, types: ServerTypes) -> Self {
+    pub(crate) fn new(config: ServerConfig, types: ServerTypes, directory: Weak<Directory>) -> Self {
         Self {
             name: config.name.clone(),
             config: RwLock::new(Arc::new(config)),
@@ -124,6 +119,40 @@ impl Instance {
             run: tokio::sync::Mutex::new(None),
             stats: Arc::default(),
             sessions: Arc::default(),
+            directory,
+            live: RwLock::new(None),
+        }
+    }
+
+    /// Whether it is `running` (the dispatcher routes only to running instances).
+    pub fn is_running(&self) -> bool {
+        self.state() == ServerState::Running
+    }
+
+    fn topology_changed(&self) {
+        if let Some(directory) = self.directory.upgrade() {
+            directory.topology_changed();
+        }
+    }
+
+    fn live(&self) -> Option<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends a request to its service's `call` handler and waits for the answer. The message
+    /// is JSON so that the same call works whatever the instance's isolation.
+    pub async fn call(&self, request: serde_json::Value) -> Result<serde_json::Value, CallError> {
+        let live = self.live().ok_or_else(|| CallError::NotRunning(self.name.clone()))?;
+        let failed = |message: String| CallError::Failed {
+            server: self.name.clone(),
+            message,
+        };
+        let runtime = live.context.runtime.clone();
+        let answer = live.service.call(live.context, request);
+        // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
+        match runtime.spawn(answer).await {
+            Ok(answer) => answer.map_err(failed),
+            Err(_) => Err(failed("the handler panicked".into())),
         }
     }
 
@@ -205,15 +234,20 @@ impl Instance {
         }
         self.status().state = ServerState::Starting;
         match self.launch() {
-            Ok((running, listeners)) => {
+            Ok((running, live, listeners)) => {
                 *run = Some(running);
-                let mut status = self.status();
-                status.state = ServerState::Running;
-                status.last_error = None;
-                status.started = Some((SystemTime::now(), Instant::now()));
-                let bound: Vec<String> = listeners.iter().map(|l| format!("{}:{}", l.ip, l.port)).collect();
-                tracing::info!(server = %self.name, listeners = ?bound, "started");
-                status.listeners = listeners;
+                live.service.started(&live.context);
+                *self.live.write().unwrap_or_else(|e| e.into_inner()) = Some(live);
+                {
+                    let mut status = self.status();
+                    status.state = ServerState::Running;
+                    status.last_error = None;
+                    status.started = Some((SystemTime::now(), Instant::now()));
+                    let bound: Vec<String> = listeners.iter().map(|l| format!("{}:{}", l.ip, l.port)).collect();
+                    tracing::info!(server = %self.name, listeners = ?bound, "started");
+                    status.listeners = listeners;
+                }
+                self.topology_changed();
                 Ok(())
             }
             Err(message) => {
@@ -226,7 +260,7 @@ impl Instance {
         }
     }
 
-    fn launch(&self) -> Result<(Running, Vec<ListenerInfo>), String> {
+    fn launch(&self) -> Result<(Running, Live, Vec<ListenerInfo>), String> {
         let config = self.config();
         if config.isolation == Isolation::Process {
             return Err("process isolation is not supported by this host yet".into());
@@ -248,18 +282,22 @@ impl Instance {
         let handle = runtime
             .as_ref()
             .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
-        let instance = Arc::new(InstanceContext {
-            name: self.name.clone(),
-            config: config.clone(),
-            sessions: self.sessions.clone(),
-            stats: self.stats.clone(),
-        });
         let (listen, drain, hard) = (
             CancellationToken::new(),
             CancellationToken::new(),
             CancellationToken::new(),
         );
         let sessions = TaskTracker::new();
+        let instance = Arc::new(InstanceContext {
+            name: self.name.clone(),
+            config: config.clone(),
+            sessions: self.sessions.clone(),
+            stats: self.stats.clone(),
+            host: HostHandle(self.directory.clone()),
+            tasks: sessions.clone(),
+            stopping: drain.clone(),
+            runtime: handle.clone(),
+        });
         let mut infos = Vec::new();
         let mut accept_loops = Vec::new();
         for std_listener in listeners {
@@ -285,14 +323,19 @@ impl Instance {
             };
             accept_loops.push(handle.spawn(accept.run()));
         }
+        let running = Running {
+            listen,
+            drain,
+            hard,
+            accept_loops,
+            sessions,
+            runtime,
+        };
         Ok((
-            Running {
-                listen,
-                drain,
-                hard,
-                accept_loops,
-                sessions,
-                runtime,
+            running,
+            Live {
+                service,
+                context: instance,
             },
             infos,
         ))
@@ -301,6 +344,8 @@ impl Instance {
     async fn stop_locked(&self, run: &mut Option<Running>, timeout: Duration) {
         let Some(running) = run.take() else { return };
         self.status().state = ServerState::Stopping;
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.topology_changed();
         let began = Instant::now();
         running.listen.cancel();
         for accept_loop in running.accept_loops {
@@ -373,6 +418,11 @@ impl Instance {
     /// Queues bytes for one of its sessions.
     pub fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
         self.sessions.send(session, bytes)
+    }
+
+    /// Queues bytes for every one of its sessions; returns how many took them.
+    pub fn broadcast(&self, bytes: Bytes) -> usize {
+        self.sessions.broadcast(&bytes)
     }
 
     /// Closes one of its sessions (`local_closing`); false if there is no such session.

@@ -179,6 +179,11 @@ impl<'a> Session<'a> {
         self.instance
     }
 
+    /// The other instances of the host: by name, by type, and through the dispatcher.
+    pub fn host(&self) -> &'a crate::dispatch::HostHandle {
+        &self.instance.host
+    }
+
     /// Queues bytes for the peer.
     pub fn reply(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);

@@ -212,8 +212,7 @@ async fn metrics_are_prometheus_text_per_server() {
             .unwrap()
             .starts_with("text/plain; version=0.0.4")
     );
-    let text = response.text().await.unwrap();
-    for line in [
+    let expected = [
         "supersocket_server_state{server=\"Cmd\",type=\"command\",state=\"running\"} 1",
         "supersocket_server_state{server=\"Off\",type=\"echo\",state=\"stopped\"} 1",
         "supersocket_server_state{server=\"Off\",type=\"echo\",state=\"running\"} 0",
@@ -224,7 +223,24 @@ async fn metrics_are_prometheus_text_per_server() {
         "supersocket_server_sent_bytes_total{server=\"Cmd\",type=\"command\"} 6",
         "# TYPE supersocket_server_rejected_total counter",
         "# TYPE supersocket_host_uptime_seconds gauge",
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    ];
+    // The reply can reach the client a moment before the session counts the bytes it wrote.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = reqwest::get(format!("{}/metrics", host.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let missing: Vec<&&str> = expected
+            .iter()
+            .filter(|line| !text.lines().any(|l| l == **line))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "missing {missing:?} in:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

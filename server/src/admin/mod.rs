@@ -40,6 +40,7 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route(&format!("{server}/sessions"), get(routes::sessions))
         .route(&format!("{server}/sessions/{{id}}"), delete(routes::kick))
         .route(&format!("{server}/sessions/{{id}}/send"), post(routes::send))
+        .route("/route/{type}", get(routes::route))
         .route("/reload", post(routes::reload));
     Router::new()
         .route("/livez", get(routes::livez))

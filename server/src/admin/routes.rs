@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use base64::Engine as _;
 use serde::Deserialize;
 use supersocket_proto::{
-    ErrorCode, HostInfo, Readiness, ReloadReport, SendReceipt, SendRequest, ServerInfo, SessionInfo,
+    ErrorCode, HostInfo, Readiness, ReloadReport, RouteInfo, SendReceipt, SendRequest, ServerInfo, SessionInfo,
 };
 
 use super::AdminState;
@@ -195,6 +195,36 @@ pub async fn kick(
     } else {
         Err(ApiError::no_session(&name, &id))
     }
+}
+
+/// Query of `GET /api/v1/route/{type}`.
+#[derive(Debug, Deserialize)]
+pub struct RouteQuery {
+    key: Option<String>,
+}
+
+/// `GET /api/v1/route/{type}?key=K`: the instance the dispatcher picks for the key.
+pub async fn route(
+    State(state): State<AdminState>,
+    Path(server_type): Path<String>,
+    Query(query): Query<RouteQuery>,
+) -> Result<Json<RouteInfo>, ApiError> {
+    let key = query
+        .key
+        .ok_or_else(|| ApiError::bad_request("give the routing key as ?key=..."))?;
+    let route = state.host.route(&server_type, &key).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no running server of type {server_type:?}"),
+        )
+    })?;
+    Ok(Json(RouteInfo {
+        server_type,
+        key,
+        server: route.instance.name().to_owned(),
+        index: route.index,
+        of: route.of,
+    }))
 }
 
 /// `POST /api/v1/reload`: what changed, or 400 with every error (and nothing changed).

@@ -1,11 +1,13 @@
 //! `command`: SuperSocket's command-line protocol, `KEY arg arg...` with case-insensitive keys,
-//! one line per request and one `\r\n`-terminated line per reply.
+//! one line per request and one `\r\n`-terminated line per reply. `DISPATCH` and `BROADCAST`
+//! reach sessions of another instance and of this one.
 
 use bytes::BytesMut;
 
+use super::{line_bytes, split_command};
 use crate::filter::LineFilter;
 use crate::service::Service;
-use crate::session::Session;
+use crate::session::{SendError, Session};
 
 /// The command-line protocol of SPEC §5.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,11 +21,10 @@ impl Service for CommandService {
     }
 
     async fn received(&self, session: &mut Session<'_>, line: BytesMut) {
-        let Ok(line) = std::str::from_utf8(&line) else {
+        let Some((key, rest)) = split_command(&line) else {
             session.reply_line("ERR invalid UTF-8");
             return;
         };
-        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
         let is = |name: &str| key.eq_ignore_ascii_case(name);
         if key.is_empty() {
             // A bare newline (a user pressing Enter in telnet) gets no answer.
@@ -41,11 +42,39 @@ impl Service for CommandService {
         } else if is("SERVER") {
             let instance = session.instance();
             session.reply_line(instance.name());
+        } else if is("DISPATCH") {
+            dispatch(session, rest);
+        } else if is("BROADCAST") {
+            let count = session.instance().broadcast(line_bytes(rest));
+            session.reply_line(format_args!("OK {count}"));
         } else if is("QUIT") {
             session.close();
         } else {
             session.reply_line(format_args!("ERR unknown command {key}"));
         }
+    }
+}
+
+/// `DISPATCH <server> <session-id> <text>`: delivers `<text>` as one line to that session of
+/// that instance (SuperSocket's `IDespatchServer` example, over the wire).
+fn dispatch(session: &mut Session<'_>, args: &str) {
+    let mut parts = args.splitn(3, ' ');
+    let (Some(server), Some(id), text) = (parts.next(), parts.next(), parts.next().unwrap_or("")) else {
+        session.reply_line("ERR usage: DISPATCH <server> <session-id> <text>");
+        return;
+    };
+    let Some(target) = session.host().instance(server) else {
+        session.reply_line(format_args!("ERR no server {server}"));
+        return;
+    };
+    let sent = id
+        .parse()
+        .map_err(|_| SendError::NoSession)
+        .and_then(|id| target.send_to(id, line_bytes(text)));
+    match sent {
+        Ok(()) => session.reply_line("OK"),
+        Err(SendError::NoSession) => session.reply_line(format_args!("ERR no session {id}")),
+        Err(SendError::QueueFull) => session.reply_line(format_args!("ERR session {id} is not reading")),
     }
 }
 

@@ -1,10 +1,17 @@
 //! The built-in server types of SPEC §5, one file each.
 
+mod chat;
 mod command;
+mod connector;
 mod echo;
+mod gate;
 
+use bytes::Bytes;
+pub use chat::ChatService;
 pub use command::CommandService;
+pub use connector::ConnectorService;
 pub use echo::EchoService;
+pub use gate::GateService;
 
 use crate::service::ServerTypes;
 
@@ -12,4 +19,21 @@ use crate::service::ServerTypes;
 pub(crate) fn register_builtin(types: &mut ServerTypes) {
     types.register("echo", |_: &_| Ok::<_, String>(EchoService));
     types.register("command", |_: &_| Ok::<_, String>(CommandService));
+    types.register("gate", |_: &_| Ok::<_, String>(GateService));
+    types.register("connector", |_: &_| Ok::<_, String>(ConnectorService::default()));
+    types.register("chat", |_: &_| Ok::<_, String>(ChatService::default()));
+}
+
+/// `KEY rest` of a line protocol request; `None` if the line is not UTF-8.
+fn split_command(line: &[u8]) -> Option<(&str, &str)> {
+    let line = std::str::from_utf8(line).ok()?;
+    Some(line.split_once(' ').unwrap_or((line, "")))
+}
+
+/// `text` and `\r\n`, to queue for other sessions.
+fn line_bytes(text: &str) -> Bytes {
+    let mut line = Vec::with_capacity(text.len() + 2);
+    line.extend_from_slice(text.as_bytes());
+    line.extend_from_slice(b"\r\n");
+    line.into()
 }

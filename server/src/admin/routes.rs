@@ -171,7 +171,7 @@ pub async fn send(
         _ => return Err(ApiError::bad_request("give exactly one of `text` and `base64`")),
     };
     let length = bytes.len();
-    match instance.send_to(session, bytes.into()) {
+    match instance.send_to(session, bytes.into()).await {
         Ok(()) => Ok((
             StatusCode::ACCEPTED,
             Json(SendReceipt {

@@ -46,13 +46,13 @@ impl InstanceContext {
     }
 
     /// Queues bytes for one session of this instance.
-    pub fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
-        self.sessions.send(session, bytes)
+    pub async fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
+        self.sessions.send(session, bytes).await
     }
 
     /// Queues bytes for every session of this instance; returns how many took them.
-    pub fn broadcast(&self, bytes: Bytes) -> usize {
-        self.sessions.broadcast(&bytes)
+    pub async fn broadcast(&self, bytes: Bytes) -> usize {
+        self.sessions.broadcast(&bytes).await
     }
 
     /// Sessions open now.

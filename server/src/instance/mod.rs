@@ -416,13 +416,13 @@ impl Instance {
     }
 
     /// Queues bytes for one of its sessions.
-    pub fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
-        self.sessions.send(session, bytes)
+    pub async fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
+        self.sessions.send(session, bytes).await
     }
 
     /// Queues bytes for every one of its sessions; returns how many took them.
-    pub fn broadcast(&self, bytes: Bytes) -> usize {
-        self.sessions.broadcast(&bytes)
+    pub async fn broadcast(&self, bytes: Bytes) -> usize {
+        self.sessions.broadcast(&bytes).await
     }
 
     /// Closes one of its sessions (`local_closing`); false if there is no such session.

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -79,7 +79,7 @@ impl ChatService {
                     }
                 } else {
                     if !silent {
-                        push(instance, members, &format!("JOIN {room} {}", member.uid));
+                        push(instance, members, &format!("JOIN {room} {}", member.uid)).await;
                     }
                     members.push(member);
                 }
@@ -90,7 +90,7 @@ impl ChatService {
                 if !members.iter().any(|m| m.uid == uid) {
                     return Err(NOT_IN_ROOM.into());
                 }
-                let delivered = push(instance, members, &format!("MSG {room} {uid} {text}"));
+                let delivered = push(instance, members, &format!("MSG {room} {uid} {text}")).await;
                 Ok(json!({ "delivered": delivered }))
             }
             ChatRequest::Leave { room, uid, session } => {
@@ -99,7 +99,7 @@ impl ChatService {
                 members.retain(|m| !(m.uid == uid && m.session == session));
                 let left = members.len() < before;
                 if left {
-                    push(instance, members, &format!("LEAVE {room} {uid}"));
+                    push(instance, members, &format!("LEAVE {room} {uid}")).await;
                 }
                 if members.is_empty() {
                     rooms.remove(&room);
@@ -125,32 +125,27 @@ async fn room_members<'r>(rooms: &'r mut Rooms, instance: &InstanceContext, room
     rooms.entry(room.to_owned()).or_default()
 }
 
-/// Queues `line` for every member; returns how many took it.
-fn push(instance: &InstanceContext, members: &[Member], line: &str) -> usize {
+/// Queues `line` for every member, in the order they entered; returns how many took it.
+async fn push(instance: &InstanceContext, members: &[Member], line: &str) -> usize {
     let bytes = line_bytes(line);
+    // Members of a room share a few connectors: look each up once.
     let mut connectors: Vec<(&str, Option<Arc<Instance>>)> = Vec::new();
-    members
-        .iter()
-        .filter(|m| deliver(instance, &mut connectors, m, &bytes))
-        .count()
-}
-
-fn deliver<'m>(
-    instance: &InstanceContext,
-    connectors: &mut Vec<(&'m str, Option<Arc<Instance>>)>,
-    member: &'m Member,
-    bytes: &Bytes,
-) -> bool {
-    let connector = match connectors.iter().find(|(name, _)| *name == member.connector) {
-        Some((_, connector)) => connector.clone(),
-        None => {
+    let mut delivered = 0;
+    for member in members {
+        let known = connectors
+            .iter()
+            .find(|(name, _)| *name == member.connector)
+            .map(|(_, c)| c.clone());
+        let connector = known.unwrap_or_else(|| {
             let connector = instance.host().instance(&member.connector);
             connectors.push((&member.connector, connector.clone()));
             connector
+        });
+        if let (Some(connector), Ok(session)) = (connector, member.session.parse()) {
+            delivered += usize::from(connector.send_to(session, bytes.clone()).await.is_ok());
         }
-    };
-    let session = member.session.parse();
-    matches!((connector, session), (Some(c), Ok(id)) if c.send_to(id, bytes.clone()).is_ok())
+    }
+    delivered
 }
 
 impl Service for ChatService {

@@ -43,9 +43,9 @@ impl Service for CommandService {
             let instance = session.instance();
             session.reply_line(instance.name());
         } else if is("DISPATCH") {
-            dispatch(session, rest);
+            dispatch(session, rest).await;
         } else if is("BROADCAST") {
-            let count = session.instance().broadcast(line_bytes(rest));
+            let count = session.instance().broadcast(line_bytes(rest)).await;
             session.reply_line(format_args!("OK {count}"));
         } else if is("QUIT") {
             session.close();
@@ -57,7 +57,7 @@ impl Service for CommandService {
 
 /// `DISPATCH <server> <session-id> <text>`: delivers `<text>` as one line to that session of
 /// that instance (SuperSocket's `IDespatchServer` example, over the wire).
-fn dispatch(session: &mut Session<'_>, args: &str) {
+async fn dispatch(session: &mut Session<'_>, args: &str) {
     let mut parts = args.splitn(3, ' ');
     let (Some(server), Some(id), text) = (parts.next(), parts.next(), parts.next().unwrap_or("")) else {
         session.reply_line("ERR usage: DISPATCH <server> <session-id> <text>");
@@ -67,10 +67,10 @@ fn dispatch(session: &mut Session<'_>, args: &str) {
         session.reply_line(format_args!("ERR no server {server}"));
         return;
     };
-    let sent = id
-        .parse()
-        .map_err(|_| SendError::NoSession)
-        .and_then(|id| target.send_to(id, line_bytes(text)));
+    let sent = match id.parse() {
+        Ok(id) => target.send_to(id, line_bytes(text)).await,
+        Err(_) => Err(SendError::NoSession),
+    };
     match sent {
         Ok(()) => session.reply_line("OK"),
         Err(SendError::NoSession) => session.reply_line(format_args!("ERR no session {id}")),

@@ -122,20 +122,28 @@ struct Driver<'a, S: Service, IO> {
     rbuf: BytesMut,
     /// Replies and outbox messages not yet written.
     out: BytesMut,
+    /// Outbox messages taken while a handler was waiting; written before `out`.
+    side: BytesMut,
     /// Set by a handler (or the filter) to close after the pending writes.
     close: Option<CloseReason>,
     idle_timeout: Option<Duration>,
 }
 
 /// A session's transport: a byte stream that can also say when a read would not block
-/// without being given a buffer, so idle sessions hold none.
+/// without being given a buffer (so idle sessions hold none), and whether the kernel holds
+/// bytes not read yet (so a drain does not stop early).
 trait SessionIo: AsyncRead + AsyncWrite + Unpin + Send {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+    fn has_pending_bytes(&self) -> bool;
 }
 
 impl SessionIo for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn has_pending_bytes(&self) -> bool {
+        kernel_has_bytes(self)
     }
 }
 
@@ -143,6 +151,20 @@ impl SessionIo for TlsStream<TcpStream> {
     /// rustls may hold decrypted bytes the socket no longer shows, so always read.
     fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+
+    fn has_pending_bytes(&self) -> bool {
+        kernel_has_bytes(self.get_ref().0)
+    }
+}
+
+/// Asks the socket itself (a non-blocking peek) whether a read would return something: bytes,
+/// an end of stream or an error.
+fn kernel_has_bytes(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+    match socket2::SockRef::from(stream).peek(&mut probe) {
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        Ok(_) => true,
     }
 }
 
@@ -160,6 +182,7 @@ where
             setup,
             rbuf: BytesMut::new(),
             out: BytesMut::new(),
+            side: BytesMut::new(),
             close: None,
             idle_timeout: config.idle_timeout,
         }
@@ -219,7 +242,8 @@ where
     fn next_wakeup(&self) -> Instant {
         let last = self.setup.shared.last_active();
         let idle = self.idle_timeout.map(|t| last + t);
-        let release = (self.rbuf.capacity() > 0 || self.out.capacity() > 0).then(|| last + BUFFER_RELEASE);
+        let holds = self.rbuf.capacity() > 0 || self.out.capacity() > 0 || self.side.capacity() > 0;
+        let release = holds.then(|| last + BUFFER_RELEASE);
         match (idle, release) {
             (Some(a), Some(b)) => a.min(b),
             (Some(t), None) | (None, Some(t)) => t,
@@ -234,6 +258,9 @@ where
         }
         if self.out.is_empty() {
             self.out = BytesMut::new();
+        }
+        if self.side.is_empty() {
+            self.side = BytesMut::new();
         }
     }
 
@@ -262,7 +289,13 @@ where
                         out: &mut self.out,
                         close: &mut self.close,
                     };
-                    self.service.received(&mut session, package).await;
+                    let stuck = {
+                        let handler = pin!(self.service.received(&mut session, package));
+                        keep_outbox_moving(handler, &mut self.io, &mut self.side, setup).await
+                    };
+                    if stuck {
+                        break Err(CloseReason::SocketError);
+                    }
                     if self.close.is_some() {
                         break Ok(());
                     }
@@ -302,41 +335,17 @@ where
         }
     }
 
-    /// Writes `out` completely, unless the stop's deadline passes, a close is requested or the
-    /// peer stops reading for longer than the idle timeout.
+    /// Writes `side` and `out` completely, unless the stop's deadline passes or the peer stops
+    /// reading for longer than the idle timeout.
     async fn flush(&mut self) -> Result<(), CloseReason> {
-        let setup = self.setup;
-        let shared = &setup.shared;
-        while !self.out.is_empty() {
-            let deadline = self.idle_timeout.map(|t| shared.last_active() + t);
-            tokio::select! {
-                biased;
-                () = setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
-                written = self.io.write_buf(&mut self.out) => match written {
-                    Ok(0) | Err(_) => return Err(CloseReason::SocketError),
-                    Ok(n) => self.count_out(n),
-                },
-                () = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
-                    return Err(CloseReason::Timeout);
-                }
-            }
-        }
+        write_all(&mut self.io, &mut self.side, self.setup, self.idle_timeout).await?;
+        write_all(&mut self.io, &mut self.out, self.setup, self.idle_timeout).await?;
+        let hard = &self.setup.hard;
         tokio::select! {
             biased;
-            () = setup.hard.cancelled() => Err(CloseReason::ServerShutdown),
+            () = hard.cancelled() => Err(CloseReason::ServerShutdown),
             flushed = self.io.flush() => flushed.map_err(|_| CloseReason::SocketError),
         }
-    }
-
-    fn count_out(&self, n: usize) {
-        let shared = &self.setup.shared;
-        shared.touch(Instant::now());
-        shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        self.setup
-            .instance
-            .stats
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Closes from this side: TLS close_notify and FIN, briefly bounded.
@@ -350,20 +359,29 @@ where
     async fn drain(mut self) -> CloseReason {
         let hard = &self.setup.hard;
         let mut peer_closed = false;
-        // Read until the socket would block.
+        // Read until the socket would block — as the kernel sees it: tokio's readiness can lag
+        // behind bytes that have already arrived.
         loop {
-            match read_now(&mut self.io, &mut self.rbuf).await {
-                None => break,
-                Some(Ok(0)) => {
+            let read = match read_now(&mut self.io, &mut self.rbuf).await {
+                Some(read) => read,
+                None if !self.io.has_pending_bytes() => break,
+                None => tokio::select! {
+                    biased;
+                    () = hard.cancelled() => return CloseReason::ServerShutdown,
+                    read = read_some(&mut self.io, &mut self.rbuf) => read,
+                },
+            };
+            match read {
+                Ok(0) => {
                     peer_closed = true;
                     break;
                 }
-                Some(Ok(n)) => {
+                Ok(n) => {
                     if self.on_read(n).await.is_err() || self.close.is_some() {
                         break;
                     }
                 }
-                Some(Err(_)) => return CloseReason::SocketError,
+                Err(_) => return CloseReason::SocketError,
             }
         }
         self.setup.shared.outbox.drain_into(&mut self.out);
@@ -386,6 +404,68 @@ where
             }
         }
         CloseReason::ServerShutdown
+    }
+}
+
+/// Counts bytes written to the peer.
+fn count_out(setup: &SessionSetup, n: usize) {
+    setup.shared.touch(Instant::now());
+    setup.shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    setup.instance.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Writes `buffer` completely, unless the stop's deadline passes or the peer stops reading for
+/// longer than the idle timeout.
+async fn write_all<IO: SessionIo>(
+    io: &mut IO,
+    buffer: &mut BytesMut,
+    setup: &SessionSetup,
+    idle_timeout: Option<Duration>,
+) -> Result<(), CloseReason> {
+    while !buffer.is_empty() {
+        let deadline = idle_timeout.map(|t| setup.shared.last_active() + t);
+        tokio::select! {
+            biased;
+            () = setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
+            written = io.write_buf(buffer) => match written {
+                Ok(0) | Err(_) => return Err(CloseReason::SocketError),
+                Ok(n) => count_out(setup, n),
+            },
+            () = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                return Err(CloseReason::Timeout);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Most outbox bytes taken aside while a handler waits; beyond it the queue fills and its
+/// senders feel the backpressure.
+const SIDE_LIMIT: usize = 64 * 1024;
+
+/// Runs a handler to its end while keeping this session's outbox moving to the peer: a handler
+/// may wait on something (a call, room in another session's queue) that itself waits on this
+/// session's queue, and that must not deadlock. Returns true if the socket failed meanwhile.
+async fn keep_outbox_moving<IO: SessionIo>(
+    mut handler: std::pin::Pin<&mut impl Future<Output = ()>>,
+    io: &mut IO,
+    side: &mut BytesMut,
+    setup: &SessionSetup,
+) -> bool {
+    let outbox = &setup.shared.outbox;
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut handler => return failed,
+            () = outbox.wait(), if side.len() < SIDE_LIMIT => {
+                outbox.drain_into(side);
+            }
+            written = io.write_buf(side), if !side.is_empty() && !failed => match written {
+                Ok(n) if n > 0 => count_out(setup, n),
+                _ => failed = true,
+            },
+        }
     }
 }
 

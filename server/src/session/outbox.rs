@@ -1,10 +1,15 @@
 //! A session's outbox: messages other tasks send to it (dispatch, broadcast, the admin API),
 //! bounded by `send_queue` so that a slow reader can hold only that much memory, and close
 //! requests (kick, slow reader).
+//!
+//! A sender that finds the queue full waits for room (backpressure: a burst, or a session task
+//! that has not been scheduled yet); a queue that stays full for [`SEND_PATIENCE`] belongs to a
+//! slow reader, which is closed.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -17,8 +22,8 @@ pub enum SendError {
     /// No such session (or it has closed).
     #[error("no such session")]
     NoSession,
-    /// Its queue was full: the session is a slow reader and is being closed.
-    #[error("the session's send queue is full (slow reader); it is being closed")]
+    /// Its queue stayed full: the session is a slow reader and is being closed.
+    #[error("the session's send queue stayed full (slow reader); it is being closed")]
     QueueFull,
 }
 
@@ -29,9 +34,15 @@ pub(crate) struct Outbox {
     capacity: usize,
     /// Wakes the session when a message or a close request arrives.
     notify: Notify,
+    /// Wakes senders waiting for room when the session empties the queue.
+    room: Notify,
     /// 0, or 1 + the index of the requested close reason.
     close: AtomicU8,
 }
+
+/// How long a sender waits for room in a full queue before the session counts as a slow
+/// reader.
+pub const SEND_PATIENCE: Duration = Duration::from_secs(1);
 
 const REASONS: [CloseReason; 8] = [
     CloseReason::RemoteClosing,
@@ -50,22 +61,40 @@ impl Outbox {
             queue: Mutex::new(VecDeque::new()),
             capacity,
             notify: Notify::new(),
+            room: Notify::new(),
             close: AtomicU8::new(0),
         }
     }
 
-    /// Queues a message; a full queue closes the session as a slow reader.
-    pub(crate) fn push(&self, message: Bytes) -> Result<(), SendError> {
+    /// Queues a message, waiting up to [`SEND_PATIENCE`] for room; a queue that stays full
+    /// closes the session as a slow reader.
+    pub(crate) async fn push(&self, message: Bytes) -> Result<(), SendError> {
+        let deadline = tokio::time::Instant::now() + SEND_PATIENCE;
+        loop {
+            // Registered before the attempt, so room made in between is not missed.
+            let room = self.room.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            match self.try_push(&message) {
+                Err(SendError::QueueFull) => {}
+                done => return done,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                self.request_close(CloseReason::Timeout);
+                return Err(SendError::QueueFull);
+            }
+        }
+    }
+
+    fn try_push(&self, message: &Bytes) -> Result<(), SendError> {
         if self.close_requested().is_some() {
             return Err(SendError::NoSession);
         }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if queue.len() >= self.capacity {
-            drop(queue);
-            self.request_close(CloseReason::Timeout);
             return Err(SendError::QueueFull);
         }
-        queue.push_back(message);
+        queue.push_back(message.clone());
         drop(queue);
         self.notify.notify_one();
         Ok(())
@@ -100,6 +129,10 @@ impl Outbox {
         for message in queue.drain(..) {
             out.extend_from_slice(&message);
         }
+        drop(queue);
+        if count > 0 {
+            self.room.notify_waiters();
+        }
         count
     }
 }
@@ -108,16 +141,37 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_full_queue_refuses_and_requests_a_close() {
-        let outbox = Outbox::new(2);
-        assert_eq!(outbox.push(Bytes::from_static(b"a")), Ok(()));
-        assert_eq!(outbox.push(Bytes::from_static(b"b")), Ok(()));
-        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(SendError::QueueFull));
-        assert_eq!(outbox.close_requested(), Some(CloseReason::Timeout));
+    fn tokio_test_block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_waits_for_room_then_closes_a_slow_reader() {
+        let outbox = std::sync::Arc::new(Outbox::new(2));
+        assert_eq!(outbox.push(Bytes::from_static(b"a")).await, Ok(()));
+        assert_eq!(outbox.push(Bytes::from_static(b"b")).await, Ok(()));
+        // The session drains while a third sender waits: the sender gets in.
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.push(Bytes::from_static(b"c")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let mut out = BytesMut::new();
         assert_eq!(outbox.drain_into(&mut out), 2);
-        assert_eq!(&out[..], b"ab");
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(outbox.close_requested(), None);
+        // Nobody drains: after the patience, the session is closed as a slow reader.
+        assert_eq!(outbox.push(Bytes::from_static(b"d")).await, Ok(()));
+        let began = tokio::time::Instant::now();
+        assert_eq!(outbox.push(Bytes::from_static(b"e")).await, Err(SendError::QueueFull));
+        assert_eq!(began.elapsed(), SEND_PATIENCE);
+        assert_eq!(outbox.close_requested(), Some(CloseReason::Timeout));
+        outbox.drain_into(&mut out);
+        assert_eq!(&out[..], b"abcd");
     }
 
     #[test]
@@ -126,6 +180,7 @@ mod tests {
         outbox.request_close(CloseReason::LocalClosing);
         outbox.request_close(CloseReason::Timeout);
         assert_eq!(outbox.close_requested(), Some(CloseReason::LocalClosing));
-        assert_eq!(outbox.push(Bytes::from_static(b"late")), Err(SendError::NoSession));
+        let late = tokio_test_block_on(outbox.push(Bytes::from_static(b"late")));
+        assert_eq!(late, Err(SendError::NoSession));
     }
 }

@@ -38,15 +38,22 @@ impl SessionRegistry {
         all
     }
 
-    /// Queues a message for one session.
-    pub(crate) fn send(&self, id: SessionId, message: Bytes) -> Result<(), SendError> {
-        self.get(id).ok_or(SendError::NoSession)?.outbox.push(message)
+    /// Queues a message for one session (waiting for room, see [`Outbox::push`]).
+    ///
+    /// [`Outbox::push`]: super::Outbox::push
+    pub(crate) async fn send(&self, id: SessionId, message: Bytes) -> Result<(), SendError> {
+        let session = self.get(id).ok_or(SendError::NoSession)?;
+        session.outbox.push(message).await
     }
 
     /// Queues a message for every session; returns how many accepted it.
-    pub(crate) fn broadcast(&self, message: &Bytes) -> usize {
+    pub(crate) async fn broadcast(&self, message: &Bytes) -> usize {
         let all: Vec<_> = self.lock().values().cloned().collect();
-        all.iter().filter(|s| s.outbox.push(message.clone()).is_ok()).count()
+        let mut accepted = 0;
+        for session in all {
+            accepted += usize::from(session.outbox.push(message.clone()).await.is_ok());
+        }
+        accepted
     }
 
     /// Asks one session to close.

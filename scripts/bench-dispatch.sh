@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Dispatch and chat fan-out throughput, each beside a baseline measured in the same run:
+#   - DISPATCH from sessions of ServerA to sessions of ServerB, against ECHO answered inside
+#     ServerB (the cost of crossing instances);
+#   - SAY fan-out through the pomelo chat cluster (gate, 3 connectors, 3 chat backends), against
+#     BROADCAST to a group of the same size inside one instance.
+# Runs alternate, ROUNDS times; the table shows medians.
+#
+#   scripts/bench-dispatch.sh            ROUNDS=3 SECONDS_PER_RUN=3 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${ROUNDS:-3}
+seconds=${SECONDS_PER_RUN:-3}
+
+cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen
+work=$(mktemp -d)
+host_pid=""
+trap '[[ -n "$host_pid" ]] && kill -KILL "$host_pid" 2>/dev/null; rm -rf "$work"' EXIT
+
+cat > "$work/host.toml" <<'TOML'
+[[servers]]
+name = "ServerA"
+type = "command"
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "ServerB"
+type = "command"
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "gate-server-1"
+type = "gate"
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "connector-server"
+type = "connector"
+replicas = 3
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "chat-server"
+type = "chat"
+replicas = 3
+
+[[servers]]
+name = "Broadcast"
+type = "command"
+listeners = [{ ip = "Loopback", port = 0 }]
+TOML
+
+target/release/supersocketd --config "$work/host.toml" --admin 127.0.0.1:0 --log-level warn > "$work/ready" 2> "$work/host.log" &
+host_pid=$!
+for _ in $(seq 100); do grep -q '^supersocketd ready' "$work/ready" && break; sleep 0.1; done
+admin=$(sed -n 's/^supersocketd ready: admin=//p' "$work/ready")
+[[ -n "$admin" ]] || { cat "$work/host.log"; exit 1; }
+
+loadgen() { target/release/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+: > "$work/dispatch" ; : > "$work/echo" ; : > "$work/chat" ; : > "$work/broadcast"
+for round in $(seq "$rounds"); do
+  echo "round $round of $rounds" >&2
+  loadgen dispatch --pairs 8 --window 32 | field lines_per_sec >> "$work/dispatch"
+  loadgen dispatch --pairs 8 --window 32 --direct | field lines_per_sec >> "$work/echo"
+  loadgen chat --users 60 --rooms 6 --window 4 | field deliveries_per_sec >> "$work/chat"
+  loadgen chat --users 60 --rooms 6 --window 4 --broadcast Broadcast | field deliveries_per_sec >> "$work/broadcast"
+done
+
+d=$(median < "$work/dispatch"); e=$(median < "$work/echo")
+c=$(median < "$work/chat"); b=$(median < "$work/broadcast")
+echo
+echo "Machine: $(nproc) cores, $(uname -sr); $rounds rounds of ${seconds}s, medians; client and host on one machine."
+echo
+echo "| scenario | SuperSocket | baseline | ratio |"
+echo "|---|---|---|---|"
+awk -v d="$d" -v e="$e" 'BEGIN { printf "| DISPATCH A→B, 8 pairs × 32 in flight, 32 B (lines/s) | %d | %d (ECHO in B) | %.2f |\n", d, e, d / e }'
+awk -v c="$c" -v b="$b" 'BEGIN { printf "| chat SAY fan-out, 60 users in 6 rooms (deliveries/s) | %d | %d (BROADCAST to 10) | %.2f |\n", c, b, c / b }'

@@ -69,6 +69,9 @@ for round in $(seq "$rounds"); do
   loadgen chat --users 60 --rooms 6 --window 4 --broadcast Broadcast | field deliveries_per_sec >> "$work/broadcast"
 done
 
+kill -TERM "$host_pid" && wait "$host_pid" 2>/dev/null || true
+host_pid=""
+
 d=$(median < "$work/dispatch"); e=$(median < "$work/echo")
 c=$(median < "$work/chat"); b=$(median < "$work/broadcast")
 echo

@@ -84,6 +84,25 @@ async fn a_replaced_route_and_calls_between_instances() {
         "echo takes no calls"
     );
 
+    // From outside any instance, through the host: a broadcast reaches a real client.
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", common::port(&host, "plain")))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while plain.info().sessions == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client's session did not register"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(plain.broadcast(bytes::Bytes::from_static(b"to all")).await, 1);
+    let mut got = [0u8; 6];
+    tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+        .await
+        .unwrap();
+    assert_eq!(&got, b"to all");
+
     // A stopped instance takes no calls and leaves the running set; the route follows.
     let n2 = handle.instance("n-2").unwrap();
     n2.stop(std::time::Duration::from_millis(100)).await;

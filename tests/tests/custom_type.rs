@@ -104,3 +104,31 @@ fn the_custom_type_checks_its_options_in_check() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown server type \"kv\""));
 }
+
+#[test]
+fn the_shipped_example_configs_are_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (program, config) in [
+        (supersocket_tests::bin("supersocketd"), "pomelo-chat.toml"),
+        (example("kv-server"), "kv.toml"),
+    ] {
+        let output = Command::new(program)
+            .arg("--check")
+            .arg("--config")
+            .arg(examples.join(config))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{config}: {stderr}");
+    }
+    let pomelo = Command::new(supersocket_tests::bin("supersocketd"))
+        .arg("--check")
+        .arg("--config")
+        .arg(examples.join("pomelo-chat.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&pomelo.stdout).contains("OK (7 servers)"),
+        "1 gate, 3 connectors, 3 chats"
+    );
+}

@@ -4,6 +4,7 @@
 //! Only serde types, constants and the duration format (`"500ms"`, `"10s"`) live here: what
 //! crosses the wire, nothing that runs.
 
+pub mod agent;
 mod duration;
 
 pub use duration::{format_duration, parse_duration};

@@ -31,6 +31,20 @@ struct Args {
     /// Log level or filter (e.g. info, debug, supersocket=trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// What else the binary can be.
+#[derive(Debug, clap::Subcommand)]
+enum Role {
+    /// The agent of one process-isolated instance; started by the host, never by hand.
+    #[command(hide = true)]
+    Agent {
+        /// The instance it runs (shown in `ps`).
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -63,6 +77,17 @@ pub fn main(builder: HostBuilder) -> ExitCode {
         eprintln!("supersocketd: {message}");
         return ExitCode::from(2);
     }
+    if let Some(Role::Agent { name }) = &args.role {
+        return crate::isolation::agent::main(builder, name);
+    }
+    let format = match args.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    let agent_log = ["--log-format", format, "--log-level", &args.log_level]
+        .map(String::from)
+        .to_vec();
+    let _ = crate::isolation::supervisor::AGENT_LOG_ARGS.set(agent_log);
     let config = match load_config(&args, builder.types()) {
         Ok(config) => config,
         Err(errors) => {

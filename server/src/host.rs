@@ -62,6 +62,11 @@ impl HostBuilder {
         self
     }
 
+    /// The server types and custom routes, for an agent process building its own directory.
+    pub(crate) fn into_parts(self) -> (ServerTypes, HashMap<String, RouteFn>) {
+        (self.types, self.routes)
+    }
+
     /// The types known so far (used to validate configs).
     pub fn types(&self) -> &ServerTypes {
         &self.types

@@ -44,6 +44,7 @@ pub mod dispatch;
 pub mod filter;
 pub mod host;
 pub mod instance;
+pub(crate) mod isolation;
 pub mod service;
 pub mod services;
 pub mod session;

@@ -146,7 +146,7 @@ pub async fn sessions(
             .map_err(|_| ApiError::bad_request(format!("limit {text:?} is not a count")))?,
         None => DEFAULT_SESSION_LIMIT,
     };
-    Ok(Json(instance.sessions(limit)))
+    Ok(Json(instance.sessions(limit).await))
 }
 
 fn session_id(name: &str, id: &str) -> Result<SessionId, ApiError> {
@@ -190,7 +190,7 @@ pub async fn kick(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let instance = instance(&state, &name)?;
-    if instance.kick(session_id(&name, &id)?) {
+    if instance.kick(session_id(&name, &id)?).await {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::no_session(&name, &id))

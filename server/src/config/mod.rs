@@ -119,7 +119,7 @@ impl std::fmt::Display for AdminAddr {
 }
 
 /// One server instance.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServerConfig {
     /// Unique name (`[A-Za-z0-9_.-]+`); replicas are `name-1..N`.
     pub name: String,
@@ -156,7 +156,7 @@ pub struct ServerConfig {
 }
 
 /// One listening address of a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListenerConfig {
     /// Address to bind.
     pub ip: IpAddr,
@@ -167,7 +167,7 @@ pub struct ListenerConfig {
 }
 
 /// TLS material of a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TlsConfig {
     /// PEM certificate chain and private key files.
     Files {
@@ -181,7 +181,7 @@ pub enum TlsConfig {
 }
 
 /// When the supervisor restarts an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RestartPolicy {
     /// Whenever it exits.
     Always,
@@ -192,7 +192,7 @@ pub enum RestartPolicy {
 }
 
 /// Supervision of an agent process (process isolation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestartConfig {
     /// When to restart.
     pub policy: RestartPolicy,

@@ -5,6 +5,7 @@
 mod accept;
 mod context;
 mod listener;
+mod local;
 mod stats;
 
 use std::sync::atomic::Ordering;
@@ -12,18 +13,18 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use supersocket_proto::agent::{AgentRequest, FromAgent, HostRequest, ToAgent};
 use supersocket_proto::{Isolation, ListenerInfo, ServerInfo, ServerState, SessionInfo};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
-use crate::dispatch::{Directory, HostHandle};
+use crate::dispatch::Directory;
+use crate::isolation::channel::{self, Link};
+use crate::isolation::supervisor::AgentRun;
 use crate::service::{ErasedService, ServerTypes};
 use crate::session::{CloseReason, SendError, SessionId, SessionRegistry};
 use crate::timefmt::rfc3339;
-use accept::AcceptLoop;
 pub use context::InstanceContext;
+pub(crate) use listener::bind_all;
 pub(crate) use stats::InstanceStats;
 
 /// Runs `operation` on its own task so that it completes even if the caller's future is
@@ -67,24 +68,30 @@ struct Status {
     started: Option<(SystemTime, Instant)>,
     listeners: Vec<ListenerInfo>,
     restarts: u64,
+    /// The agent's pid under process isolation.
+    pid: Option<u32>,
 }
 
 /// The handles of a running instance.
-struct Running {
-    listen: CancellationToken,
-    drain: CancellationToken,
-    hard: CancellationToken,
-    accept_loops: Vec<JoinHandle<()>>,
-    sessions: TaskTracker,
-    /// The runtime of its own under isolation `runtime`.
-    runtime: Option<tokio::runtime::Runtime>,
+enum Running {
+    /// In this process.
+    Local(local::LocalRun),
+    /// In a supervised agent process.
+    Agent(AgentRun),
 }
 
-/// What calls into a running instance need.
+/// How operations reach the current run of an instance.
 #[derive(Clone)]
-struct Live {
-    service: Arc<dyn ErasedService>,
-    context: Arc<InstanceContext>,
+pub(crate) enum Live {
+    /// In this process: its service and context.
+    Local {
+        service: Arc<dyn ErasedService>,
+        context: Arc<InstanceContext>,
+    },
+    /// In an agent process, over its control channel (host side).
+    Agent(Arc<Link<ToAgent>>),
+    /// Another instance of the host, seen from an agent: through the host.
+    Remote(Arc<Link<FromAgent>>),
 }
 
 /// A named server instance.
@@ -99,8 +106,10 @@ pub struct Instance {
     sessions: Arc<SessionRegistry>,
     /// The host's instances, for dispatch and to announce state changes.
     directory: Weak<Directory>,
-    /// The service and context of the current run, while running.
+    /// How operations reach the current run, while running.
     live: RwLock<Option<Live>>,
+    /// Listening sockets handed over by the host, in an agent.
+    handed_over: Mutex<Option<Vec<std::net::TcpListener>>>,
 }
 
 impl Instance {
@@ -115,12 +124,14 @@ impl Instance {
                 started: None,
                 listeners: Vec::new(),
                 restarts: 0,
+                pid: None,
             }),
             run: tokio::sync::Mutex::new(None),
             stats: Arc::default(),
             sessions: Arc::default(),
             directory,
             live: RwLock::new(None),
+            handed_over: Mutex::new(None),
         }
     }
 
@@ -142,17 +153,36 @@ impl Instance {
     /// Sends a request to its service's `call` handler and waits for the answer. The message
     /// is JSON so that the same call works whatever the instance's isolation.
     pub async fn call(&self, request: serde_json::Value) -> Result<serde_json::Value, CallError> {
-        let live = self.live().ok_or_else(|| CallError::NotRunning(self.name.clone()))?;
         let failed = |message: String| CallError::Failed {
             server: self.name.clone(),
             message,
         };
-        let runtime = live.context.runtime.clone();
-        let answer = live.service.call(live.context, request);
-        // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
-        match runtime.spawn(answer).await {
-            Ok(answer) => answer.map_err(failed),
-            Err(_) => Err(failed("the handler panicked".into())),
+        match self.live().ok_or_else(|| CallError::NotRunning(self.name.clone()))? {
+            Live::Local { service, context } => {
+                let runtime = context.runtime.clone();
+                // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
+                match runtime.spawn(service.call(context, request)).await {
+                    Ok(answer) => answer.map_err(failed),
+                    Err(_) => Err(failed("the handler panicked".into())),
+                }
+            }
+            Live::Agent(link) => {
+                let asked = link
+                    .request(|id| ToAgent::Request {
+                        id,
+                        request: AgentRequest::Call { request },
+                    })
+                    .await;
+                asked.map_err(failed)
+            }
+            Live::Remote(link) => {
+                let server = self.name.clone();
+                let asked = link.request(|id| FromAgent::Request {
+                    id,
+                    request: HostRequest::Call { server, request },
+                });
+                asked.await.map_err(failed)
+            }
         }
     }
 
@@ -182,7 +212,7 @@ impl Instance {
         let this = self.clone();
         finish_detached(async move {
             let mut run = this.run.lock().await;
-            this.start_locked(&mut run)
+            this.start_locked(&mut run).await
         })
         .await
     }
@@ -205,7 +235,7 @@ impl Instance {
         finish_detached(async move {
             let mut run = this.run.lock().await;
             this.stop_locked(&mut run, timeout).await;
-            this.start_locked(&mut run)
+            this.start_locked(&mut run).await
         })
         .await
     }
@@ -222,32 +252,37 @@ impl Instance {
             *this.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
             if was_running || autostart {
                 // A failure is recorded in the status and logged.
-                let _ = this.start_locked(&mut run);
+                let _ = this.start_locked(&mut run).await;
             }
         })
         .await
     }
 
-    fn start_locked(&self, run: &mut Option<Running>) -> Result<(), StartError> {
+    async fn start_locked(self: &Arc<Self>, run: &mut Option<Running>) -> Result<(), StartError> {
         if run.is_some() {
             return Ok(());
         }
-        self.status().state = ServerState::Starting;
-        match self.launch() {
-            Ok((running, live, listeners)) => {
-                *run = Some(running);
-                live.service.started(&live.context);
-                *self.live.write().unwrap_or_else(|e| e.into_inner()) = Some(live);
-                {
-                    let mut status = self.status();
-                    status.state = ServerState::Running;
-                    status.last_error = None;
-                    status.started = Some((SystemTime::now(), Instant::now()));
-                    let bound: Vec<String> = listeners.iter().map(|l| format!("{}:{}", l.ip, l.port)).collect();
-                    tracing::info!(server = %self.name, listeners = ?bound, "started");
-                    status.listeners = listeners;
+        {
+            // An explicit start begins afresh; a supervised restart keeps what killed the agent.
+            let mut status = self.status();
+            status.state = ServerState::Starting;
+            status.last_error = None;
+        }
+        let started = if self.config().isolation == Isolation::Process {
+            // The supervisor reports the agent's states itself, restarts included.
+            AgentRun::start(self.clone()).await.map(Running::Agent)
+        } else {
+            local::launch(self).map(|(local, live, listeners)| {
+                if let Live::Local { service, context } = &live {
+                    service.started(context);
                 }
-                self.topology_changed();
+                self.mark_running(None, listeners, live);
+                Running::Local(local)
+            })
+        };
+        match started {
+            Ok(running) => {
+                *run = Some(running);
                 Ok(())
             }
             Err(message) => {
@@ -260,110 +295,92 @@ impl Instance {
         }
     }
 
-    fn launch(&self) -> Result<(Running, Live, Vec<ListenerInfo>), String> {
-        let config = self.config();
-        if config.isolation == Isolation::Process {
-            return Err("process isolation is not supported by this host yet".into());
+    /// Records a run that now serves: its process, its listeners, how to reach it.
+    pub(crate) fn mark_running(&self, pid: Option<u32>, listeners: Vec<ListenerInfo>, live: Live) {
+        {
+            let mut status = self.status();
+            status.state = ServerState::Running;
+            status.started = Some((SystemTime::now(), Instant::now()));
+            status.pid = pid;
+            let bound: Vec<String> = listeners.iter().map(|l| format!("{}:{}", l.ip, l.port)).collect();
+            tracing::info!(server = %self.name, listeners = ?bound, pid, "started");
+            status.listeners = listeners;
         }
-        let service = self.types.make(&config)?;
-        let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-        let listeners = listener::bind_all(&config)?;
-        let runtime = match config.isolation {
-            Isolation::Runtime => Some(
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(config.threads)
-                    .thread_name(format!("ss-{}", self.name))
-                    .enable_all()
-                    .build()
-                    .map_err(|e| format!("cannot create the runtime of {}: {e}", self.name))?,
-            ),
-            _ => None,
-        };
-        let handle = runtime
-            .as_ref()
-            .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
-        let (listen, drain, hard) = (
-            CancellationToken::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
-        let sessions = TaskTracker::new();
-        let instance = Arc::new(InstanceContext {
-            name: self.name.clone(),
-            config: config.clone(),
-            sessions: self.sessions.clone(),
-            stats: self.stats.clone(),
-            host: HostHandle(self.directory.clone()),
-            tasks: sessions.clone(),
-            stopping: drain.clone(),
-            runtime: handle.clone(),
-        });
-        let mut infos = Vec::new();
-        let mut accept_loops = Vec::new();
-        for std_listener in listeners {
-            let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
-            infos.push(ListenerInfo {
-                ip: addr.ip().to_string(),
-                port: addr.port(),
-                tls: tls.is_some(),
-            });
-            let accept = AcceptLoop {
-                // Registered with the reactor of the runtime it runs on.
-                listener: {
-                    let _enter = handle.enter();
-                    tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?
-                },
-                tls: tls.clone(),
-                service: service.clone(),
-                instance: instance.clone(),
-                listen: listen.clone(),
-                drain: drain.clone(),
-                hard: hard.clone(),
-                sessions: sessions.clone(),
-            };
-            accept_loops.push(handle.spawn(accept.run()));
+        self.set_live(Some(live));
+    }
+
+    /// Records a run that ended on its own (an agent that died): `state` and why.
+    pub(crate) fn mark_down(&self, state: ServerState, error: Option<String>, restart: bool) {
+        self.set_live(None);
+        let mut status = self.status();
+        status.state = state;
+        status.started = None;
+        status.pid = None;
+        status.listeners.clear();
+        if error.is_some() {
+            status.last_error = error;
         }
-        let running = Running {
-            listen,
-            drain,
-            hard,
-            accept_loops,
-            sessions,
-            runtime,
-        };
-        Ok((
-            running,
-            Live {
-                service,
-                context: instance,
-            },
-            infos,
-        ))
+        status.restarts += u64::from(restart);
+    }
+
+    /// Sets how calls reach the current run, and tells the host's instances.
+    fn set_live(&self, live: Option<Live>) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        self.topology_changed();
+    }
+
+    /// The instance's counters, for an agent's reports.
+    pub(crate) fn stats(&self) -> &InstanceStats {
+        &self.stats
+    }
+
+    /// Listening sockets handed over by the host (in an agent): used instead of binding.
+    pub(crate) fn hand_over(&self, listeners: Vec<std::net::TcpListener>) {
+        *self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(listeners);
+    }
+
+    fn take_handed_over(&self) -> Option<Vec<std::net::TcpListener>> {
+        self.handed_over.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The host's instances this one belongs to.
+    pub(crate) fn directory(&self) -> Option<Arc<Directory>> {
+        self.directory.upgrade()
+    }
+
+    /// A weak reference to the directory, for instances made beside this one.
+    pub(crate) fn directory_handle(&self) -> Weak<Directory> {
+        self.directory.clone()
+    }
+
+    /// Takes the state the host reports for an instance of it, in an agent: operations on the
+    /// instance go through `live` (the host) while it runs.
+    pub(crate) fn mirror(&self, info: &ServerInfo, live: Live) {
+        {
+            let mut status = self.status();
+            status.state = info.state;
+            status.listeners.clone_from(&info.listeners);
+            status.pid = Some(info.pid);
+            status.restarts = info.restarts;
+            status.last_error.clone_from(&info.last_error);
+        }
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = (info.state == ServerState::Running).then_some(live);
     }
 
     async fn stop_locked(&self, run: &mut Option<Running>, timeout: Duration) {
         let Some(running) = run.take() else { return };
         self.status().state = ServerState::Stopping;
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = None;
-        self.topology_changed();
+        self.set_live(None);
         let began = Instant::now();
-        running.listen.cancel();
-        for accept_loop in running.accept_loops {
-            let _ = accept_loop.await;
-        }
-        running.drain.cancel();
-        running.sessions.close();
-        if tokio::time::timeout(timeout, running.sessions.wait()).await.is_err() {
-            running.hard.cancel();
-            running.sessions.wait().await;
-        }
-        if let Some(runtime) = running.runtime {
-            runtime.shutdown_background();
+        match running {
+            Running::Local(local) => local.stop(timeout).await,
+            Running::Agent(agent) => agent.stop(timeout).await,
         }
         let mut status = self.status();
         status.state = ServerState::Stopped;
         status.started = None;
         status.listeners.clear();
+        status.pid = None;
         tracing::info!(server = %self.name, elapsed = ?began.elapsed(), "stopped");
     }
 
@@ -378,7 +395,7 @@ impl Instance {
             state: status.state,
             isolation: config.isolation,
             autostart: config.autostart,
-            pid: std::process::id(),
+            pid: status.pid.unwrap_or_else(std::process::id),
             listeners: status.listeners,
             sessions: stats.sessions.load(Ordering::Relaxed),
             max_connections: config.max_connections as u64,
@@ -399,7 +416,19 @@ impl Instance {
     }
 
     /// Up to `limit` open sessions, oldest first.
-    pub fn sessions(&self, limit: usize) -> Vec<SessionInfo> {
+    pub async fn sessions(&self, limit: usize) -> Vec<SessionInfo> {
+        if let Some(Live::Agent(link)) = self.live() {
+            let asked = link
+                .request(|id| ToAgent::Request {
+                    id,
+                    request: AgentRequest::Sessions { limit },
+                })
+                .await;
+            return asked
+                .ok()
+                .and_then(|list| serde_json::from_value(list).ok())
+                .unwrap_or_default();
+        }
         self.sessions
             .list(limit)
             .iter()
@@ -417,16 +446,69 @@ impl Instance {
 
     /// Queues bytes for one of its sessions.
     pub async fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
-        self.sessions.send(session, bytes).await
+        let (session, base64) = (session.to_string(), channel::encode(&bytes));
+        let reply = match self.live() {
+            Some(Live::Agent(link)) => {
+                link.request(|id| ToAgent::Request {
+                    id,
+                    request: AgentRequest::Send { session, base64 },
+                })
+                .await
+            }
+            Some(Live::Remote(link)) => {
+                let server = self.name.clone();
+                let request = HostRequest::Send {
+                    server,
+                    session,
+                    base64,
+                };
+                link.request(|id| FromAgent::Request { id, request }).await
+            }
+            _ => {
+                return self
+                    .sessions
+                    .send(session.parse().map_err(|_| SendError::NoSession)?, bytes)
+                    .await;
+            }
+        };
+        reply.map(drop).map_err(|e| SendError::from_message(&e))
     }
 
     /// Queues bytes for every one of its sessions; returns how many took them.
     pub async fn broadcast(&self, bytes: Bytes) -> usize {
-        self.sessions.broadcast(&bytes).await
+        let base64 = channel::encode(&bytes);
+        let reply = match self.live() {
+            Some(Live::Agent(link)) => {
+                link.request(|id| ToAgent::Request {
+                    id,
+                    request: AgentRequest::Broadcast { base64 },
+                })
+                .await
+            }
+            Some(Live::Remote(link)) => {
+                let request = HostRequest::Broadcast {
+                    server: self.name.clone(),
+                    base64,
+                };
+                link.request(|id| FromAgent::Request { id, request }).await
+            }
+            _ => return self.sessions.broadcast(&bytes).await,
+        };
+        reply.ok().and_then(|count| count.as_u64()).unwrap_or(0) as usize
     }
 
     /// Closes one of its sessions (`local_closing`); false if there is no such session.
-    pub fn kick(&self, session: SessionId) -> bool {
+    pub async fn kick(&self, session: SessionId) -> bool {
+        if let Some(Live::Agent(link)) = self.live() {
+            let session = session.to_string();
+            let asked = link
+                .request(|id| ToAgent::Request {
+                    id,
+                    request: AgentRequest::Kick { session },
+                })
+                .await;
+            return asked.ok().and_then(|closed| closed.as_bool()).unwrap_or(false);
+        }
         self.sessions.close(session, CloseReason::LocalClosing)
     }
 }

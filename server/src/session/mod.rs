@@ -33,6 +33,12 @@ impl SessionId {
     pub(crate) fn next() -> Self {
         Self(NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// Makes this process hand out ids from `first` on (an agent gets its own range, so ids
+    /// stay unique in the host).
+    pub(crate) fn start_at(first: u64) {
+        NEXT_SESSION_ID.store(first.max(1), Ordering::Relaxed);
+    }
 }
 
 impl fmt::Display for SessionId {

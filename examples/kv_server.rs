@@ -6,9 +6,12 @@
 //! ```
 
 use supersocket::HostBuilder;
+use supersocket_examples::burn::BurnService;
 use supersocket_examples::kv::KvService;
 
 fn main() -> std::process::ExitCode {
-    let builder = HostBuilder::new().server_type("kv", KvService::from_context);
+    let builder = HostBuilder::new()
+        .server_type("kv", KvService::from_context)
+        .server_type("burn", |_: &_| Ok::<_, String>(BurnService));
     supersocket::daemon::main(builder)
 }

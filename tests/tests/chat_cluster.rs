@@ -167,7 +167,19 @@ fn uids_in(users: &[User], room: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_users_in_six_rooms_over_three_connectors_and_three_chats() {
-    let host = HostProcess::start(CLUSTER);
+    sixty_users(CLUSTER).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_the_chat_backends_in_agent_processes() {
+    let isolated = CLUSTER.replace("type = \"chat\"\n", "type = \"chat\"\nisolation = \"process\"\n");
+    assert!(isolated.contains("isolation = \"process\""));
+    sixty_users(&isolated).await;
+}
+
+/// The whole scenario on a cluster config.
+async fn sixty_users(config: &str) {
+    let host = HostProcess::start(config);
     let mut gate = LineClient::connect(host.port("gate-server-1", 0).await).await;
 
     // Enter one by one: each gets the members so far, earlier members get a JOIN.

@@ -153,9 +153,13 @@ impl Instance {
     /// Sends a request to its service's `call` handler and waits for the answer. The message
     /// is JSON so that the same call works whatever the instance's isolation.
     pub async fn call(&self, request: serde_json::Value) -> Result<serde_json::Value, CallError> {
-        let failed = |message: String| CallError::Failed {
-            server: self.name.clone(),
-            message,
+        let failed = |message: String| match message.as_str() {
+            // The agent went away under the call: the instance is not running any more.
+            channel::GONE => CallError::NotRunning(self.name.clone()),
+            _ => CallError::Failed {
+                server: self.name.clone(),
+                message,
+            },
         };
         match self.live().ok_or_else(|| CallError::NotRunning(self.name.clone()))? {
             Live::Local { service, context } => {

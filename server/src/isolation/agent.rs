@@ -119,8 +119,9 @@ async fn wait_for_hang_up(incoming: &mut tokio::sync::mpsc::Receiver<ToAgent>) {
     while incoming.recv().await.is_some() {}
 }
 
-/// Makes the agent's directory: its own instance, then a proxy of every other instance of the
-/// host, mirroring the host's view; operations on a proxy go through the host.
+/// Makes the agent's directory: its own instance and a proxy of every other instance of the
+/// host, in the host's order (the dispatcher indexes it), mirroring the host's view;
+/// operations on a proxy go through the host.
 fn mirror(
     directory: &Directory,
     local: &Arc<Instance>,
@@ -129,8 +130,14 @@ fn mirror(
     types: &crate::service::ServerTypes,
     link: &Arc<Link<FromAgent>>,
 ) {
+    let mut ordered = Vec::with_capacity(peers.len());
     let mut next = Vec::with_capacity(peers.len());
     for peer in peers {
+        // Its own place in the host's order is taken by the instance itself.
+        if peer.info.name == local.name() {
+            ordered.push(local.clone());
+            continue;
+        }
         let Ok(config) = server_config(peer.config) else {
             continue;
         };
@@ -139,10 +146,11 @@ fn mirror(
             None => Arc::new(Instance::new(config, types.clone(), local.directory_handle())),
         };
         proxy.mirror(&peer.info, Live::Remote(link.clone()));
+        ordered.push(proxy.clone());
         next.push(proxy);
     }
     *proxies = next;
-    directory.replace(std::iter::once(local.clone()).chain(proxies.iter().cloned()).collect());
+    directory.replace(ordered);
 }
 
 /// Sends the instance's counters to the host a few times a second.

@@ -196,17 +196,14 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Every other instance of the host, as agents see them.
-fn peers(directory: &Directory, except: &str) -> Vec<Peer> {
-    directory
-        .instances()
-        .iter()
-        .filter(|i| i.name() != except)
-        .map(|i| Peer {
-            config: serde_json::to_value(&*i.config()).unwrap_or_default(),
-            info: i.info(),
-        })
-        .collect()
+/// Every instance of the host in config order (the agent's own included, so the agent can
+/// keep the order the dispatcher indexes), as agents see them.
+fn peers(directory: &Directory) -> Vec<Peer> {
+    let peer = |i: &Arc<Instance>| Peer {
+        config: serde_json::to_value(&*i.config()).unwrap_or_default(),
+        info: i.info(),
+    };
+    directory.instances().iter().map(peer).collect()
 }
 
 /// Starts one agent, hands it the listeners and waits until it is ready.
@@ -252,7 +249,7 @@ async fn launch(instance: &Arc<Instance>, listeners: &[TcpListener], base: Agent
     let init = ToAgent::Init {
         server: serde_json::to_value(&*config).map_err(|e| e.to_string())?,
         session_ids_from: LAUNCHES.fetch_add(1, Ordering::Relaxed) << 40,
-        peers: peers(&directory, instance.name()),
+        peers: peers(&directory),
     };
     let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
     channel::send_with_fds(&host_end, &init, &fds).map_err(|e| format!("cannot hand over the listeners: {e}"))?;
@@ -327,7 +324,7 @@ async fn serve_agent(
                 if changed.is_err() {
                     return;
                 }
-                link.send(ToAgent::Peers { peers: peers(&directory, instance.name()) }).await;
+                link.send(ToAgent::Peers { peers: peers(&directory) }).await;
             }
         }
     }

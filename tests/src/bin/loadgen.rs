@@ -3,6 +3,10 @@
 //! Every mode is bounded in time and in connections, talks only to 127.0.0.1, and prints one
 //! JSON line of results on stdout.
 //!
+//! - `echo`: closed-loop echo with C connections, each keeping W messages of S bytes in
+//!   flight; messages/s, MB/s and round-trip latency percentiles (HDR histogram).
+//! - `start-time`: stops and starts an echo instance N times and measures from the start
+//!   request to the first echo answered.
 //! - `dispatch`: senders on one `command` instance `DISPATCH` lines to receivers on another;
 //!   counts lines delivered per second. `--direct` measures the baseline instead: the same
 //!   lines as `ECHO` requests answered by the receiving instance itself.
@@ -34,6 +38,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
+    /// Closed-loop echo: each connection keeps `window` messages of `size` bytes in flight.
+    Echo {
+        /// The echo server.
+        #[arg(long)]
+        server: String,
+        /// Connections.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Messages each connection keeps in flight.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+    },
+    /// Time from `POST .../start` to the first echo answered, over stop/start cycles.
+    StartTime {
+        /// The echo server to cycle.
+        #[arg(long)]
+        server: String,
+        /// Cycles.
+        #[arg(long, default_value_t = 20)]
+        cycles: usize,
+    },
     /// Lines from sessions of one instance to sessions of another.
     Dispatch {
         /// The `command` instance senders connect to.
@@ -85,6 +113,22 @@ async fn main() -> Result<(), String> {
         return Err(format!("loadgen drives loopback hosts only, not {}", cli.admin));
     }
     let result = match cli.mode {
+        Mode::Echo {
+            server,
+            connections,
+            size,
+            window,
+        } => {
+            echo(
+                port(&cli.admin, &server).await?,
+                connections,
+                size,
+                window,
+                cli.duration,
+            )
+            .await?
+        }
+        Mode::StartTime { server, cycles } => start_time(&cli.admin, &server, cycles).await?,
         Mode::Dispatch {
             from,
             to,
@@ -268,6 +312,103 @@ async fn dispatch(
     Ok(format!(
         r#"{{"mode":"{mode}","pairs":{pairs},"window":{window},"size":{size},"lines":{total},"seconds":{seconds:.2},"lines_per_sec":{:.0}}}"#,
         total as f64 / seconds
+    ))
+}
+
+/// Closed-loop echo over `connections`, each with `window` messages of `size` bytes in
+/// flight; reports messages/s, MB/s and latency percentiles of the round trips.
+async fn echo(port: u16, connections: usize, size: usize, window: usize, duration: Duration) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let stop = Arc::new(AtomicBool::new(false));
+    let echoed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let histograms = Arc::new(std::sync::Mutex::new(new_histogram()));
+    for c in 0..connections {
+        let stream = connect(port).await?;
+        let (stop, echoed, histograms) = (stop.clone(), echoed.clone(), histograms.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.into_split();
+            let message: Vec<u8> = (0..size).map(|i| (i + c) as u8).collect();
+            let mut back = vec![0u8; size];
+            let mut histogram = new_histogram();
+            let mut sent_at = std::collections::VecDeque::with_capacity(window);
+            for _ in 0..window {
+                sent_at.push_back(Instant::now());
+                writer.write_all(&message).await.map_err(|e| e.to_string())?;
+            }
+            while let Some(sent) = sent_at.pop_front() {
+                tokio::time::timeout(IO_TIMEOUT, reader.read_exact(&mut back))
+                    .await
+                    .map_err(|_| "an echo did not come back".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                if back != message {
+                    return Err("the echo differs from the message".into());
+                }
+                let _ = histogram.record(sent.elapsed().as_micros() as u64);
+                echoed.fetch_add(1, Ordering::Relaxed);
+                if !stop.load(Ordering::Relaxed) {
+                    sent_at.push_back(Instant::now());
+                    writer.write_all(&message).await.map_err(|e| e.to_string())?;
+                }
+            }
+            histograms.lock().unwrap().add(&histogram).map_err(|e| e.to_string())?;
+            Ok(())
+        }));
+    }
+    let (total, seconds) = measure(duration, stop, echoed, tasks).await?;
+    let h = histograms.lock().unwrap();
+    let rate = total as f64 / seconds;
+    Ok(format!(
+        r#"{{"mode":"echo","connections":{connections},"size":{size},"window":{window},"messages":{total},"seconds":{seconds:.2},"messages_per_sec":{rate:.0},"mb_per_sec":{:.1},"p50_us":{},"p99_us":{},"p999_us":{}}}"#,
+        rate * size as f64 / 1e6,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999)
+    ))
+}
+
+fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Stops and starts `server` `cycles` times; each time measures from the start request to the
+/// first echo answered on its port.
+async fn start_time(admin: &str, server: &str, cycles: usize) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let http = reqwest::Client::new();
+    let mut samples = Vec::with_capacity(cycles);
+    let post = |action: &str| http.post(format!("{admin}/api/v1/servers/{server}/{action}")).send();
+    for _ in 0..cycles {
+        post("stop?timeout=1s").await.map_err(|e| e.to_string())?;
+        let began = Instant::now();
+        let started: serde_json::Value = post("start")
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let port = started["listeners"][0]["port"]
+            .as_u64()
+            .ok_or_else(|| format!("{server} did not start: {started}"))? as u16;
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await {
+                let mut back = [0u8; 4];
+                if stream.write_all(b"ping").await.is_ok() && stream.read_exact(&mut back).await.is_ok() {
+                    break;
+                }
+            }
+            if began.elapsed() > IO_TIMEOUT {
+                return Err(format!("{server} did not serve within {IO_TIMEOUT:?}"));
+            }
+        }
+        samples.push(began.elapsed());
+    }
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(format!(
+        r#"{{"mode":"start-time","server":"{server}","cycles":{cycles},"p50_ms":{:.2},"max_ms":{:.2}}}"#,
+        ms(samples[samples.len() / 2]),
+        ms(samples[samples.len() - 1])
     ))
 }
 

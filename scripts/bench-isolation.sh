@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Isolation costs, measured side by side in one run:
+#   - echo throughput of a process-isolated instance against the same instance in-process
+#     (64-byte messages, 100 connections, one in flight each), alternating rounds;
+#   - time from `start` to serving for each isolation level (p50 of CYCLES stop/start cycles).
+#
+#   scripts/bench-isolation.sh          ROUNDS=3 SECONDS_PER_RUN=3 CYCLES=20 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${ROUNDS:-3}
+seconds=${SECONDS_PER_RUN:-3}
+cycles=${CYCLES:-20}
+
+cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen
+work=$(mktemp -d)
+host_pid=""
+trap '[[ -n "$host_pid" ]] && kill -KILL "$host_pid" 2>/dev/null; rm -rf "$work"' EXIT
+cat > "$work/host.toml" <<'TOML'
+shutdown_timeout = "1s"
+
+[[servers]]
+name = "InHost"
+type = "echo"
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "OwnRuntime"
+type = "echo"
+isolation = "runtime"
+threads = 2
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "InAgent"
+type = "echo"
+isolation = "process"
+listeners = [{ ip = "Loopback", port = 0 }]
+TOML
+
+target/release/supersocketd --config "$work/host.toml" --admin 127.0.0.1:0 --log-level warn > "$work/ready" 2> "$work/host.log" &
+host_pid=$!
+for _ in $(seq 100); do grep -q '^supersocketd ready' "$work/ready" && break; sleep 0.1; done
+admin=$(sed -n 's/^supersocketd ready: admin=//p' "$work/ready")
+[[ -n "$admin" ]] || { cat "$work/host.log"; exit 1; }
+
+loadgen() { target/release/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+for server in InAgent InHost; do : > "$work/$server.rate"; : > "$work/$server.p99"; done
+for round in $(seq "$rounds"); do
+  echo "round $round of $rounds" >&2
+  for server in InAgent InHost; do
+    out=$(loadgen echo --server "$server" --connections 100 --size 64 --window 1)
+    echo "$out" | field messages_per_sec >> "$work/$server.rate"
+    echo "$out" | field p99_us >> "$work/$server.p99"
+  done
+done
+for server in InHost OwnRuntime InAgent; do
+  target/release/loadgen --admin "$admin" start-time --server "$server" --cycles "$cycles" | field p50_ms > "$work/$server.start"
+done
+kill -TERM "$host_pid" && wait "$host_pid" 2>/dev/null || true
+host_pid=""
+
+a=$(median < "$work/InAgent.rate"); h=$(median < "$work/InHost.rate")
+ap=$(median < "$work/InAgent.p99"); hp=$(median < "$work/InHost.p99")
+echo
+echo "Machine: $(nproc) cores, $(uname -sr); $rounds rounds of ${seconds}s, medians; client and host on one machine."
+echo
+echo "| measure | process | in-process | ratio |"
+echo "|---|---|---|---|"
+awk -v a="$a" -v h="$h" 'BEGIN { printf "| echo 64 B × 100 connections (messages/s) | %d | %d | %.2f |\n", a, h, a / h }'
+awk -v a="$ap" -v h="$hp" 'BEGIN { printf "| echo p99 latency (µs) | %d | %d | %.2f |\n", a, h, a / h }'
+echo
+echo "| isolation | start to serving, p50 of $cycles (ms) |"
+echo "|---|---|"
+for pair in "none:InHost" "runtime:OwnRuntime" "process:InAgent"; do
+  echo "| ${pair%%:*} | $(cat "$work/${pair#*:}.start") |"
+done

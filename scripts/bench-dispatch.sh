@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 seconds=${SECONDS_PER_RUN:-3}
 
-cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen
+source scripts/lib.sh
+build_release
 work=$(mktemp -d)
 host_pid=""
 trap '[[ -n "$host_pid" ]] && kill -KILL "$host_pid" 2>/dev/null; rm -rf "$work"' EXIT
@@ -50,15 +51,9 @@ type = "command"
 listeners = [{ ip = "Loopback", port = 0 }]
 TOML
 
-target/release/supersocketd --config "$work/host.toml" --admin 127.0.0.1:0 --log-level warn > "$work/ready" 2> "$work/host.log" &
-host_pid=$!
-for _ in $(seq 100); do grep -q '^supersocketd ready' "$work/ready" && break; sleep 0.1; done
-admin=$(sed -n 's/^supersocketd ready: admin=//p' "$work/ready")
-[[ -n "$admin" ]] || { cat "$work/host.log"; exit 1; }
+start_host "$work/host.toml" "$work"
 
 loadgen() { target/release/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
-field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 : > "$work/dispatch" ; : > "$work/echo" ; : > "$work/chat" ; : > "$work/broadcast"
 for round in $(seq "$rounds"); do
@@ -69,8 +64,7 @@ for round in $(seq "$rounds"); do
   loadgen chat --users 60 --rooms 6 --window 4 --broadcast Broadcast | field deliveries_per_sec >> "$work/broadcast"
 done
 
-kill -TERM "$host_pid" && wait "$host_pid" 2>/dev/null || true
-host_pid=""
+stop_host
 
 d=$(median < "$work/dispatch"); e=$(median < "$work/echo")
 c=$(median < "$work/chat"); b=$(median < "$work/broadcast")

@@ -11,7 +11,8 @@ rounds=${ROUNDS:-3}
 seconds=${SECONDS_PER_RUN:-3}
 cycles=${CYCLES:-20}
 
-cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen
+source scripts/lib.sh
+build_release
 work=$(mktemp -d)
 host_pid=""
 trap '[[ -n "$host_pid" ]] && kill -KILL "$host_pid" 2>/dev/null; rm -rf "$work"' EXIT
@@ -37,15 +38,9 @@ isolation = "process"
 listeners = [{ ip = "Loopback", port = 0 }]
 TOML
 
-target/release/supersocketd --config "$work/host.toml" --admin 127.0.0.1:0 --log-level warn > "$work/ready" 2> "$work/host.log" &
-host_pid=$!
-for _ in $(seq 100); do grep -q '^supersocketd ready' "$work/ready" && break; sleep 0.1; done
-admin=$(sed -n 's/^supersocketd ready: admin=//p' "$work/ready")
-[[ -n "$admin" ]] || { cat "$work/host.log"; exit 1; }
+start_host "$work/host.toml" "$work"
 
 loadgen() { target/release/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
-field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for server in InAgent InHost; do : > "$work/$server.rate"; : > "$work/$server.p99"; done
 for round in $(seq "$rounds"); do
@@ -59,8 +54,7 @@ done
 for server in InHost OwnRuntime InAgent; do
   target/release/loadgen --admin "$admin" start-time --server "$server" --cycles "$cycles" | field p50_ms > "$work/$server.start"
 done
-kill -TERM "$host_pid" && wait "$host_pid" 2>/dev/null || true
-host_pid=""
+stop_host
 
 a=$(median < "$work/InAgent.rate"); h=$(median < "$work/InHost.rate")
 ap=$(median < "$work/InAgent.p99"); hp=$(median < "$work/InHost.p99")

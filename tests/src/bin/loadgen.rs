@@ -441,45 +441,71 @@ async fn chat(gate: u16, users: usize, rooms: usize, window: usize, duration: Du
         }
         streams.push(user.into_inner());
     }
-    // Each user keeps `window` of its own messages in flight: it says one more whenever one of
-    // its own comes back.
-    let mut tasks = Vec::new();
-    for (i, stream) in streams.into_iter().enumerate() {
-        let (delivered, stop) = (delivered.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let (reader, mut writer) = stream.into_split();
-            let mut lines = BufReader::new(reader).lines();
-            let own = format!(" bench-{i} ");
-            let say = format!("SAY hello from bench-{i}\r\n").repeat(window);
-            writer.write_all(say.as_bytes()).await.map_err(|e| e.to_string())?;
-            let one = format!("SAY hello from bench-{i}\r\n");
-            let mut in_flight = window;
-            while in_flight > 0 {
-                let line = tokio::time::timeout(IO_TIMEOUT, lines.next_line())
-                    .await
-                    .map_err(|_| "a MSG did not arrive".to_owned())?
-                    .map_err(|e| e.to_string())?
-                    .ok_or("the connector closed")?;
-                if line.starts_with("ERR") {
-                    return Err(format!("SAY answered {line:?}"));
-                }
-                delivered.fetch_add(1, Ordering::Relaxed);
-                if line.contains(&own) {
-                    if stop.load(Ordering::Relaxed) {
-                        in_flight -= 1;
-                    } else {
-                        writer.write_all(one.as_bytes()).await.map_err(|e| e.to_string())?;
-                    }
-                }
-            }
-            Ok(())
-        }));
-    }
+    let tasks = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let fan = FanOut {
+                request: format!("SAY hello from bench-{i}\r\n"),
+                own: format!(" bench-{i}"),
+                window,
+            };
+            tokio::spawn(fan.run(stream, delivered.clone(), stop.clone()))
+        })
+        .collect();
     let (total, seconds) = measure(duration, stop, delivered, tasks).await?;
     Ok(format!(
         r#"{{"mode":"chat-cluster","users":{users},"rooms":{rooms},"window":{window},"deliveries":{total},"seconds":{seconds:.2},"deliveries_per_sec":{:.0}}}"#,
         total as f64 / seconds
     ))
+}
+
+/// One member of a fan-out: keeps `window` of its own requests in flight, sending one more
+/// whenever one of its own messages comes back, and counts every message it receives.
+struct FanOut {
+    /// The request line that sends one message to the whole group.
+    request: String,
+    /// How this member's own messages end.
+    own: String,
+    window: usize,
+}
+
+impl FanOut {
+    async fn run(self, stream: TcpStream, delivered: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<(), String> {
+        let (reader, mut writer) = stream.into_split();
+        let mut lines = BufReader::new(reader).lines();
+        writer
+            .write_all(self.request.repeat(self.window).as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut in_flight = self.window;
+        while in_flight > 0 {
+            let line = tokio::time::timeout(IO_TIMEOUT, lines.next_line())
+                .await
+                .map_err(|_| "a message did not arrive".to_owned())?
+                .map_err(|e| e.to_string())?
+                .ok_or("the server closed")?;
+            if line.starts_with("ERR") {
+                return Err(format!("the host answered {line:?}"));
+            }
+            // BROADCAST's own answer to the sender is not a delivery.
+            if line.starts_with("OK ") {
+                continue;
+            }
+            delivered.fetch_add(1, Ordering::Relaxed);
+            if line.ends_with(&self.own) {
+                if stop.load(Ordering::Relaxed) {
+                    in_flight -= 1;
+                } else {
+                    writer
+                        .write_all(self.request.as_bytes())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Baseline of the chat fan-out: `users / rooms` sessions of one `command` instance, each
@@ -497,37 +523,12 @@ async fn broadcast_baseline(
     let mut tasks = Vec::new();
     for i in 0..members {
         let stream = connect(port).await?;
-        let (delivered, stop) = (delivered.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let (reader, mut writer) = stream.into_split();
-            let mut lines = BufReader::new(reader).lines();
-            let own = format!("from-{i}");
-            let one = format!("BROADCAST hello {own}\r\n");
-            writer
-                .write_all(one.repeat(window).as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut in_flight = window;
-            while in_flight > 0 {
-                let line = tokio::time::timeout(IO_TIMEOUT, lines.next_line())
-                    .await
-                    .map_err(|_| "a broadcast did not arrive".to_owned())?
-                    .map_err(|e| e.to_string())?
-                    .ok_or("the server closed")?;
-                if line.starts_with("OK ") {
-                    continue;
-                }
-                delivered.fetch_add(1, Ordering::Relaxed);
-                if line.ends_with(&own) {
-                    if stop.load(Ordering::Relaxed) {
-                        in_flight -= 1;
-                    } else {
-                        writer.write_all(one.as_bytes()).await.map_err(|e| e.to_string())?;
-                    }
-                }
-            }
-            Ok(())
-        }));
+        let fan = FanOut {
+            request: format!("BROADCAST hello from-{i}\r\n"),
+            own: format!(" from-{i}"),
+            window,
+        };
+        tasks.push(tokio::spawn(fan.run(stream, delivered.clone(), stop.clone())));
     }
     let (total, seconds) = measure(duration, stop, delivered, tasks).await?;
     Ok(format!(

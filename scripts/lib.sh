@@ -1,0 +1,28 @@
+# Shared by the benchmark scripts: build, start a release host on a config, read medians.
+# Source it from a script that has `set -euo pipefail` and has cd'ed to the repository root.
+
+# Builds the release host and load generator.
+build_release() {
+  cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen
+}
+
+# start_host CONFIG_FILE WORKDIR: starts target/release/supersocketd on the config, waits for its
+# ready line, and sets $admin (its URL) and $host_pid. stop_host ends it gracefully.
+start_host() {
+  target/release/supersocketd --config "$1" --admin 127.0.0.1:0 --log-level warn > "$2/ready" 2> "$2/host.log" &
+  host_pid=$!
+  for _ in $(seq 100); do grep -q '^supersocketd ready' "$2/ready" && break; sleep 0.1; done
+  admin=$(sed -n 's/^supersocketd ready: admin=//p' "$2/ready")
+  [[ -n "$admin" ]] || { cat "$2/host.log" >&2; exit 1; }
+}
+
+stop_host() {
+  kill -TERM "$host_pid" && wait "$host_pid" 2>/dev/null || true
+  host_pid=""
+}
+
+# A numeric field of loadgen's JSON line, from stdin.
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+
+# The median of numbers on stdin, one a line.
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -4,10 +4,10 @@
 #     (64-byte messages, 100 connections, one in flight each), alternating rounds;
 #   - time from `start` to serving for each isolation level (p50 of CYCLES stop/start cycles).
 #
-#   scripts/bench-isolation.sh          ROUNDS=3 SECONDS_PER_RUN=3 CYCLES=20 by default
+#   scripts/bench-isolation.sh          ROUNDS=5 SECONDS_PER_RUN=3 CYCLES=20 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${ROUNDS:-3}
+rounds=${ROUNDS:-5}
 seconds=${SECONDS_PER_RUN:-3}
 cycles=${CYCLES:-20}
 

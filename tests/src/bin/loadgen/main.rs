@@ -1,0 +1,246 @@
+//! `loadgen`: drives a server on loopback — a SuperSocket host or the bare tokio `baseline` —
+//! and reports what it measured as one JSON line on stdout. Every mode is bounded in time and
+//! in connections and talks only to 127.0.0.0/8.
+//!
+//! - `echo`: closed loop; each connection keeps W messages of S bytes in flight (S = 16 KiB and
+//!   W > 1 is streaming); messages/s, MB/s, round-trip latency percentiles (HDR histogram).
+//! - `command`: the same with `PING` lines answered `PONG` (against an echo server, `PING`).
+//! - `idle`: opens N connections from several 127.x source addresses, holds them, reports the
+//!   server's resident memory per connection, then checks each one still answers an echo.
+//! - `start-time`, `stop-time`: from a start request to serving; a stop with N sessions open.
+//! - `dispatch`, `chat`: instances reaching each other (see `cluster`).
+//!
+//! The target is `--port P`, or `--admin URL` plus a server name looked up in the admin API.
+
+mod closed_loop;
+mod cluster;
+mod common;
+mod idle;
+mod lifecycle;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Load generator for a SuperSocket host on loopback")]
+struct Cli {
+    /// Admin API of the host, to find servers' ports and drive them.
+    #[arg(long)]
+    admin: Option<String>,
+    /// The port to drive, instead of looking a server up.
+    #[arg(long)]
+    port: Option<u16>,
+    /// How long to measure.
+    #[arg(long, default_value = "5s", value_parser = supersocket_proto::parse_duration)]
+    duration: Duration,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Closed-loop echo.
+    Echo {
+        /// The echo server (with --admin).
+        #[arg(long)]
+        server: Option<String>,
+        /// Connections.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Messages each connection keeps in flight.
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+    },
+    /// Closed-loop `PING` requests.
+    Command {
+        /// The command server (with --admin).
+        #[arg(long)]
+        server: Option<String>,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Requests each connection keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// The server echoes (the baseline): expect `PING` back instead of `PONG`.
+        #[arg(long)]
+        echo: bool,
+    },
+    /// Idle connections held open; the server's memory per connection.
+    Idle {
+        /// The echo server (with --admin).
+        #[arg(long)]
+        server: Option<String>,
+        /// Connections to hold.
+        #[arg(long, default_value_t = 15_000)]
+        connections: usize,
+        /// Source addresses 127.0.0.1 .. 127.0.0.N the connections are spread over.
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        /// The server's process, whose resident memory is measured.
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Time from `POST .../start` to the first echo answered, over stop/start cycles.
+    StartTime {
+        /// The echo server to cycle.
+        #[arg(long)]
+        server: String,
+        /// Cycles.
+        #[arg(long, default_value_t = 20)]
+        cycles: usize,
+    },
+    /// Time of `POST .../stop` with many sessions open (they close when the server does).
+    StopTime {
+        /// The echo server to stop.
+        #[arg(long)]
+        server: String,
+        /// Sessions open at the stop.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+    },
+    /// Lines from sessions of one instance to sessions of another.
+    Dispatch {
+        /// The `command` instance senders connect to.
+        #[arg(long, default_value = "ServerA")]
+        from: String,
+        /// The `command` instance receivers connect to.
+        #[arg(long, default_value = "ServerB")]
+        to: String,
+        /// Sender/receiver pairs.
+        #[arg(long, default_value_t = 8)]
+        pairs: usize,
+        /// Requests each sender keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Bytes of text per line.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Baseline: ECHO on the receiving instance instead of DISPATCH across instances.
+        #[arg(long)]
+        direct: bool,
+    },
+    /// Room messages through a pomelo chat cluster.
+    Chat {
+        /// The gate instance.
+        #[arg(long, default_value = "gate-server-1")]
+        gate: String,
+        /// Users.
+        #[arg(long, default_value_t = 60)]
+        users: usize,
+        /// Rooms.
+        #[arg(long, default_value_t = 6)]
+        rooms: usize,
+        /// Messages each user keeps in flight.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Baseline: BROADCAST in this `command` instance to groups of the same size.
+        #[arg(long)]
+        broadcast: Option<String>,
+    },
+}
+
+impl Cli {
+    fn admin(&self) -> Result<&str, String> {
+        let admin = self.admin.as_deref().ok_or("this mode needs --admin")?;
+        if !admin.starts_with("http://127.") {
+            return Err(format!("loadgen drives loopback hosts only, not {admin}"));
+        }
+        Ok(admin)
+    }
+
+    /// `--port`, else the first port of `server` in the admin API.
+    async fn target(&self, server: &Option<String>) -> Result<u16, String> {
+        match (self.port, server) {
+            (Some(port), _) => Ok(port),
+            (None, Some(server)) => common::port(self.admin()?, server).await,
+            (None, None) => Err("give --port, or --admin and --server".into()),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let cli = Cli::parse();
+    let duration = cli.duration;
+    let result = match &cli.mode {
+        Mode::Echo {
+            server,
+            connections,
+            size,
+            window,
+        } => {
+            let message: Vec<u8> = (0..*size).map(|i| (i % 251) as u8).collect();
+            let load = closed_loop::Load {
+                request: message.clone(),
+                reply: message,
+                connections: *connections,
+                window: *window,
+            };
+            load.run("echo", cli.target(server).await?, duration).await?
+        }
+        Mode::Command {
+            server,
+            connections,
+            window,
+            echo,
+        } => {
+            let reply: &[u8] = if *echo { b"PING\r\n" } else { b"PONG\r\n" };
+            let load = closed_loop::Load {
+                request: b"PING\r\n".to_vec(),
+                reply: reply.to_vec(),
+                connections: *connections,
+                window: *window,
+            };
+            load.run("command", cli.target(server).await?, duration).await?
+        }
+        Mode::Idle {
+            server,
+            connections,
+            sources,
+            pid,
+        } => idle::hold(cli.target(server).await?, *connections, *sources, *pid).await?,
+        Mode::StartTime { server, cycles } => lifecycle::start_time(cli.admin()?, server, *cycles).await?,
+        Mode::StopTime { server, sessions } => lifecycle::stop_time(cli.admin()?, server, *sessions).await?,
+        Mode::Dispatch {
+            from,
+            to,
+            pairs,
+            window,
+            size,
+            direct,
+        } => {
+            let from = common::port(cli.admin()?, from).await?;
+            let to_port = common::port(cli.admin()?, to).await?;
+            cluster::dispatch(from, (to, to_port), *pairs, *window, *size, *direct, duration).await?
+        }
+        Mode::Chat {
+            gate,
+            users,
+            rooms,
+            window,
+            broadcast,
+        } => match broadcast {
+            Some(server) => {
+                let port = common::port(cli.admin()?, server).await?;
+                cluster::broadcast_baseline(port, *users, *rooms, *window, duration).await?
+            }
+            None => {
+                cluster::chat(
+                    common::port(cli.admin()?, gate).await?,
+                    *users,
+                    *rooms,
+                    *window,
+                    duration,
+                )
+                .await?
+            }
+        },
+    };
+    println!("{result}");
+    Ok(())
+}

@@ -108,9 +108,22 @@ pub(crate) trait ErasedService: Send + Sync + 'static {
 
 struct Erased<S>(S);
 
+/// An owned handle on an erased service that derefs to the service, for a session to keep.
+struct ErasedRef<S>(Arc<Erased<S>>);
+
+impl<S> std::ops::Deref for ErasedRef<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.0.0
+    }
+}
+
 impl<S: Service> ErasedService for Erased<S> {
     fn serve(self: Arc<Self>, connection: Connection, setup: SessionSetup) -> SessionFuture {
-        Box::pin(async move { crate::session::serve(&self.0, connection, setup).await })
+        // No wrapping async block: it would hold the connection and setup a second time in
+        // every session's memory.
+        Box::pin(crate::session::serve(ErasedRef(self), connection, setup))
     }
 
     fn call(self: Arc<Self>, instance: Arc<InstanceContext>, request: serde_json::Value) -> CallFuture {

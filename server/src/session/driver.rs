@@ -59,28 +59,23 @@ pub(crate) struct SessionSetup {
 }
 
 /// Runs a connection to its end, then unregisters it and tells the service why it closed.
-pub(crate) async fn serve<S: Service>(service: &S, connection: Connection, setup: SessionSetup) {
-    let run = async {
+pub(crate) async fn serve<S: Service>(
+    service: impl std::ops::Deref<Target = S> + Send,
+    connection: Connection,
+    setup: SessionSetup,
+) {
+    let service = &*service;
+    // Written inline (not bound to a local first), so the session's state machine holds the
+    // loop's future once, not twice: this size is the memory of every idle session.
+    let reason = catch_panic(pin!(async {
         match connection {
             Connection::Tcp(stream) => Driver::new(service, stream, &setup).run().await,
-            Connection::Tls(acceptor, stream) => {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                tokio::select! {
-                    biased;
-                    () = setup.drain.cancelled() => CloseReason::ServerShutdown,
-                    result = handshake => match result {
-                        Ok(Ok(tls)) => Driver::new(service, tls, &setup).run().await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(session = %setup.shared.id, "TLS handshake failed: {e}");
-                            CloseReason::SocketError
-                        }
-                        Err(_) => CloseReason::Timeout,
-                    },
-                }
-            }
+            // rustls' state is large: boxed, so that plain sessions do not carry its size.
+            Connection::Tls(acceptor, stream) => Box::pin(run_tls(service, acceptor, stream, &setup)).await,
         }
-    };
-    let reason = catch_panic(run).await.unwrap_or(CloseReason::ApplicationError);
+    }))
+    .await
+    .unwrap_or(CloseReason::ApplicationError);
     let shared = &setup.shared;
     setup.instance.sessions.remove(shared.id);
     setup.instance.stats.sessions.fetch_sub(1, Ordering::Relaxed);
@@ -95,14 +90,36 @@ pub(crate) async fn serve<S: Service>(service: &S, connection: Connection, setup
         out: &mut out,
         close: &mut close,
     };
-    if catch_panic(service.closed(&mut session, reason)).await.is_none() {
+    if catch_panic(pin!(service.closed(&mut session, reason))).await.is_none() {
         tracing::error!(server = %setup.instance.name, session = %shared.id, "closed handler panicked");
     }
 }
 
-/// Polls `future`, turning a panic inside it into `None` (the panic hook has logged it).
-async fn catch_panic<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
+/// A TLS session: the handshake (bounded), then the same loop as plain TCP.
+async fn run_tls<S: Service>(
+    service: &S,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    setup: &SessionSetup,
+) -> CloseReason {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    tokio::select! {
+        biased;
+        () = setup.drain.cancelled() => CloseReason::ServerShutdown,
+        result = handshake => match result {
+            Ok(Ok(tls)) => Driver::new(service, tls, setup).run().await,
+            Ok(Err(e)) => {
+                tracing::debug!(session = %setup.shared.id, "TLS handshake failed: {e}");
+                CloseReason::SocketError
+            }
+            Err(_) => CloseReason::Timeout,
+        },
+    }
+}
+
+/// Polls `future` (pinned where it was made, so it is not copied), turning a panic inside it
+/// into `None` (the panic hook has logged it).
+async fn catch_panic<F: Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
     poll_fn(
         move |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Some(output)),
@@ -138,8 +155,27 @@ trait SessionIo: AsyncRead + AsyncWrite + Unpin + Send {
 }
 
 impl SessionIo for TcpStream {
+    /// Ready only when the kernel really holds something: tokio may report a fresh socket
+    /// readable before any byte arrives, and an idle session must not take a buffer for that.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        TcpStream::poll_read_ready(self, cx)
+        loop {
+            match TcpStream::poll_read_ready(self, cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            // A peek that would block clears tokio's readiness, so the next poll waits again.
+            let probe = self.try_io(tokio::io::Interest::READABLE, || {
+                if kernel_has_bytes(self) {
+                    Ok(())
+                } else {
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                }
+            });
+            match probe {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
     }
 
     fn has_pending_bytes(&self) -> bool {
@@ -208,7 +244,9 @@ where
         loop {
             let result = tokio::select! {
                 biased;
-                () = setup.drain.cancelled() => return self.drain().await,
+                // Boxed: the drain runs once, at a stop, and every idle session would otherwise
+                // carry its state.
+                () = setup.drain.cancelled() => return Box::pin(self.drain()).await,
                 () = shared.outbox.wait() => self.deliver_outbox().await,
                 read = read_some(&mut self.io, &mut self.rbuf) => match read {
                     Ok(0) => return CloseReason::RemoteClosing,
@@ -486,4 +524,22 @@ async fn read_now<IO: SessionIo>(io: &mut IO, buf: &mut BytesMut) -> Option<std:
         Poll::Ready(result) => Poll::Ready(Some(result)),
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future a closure would make, without making it.
+    fn future_size<F: FnOnce() -> Fut, Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every open session holds one such future: its size is most of an idle session's memory.
+    /// The TLS path and the graceful drain are boxed so that plain idle sessions stay small.
+    #[test]
+    #[allow(unreachable_code)]
+    fn an_idle_plain_session_stays_small() {
+        let service = crate::services::EchoService;
+        let session = future_size(|| super::serve(&service, unreachable!(), unreachable!()));
+        assert!(session <= 1400, "a plain TCP session's future is {session} bytes");
+    }
 }

@@ -76,7 +76,7 @@ echo "start and stop" >&2
 start=$(run --admin "$admin" start-time --server Cycle --cycles 100)
 stop=$(run --admin "$admin" stop-time --server Cycle --sessions 10000)
 stop_host
-kill -KILL "$baseline_pid" 2>/dev/null; baseline_pid=""
+kill -KILL "$baseline_pid" 2>/dev/null; wait "$baseline_pid" 2>/dev/null || true; baseline_pid=""
 
 echo "list with 100 instances" >&2
 {

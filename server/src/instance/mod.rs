@@ -450,17 +450,17 @@ impl Instance {
 
     /// Queues bytes for one of its sessions.
     pub async fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
-        let (session, base64) = (session.to_string(), channel::encode(&bytes));
+        // Encoded only for another process: the in-process path is the hot one.
         let reply = match self.live() {
             Some(Live::Agent(link)) => {
-                link.request(|id| ToAgent::Request {
-                    id,
-                    request: AgentRequest::Send { session, base64 },
-                })
-                .await
+                let request = AgentRequest::Send {
+                    session: session.to_string(),
+                    base64: channel::encode(&bytes),
+                };
+                link.request(|id| ToAgent::Request { id, request }).await
             }
             Some(Live::Remote(link)) => {
-                let server = self.name.clone();
+                let (server, session, base64) = (self.name.clone(), session.to_string(), channel::encode(&bytes));
                 let request = HostRequest::Send {
                     server,
                     session,
@@ -468,31 +468,24 @@ impl Instance {
                 };
                 link.request(|id| FromAgent::Request { id, request }).await
             }
-            _ => {
-                return self
-                    .sessions
-                    .send(session.parse().map_err(|_| SendError::NoSession)?, bytes)
-                    .await;
-            }
+            _ => return self.sessions.send(session, bytes).await,
         };
         reply.map(drop).map_err(|e| SendError::from_message(&e))
     }
 
     /// Queues bytes for every one of its sessions; returns how many took them.
     pub async fn broadcast(&self, bytes: Bytes) -> usize {
-        let base64 = channel::encode(&bytes);
         let reply = match self.live() {
             Some(Live::Agent(link)) => {
-                link.request(|id| ToAgent::Request {
-                    id,
-                    request: AgentRequest::Broadcast { base64 },
-                })
-                .await
+                let request = AgentRequest::Broadcast {
+                    base64: channel::encode(&bytes),
+                };
+                link.request(|id| ToAgent::Request { id, request }).await
             }
             Some(Live::Remote(link)) => {
                 let request = HostRequest::Broadcast {
                     server: self.name.clone(),
-                    base64,
+                    base64: channel::encode(&bytes),
                 };
                 link.request(|id| FromAgent::Request { id, request }).await
             }

@@ -69,9 +69,9 @@ stop_host
 d=$(median < "$work/dispatch"); e=$(median < "$work/echo")
 c=$(median < "$work/chat"); b=$(median < "$work/broadcast")
 echo
-echo "Machine: $(nproc) cores, $(uname -sr); $rounds rounds of ${seconds}s, medians; client and host on one machine."
+machine "$rounds rounds of ${seconds}s, medians"
 echo
 echo "| scenario | SuperSocket | baseline | ratio |"
 echo "|---|---|---|---|"
-awk -v d="$d" -v e="$e" 'BEGIN { printf "| DISPATCH A→B, 8 pairs × 32 in flight, 32 B (lines/s) | %d | %d (ECHO in B) | %.2f |\n", d, e, d / e }'
-awk -v c="$c" -v b="$b" 'BEGIN { printf "| chat SAY fan-out, 60 users in 6 rooms (deliveries/s) | %d | %d (BROADCAST to 10) | %.2f |\n", c, b, c / b }'
+echo "| DISPATCH A→B, 8 pairs × 32 in flight, 32 B (lines/s) | $d | $e (ECHO in B) | $(ratio "$d" "$e") |"
+echo "| chat SAY fan-out, 60 users in 6 rooms (deliveries/s) | $c | $b (BROADCAST to 10) | $(ratio "$c" "$b") |"

@@ -59,12 +59,12 @@ stop_host
 a=$(median < "$work/InAgent.rate"); h=$(median < "$work/InHost.rate")
 ap=$(median < "$work/InAgent.p99"); hp=$(median < "$work/InHost.p99")
 echo
-echo "Machine: $(nproc) cores, $(uname -sr); $rounds rounds of ${seconds}s, medians; client and host on one machine."
+machine "$rounds rounds of ${seconds}s, medians"
 echo
 echo "| measure | process | in-process | ratio |"
 echo "|---|---|---|---|"
-awk -v a="$a" -v h="$h" 'BEGIN { printf "| echo 64 B × 100 connections (messages/s) | %d | %d | %.2f |\n", a, h, a / h }'
-awk -v a="$ap" -v h="$hp" 'BEGIN { printf "| echo p99 latency (µs) | %d | %d | %.2f |\n", a, h, a / h }'
+echo "| echo 64 B × 100 connections (messages/s) | $a | $h | $(ratio "$a" "$h") |"
+echo "| echo p99 latency (µs) | $ap | $hp | $(ratio "$ap" "$hp") |"
 echo
 echo "| isolation | start to serving, p50 of $cycles (ms) |"
 echo "|---|---|"

@@ -56,7 +56,6 @@ run() { target/release/loadgen --duration "${seconds}s" "$@"; }
 ours() { run --admin "$admin" "$1" --server "$2" "${@:3}"; }
 theirs() { run --port "$bport" "$1" "${@:3}"; }
 
-declare -A out
 record() { echo "$2" | field "$3" >> "$work/$1"; }
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
@@ -95,9 +94,8 @@ done
 kill -TERM "$many_pid"; wait "$many_pid" 2>/dev/null || true; many_pid=""
 
 m() { median < "$work/$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "Machine: $(nproc) cores, $(uname -sr), ulimit -n $(ulimit -n); $rounds rounds of ${seconds}s, medians; loadgen and servers on one machine."
+machine "$rounds rounds of ${seconds}s, medians"
 echo
 echo "| scenario | SuperSocket | baseline | ratio | target |"
 echo "|---|---|---|---|---|"

@@ -26,3 +26,9 @@ field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 
 # The median of numbers on stdin, one a line.
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# a / b with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# The line above every table: the machine and how the numbers were taken.
+machine() { echo "Machine: $(nproc) cores, $(uname -sr), ulimit -n $(ulimit -n); $1; client and servers on one machine."; }

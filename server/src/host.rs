@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ReloadReport, ServerState};
 
+use tokio::task::JoinSet;
+
 use crate::config::{Config, ConfigErrors, ConfigSource};
 use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
 use crate::instance::Instance;
@@ -223,22 +225,17 @@ impl Host {
         self.inner.directory.replace(instances);
         *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = next;
 
-        let mut work = Vec::new();
+        let mut work = JoinSet::new();
         for instance in removed {
-            work.push(tokio::spawn(async move { instance.stop(timeout).await }));
+            work.spawn(async move { instance.stop(timeout).await });
         }
         for (instance, config) in changed {
-            work.push(tokio::spawn(async move { instance.reconfigure(config, timeout).await }));
+            work.spawn(async move { instance.reconfigure(config, timeout).await });
         }
         for instance in added.into_iter().filter(|i| i.config().autostart) {
-            work.push(tokio::spawn(async move {
-                // A failure is recorded in the instance and logged.
-                let _ = instance.start().await;
-            }));
+            work.spawn(start_recorded(instance));
         }
-        for task in work {
-            let _ = task.await;
-        }
+        wait_for_all(work).await;
         tracing::info!(
             added = ?report.added, removed = ?report.removed, changed = ?report.changed,
             unchanged = report.unchanged.len(), "config reloaded"
@@ -253,15 +250,8 @@ impl Host {
             .instances()
             .into_iter()
             .filter(|i| i.config().autostart)
-            .map(|instance| {
-                tokio::spawn(async move {
-                    // A failure is recorded in the instance (`failed`, `last_error`) and logged.
-                    let _ = instance.start().await;
-                })
-            });
-        for start in starts.collect::<Vec<_>>() {
-            let _ = start.await;
-        }
+            .map(start_recorded);
+        wait_for_all(starts.collect()).await;
     }
 
     /// Graceful shutdown: readiness fails at once, then every instance stops side by side
@@ -272,10 +262,8 @@ impl Host {
         let stops = self
             .instances()
             .into_iter()
-            .map(|instance| tokio::spawn(async move { instance.stop(timeout).await }));
-        for stop in stops.collect::<Vec<_>>() {
-            let _ = stop.await;
-        }
+            .map(|instance| async move { instance.stop(timeout).await });
+        wait_for_all(stops.collect()).await;
     }
 
     /// Whether a shutdown has begun.
@@ -328,4 +316,16 @@ impl Host {
             state: if self.is_stopping() { "stopping" } else { "running" }.into(),
         }
     }
+}
+
+/// Starts an instance; a failure needs no handling here, it is recorded in the instance
+/// (`failed`, `last_error`) and logged.
+async fn start_recorded(instance: Arc<Instance>) {
+    let _ = instance.start().await;
+}
+
+/// Waits for every task of `set`; one that panicked (its panic is logged) does not stop the
+/// wait for the others.
+async fn wait_for_all(mut set: JoinSet<()>) {
+    while set.join_next().await.is_some() {}
 }

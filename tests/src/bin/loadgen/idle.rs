@@ -19,11 +19,18 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS for {pid}"))
 }
 
+/// Descriptors a process holds open.
+fn open_fds(pid: u32) -> Result<usize, String> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| format!("process {pid}: {e}"))?;
+    Ok(fds.count())
+}
+
 /// Opens `connections` to `port` from 127.0.0.1 .. 127.0.0.`sources`, measures `pid`'s RSS
 /// before and while they are held, then sends one byte on each and expects it back.
 pub async fn hold(port: u16, connections: usize, sources: u8, pid: u32) -> Result<String, String> {
     let server = SocketAddr::from(([127, 0, 0, 1], port));
     let before = rss_kib(pid)?;
+    let fds_before = open_fds(pid)?;
     let mut held = Vec::with_capacity(connections);
     for i in 0..connections {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(sources.max(1))) as u8);
@@ -37,8 +44,17 @@ pub async fn hold(port: u16, connections: usize, sources: u8, pid: u32) -> Resul
             .map_err(|e| format!("connection {i} from {source}: {e}"))?;
         held.push(stream);
     }
-    // Let the server finish accepting before measuring (its sessions register on accept).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Measure once the server has accepted them all: each is a descriptor it holds.
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while open_fds(pid)? < fds_before + connections {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "the server accepted {} of {connections} connections",
+                open_fds(pid)? - fds_before
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let during = rss_kib(pid)?;
     let mut alive = 0;
     for stream in &mut held {

@@ -78,8 +78,36 @@ pub enum FromAgent {
     },
 }
 
-/// The answer to a request: a JSON value, or an error message.
-pub type Reply = Result<serde_json::Value, String>;
+/// The answer to a request: a JSON value, or why it failed.
+pub type Reply = Result<serde_json::Value, Failure>;
+
+/// Why a request over the control channel failed, typed so that each side can act on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "failure", rename_all = "snake_case")]
+pub enum Failure {
+    /// No such instance or session.
+    NoSession,
+    /// The session's queue stayed full: a slow reader, being closed.
+    QueueFull,
+    /// The instance is not running (stopped, or its agent went away).
+    NotRunning,
+    /// Anything else: a handler's error, a malformed request.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoSession => f.write_str("no such session"),
+            Self::QueueFull => f.write_str("the session's send queue stayed full"),
+            Self::NotRunning => f.write_str("not running"),
+            Self::Failed { message } => f.write_str(message),
+        }
+    }
+}
 
 /// What the host asks of an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

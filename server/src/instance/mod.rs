@@ -153,18 +153,14 @@ impl Instance {
     /// Sends a request to its service's `call` handler and waits for the answer. The message
     /// is JSON so that the same call works whatever the instance's isolation.
     pub async fn call(&self, request: serde_json::Value) -> Result<serde_json::Value, CallError> {
-        let failed = |message: String| match message.as_str() {
-            // The agent went away under the call: the instance is not running any more.
-            channel::GONE => CallError::NotRunning(self.name.clone()),
-            _ => CallError::Failed {
-                server: self.name.clone(),
-                message,
-            },
-        };
         match self.live().ok_or_else(|| CallError::NotRunning(self.name.clone()))? {
             Live::Local { service, context } => {
                 let runtime = context.runtime.clone();
                 // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
+                let failed = |message| CallError::Failed {
+                    server: self.name.clone(),
+                    message,
+                };
                 match runtime.spawn(service.call(context, request)).await {
                     Ok(answer) => answer.map_err(failed),
                     Err(_) => Err(failed("the handler panicked".into())),
@@ -177,7 +173,7 @@ impl Instance {
                         request: AgentRequest::Call { request },
                     })
                     .await;
-                asked.map_err(failed)
+                asked.map_err(|f| channel::call_error(&self.name, f))
             }
             Live::Remote(link) => {
                 let server = self.name.clone();
@@ -185,7 +181,7 @@ impl Instance {
                     id,
                     request: HostRequest::Call { server, request },
                 });
-                asked.await.map_err(failed)
+                asked.await.map_err(|f| channel::call_error(&self.name, f))
             }
         }
     }
@@ -470,7 +466,7 @@ impl Instance {
             }
             _ => return self.sessions.send(session, bytes).await,
         };
-        reply.map(drop).map_err(|e| SendError::from_message(&e))
+        reply.map(drop).map_err(channel::send_error)
     }
 
     /// Queues bytes for every one of its sessions; returns how many took them.

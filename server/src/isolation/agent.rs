@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use supersocket_proto::agent::{AgentRequest, AgentStats, FromAgent, Peer, Reply, ToAgent};
+use supersocket_proto::agent::{AgentRequest, AgentStats, Failure, FromAgent, Peer, Reply, ToAgent};
 use tokio::net::UnixStream;
 
 use super::channel::{self, Link};
@@ -175,28 +175,15 @@ async fn report_stats(local: Arc<Instance>, link: Arc<Link<FromAgent>>) {
 
 /// Answers one request of the host.
 async fn answer(local: &Arc<Instance>, request: AgentRequest) -> Reply {
-    let no_session = || crate::session::SendError::NoSession.to_string();
     match request {
-        AgentRequest::Sessions { limit } => {
-            serde_json::to_value(local.sessions(limit).await).map_err(|e| e.to_string())
-        }
-        AgentRequest::Send { session, base64 } => {
-            let id: SessionId = session.parse().map_err(|_| no_session())?;
-            local
-                .send_to(id, channel::decode(&base64)?)
-                .await
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string())
-        }
-        AgentRequest::Broadcast { base64 } => Ok(local.broadcast(channel::decode(&base64)?).await.into()),
+        AgentRequest::Sessions { limit } => Ok(serde_json::to_value(local.sessions(limit).await).unwrap_or_default()),
+        AgentRequest::Send { session, base64 } => channel::send(local, &session, &base64).await,
+        AgentRequest::Broadcast { base64 } => channel::broadcast(local, &base64).await,
         AgentRequest::Kick { session } => {
-            let id: SessionId = session.parse().map_err(|_| no_session())?;
+            let id: SessionId = session.parse().map_err(|_| Failure::NoSession)?;
             Ok(local.kick(id).await.into())
         }
-        AgentRequest::Call { request } => local.call(request).await.map_err(|e| match e {
-            crate::CallError::Failed { message, .. } => message,
-            other => other.to_string(),
-        }),
+        AgentRequest::Call { request } => channel::call(local, request).await,
         AgentRequest::Stop { timeout_ms } => {
             local.stop(Duration::from_millis(timeout_ms)).await;
             Ok(serde_json::Value::Null)

@@ -13,10 +13,13 @@ use bytes::Bytes;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use supersocket_proto::agent::{FromAgent, MAX_FRAME, Reply, ToAgent};
+use supersocket_proto::agent::{Failure, FromAgent, MAX_FRAME, Reply, ToAgent};
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::instance::{CallError, Instance};
+use crate::session::SendError;
 
 /// Most listening sockets one instance may pass to its agent.
 pub(crate) const MAX_FDS: usize = 64;
@@ -192,9 +195,10 @@ impl<Out: Serialize + Send + 'static> Link<Out> {
             .insert(id, answer);
         if !self.send(make(id)).await {
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            return Err(GONE.into());
+            return Err(Failure::NotRunning);
         }
-        reply.await.unwrap_or_else(|_| Err(GONE.into()))
+        // The other side hung up: its instance is not running any more.
+        reply.await.unwrap_or(Err(Failure::NotRunning))
     }
 }
 
@@ -210,19 +214,67 @@ async fn read_frame(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> 
     Some(frame)
 }
 
-/// The error of a request whose other side hung up.
-pub(crate) const GONE: &str = "the agent is gone";
-
 /// Bytes as they travel in control messages.
 pub(crate) fn encode(bytes: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
 }
 
 /// Bytes from a control message.
-pub(crate) fn decode(text: &str) -> Result<Bytes, String> {
+fn decode(text: &str) -> Result<Bytes, Failure> {
     base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
         .map(Bytes::from)
-        .map_err(|e| format!("bad base64: {e}"))
+        .map_err(|e| Failure::Failed {
+            message: format!("bad base64: {e}"),
+        })
+}
+
+impl From<SendError> for Failure {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::NoSession => Self::NoSession,
+            SendError::QueueFull => Self::QueueFull,
+        }
+    }
+}
+
+/// The send error a failure stands for.
+pub(crate) fn send_error(failure: Failure) -> SendError {
+    match failure {
+        Failure::QueueFull => SendError::QueueFull,
+        _ => SendError::NoSession,
+    }
+}
+
+/// The call error a failure of a call to `server` stands for.
+pub(crate) fn call_error(server: &str, failure: Failure) -> CallError {
+    match failure {
+        Failure::NotRunning => CallError::NotRunning(server.to_owned()),
+        other => CallError::Failed {
+            server: server.to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Queues bytes (base64) for a session (its id as text) of `target`: what both sides of the
+/// channel do for a `Send` of the other.
+pub(crate) async fn send(target: &Instance, session: &str, base64: &str) -> Reply {
+    let id = session.parse().map_err(|_| Failure::NoSession)?;
+    target.send_to(id, decode(base64)?).await?;
+    Ok(serde_json::Value::Null)
+}
+
+/// Queues bytes (base64) for every session of `target` → how many took them.
+pub(crate) async fn broadcast(target: &Instance, base64: &str) -> Reply {
+    Ok(target.broadcast(decode(base64)?).await.into())
+}
+
+/// Calls `target` → its answer.
+pub(crate) async fn call(target: &Instance, request: serde_json::Value) -> Reply {
+    target.call(request).await.map_err(|e| match e {
+        CallError::NotRunning(_) => Failure::NotRunning,
+        CallError::Failed { message, .. } => Failure::Failed { message },
+    })
 }
 
 #[cfg(test)]

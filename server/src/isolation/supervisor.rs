@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use supersocket_proto::agent::{AgentRequest, AgentStats, FromAgent, HostRequest, Peer, Reply, ToAgent};
+use supersocket_proto::agent::{AgentRequest, AgentStats, Failure, FromAgent, HostRequest, Peer, Reply, ToAgent};
 use supersocket_proto::{ListenerInfo, ServerState};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -352,25 +352,11 @@ async fn for_other_instance(directory: &Directory, request: HostRequest) -> Repl
             server
         }
     };
-    let Some(target) = directory.instance(server) else {
-        return Err(crate::session::SendError::NoSession.to_string());
-    };
+    let target = directory.instance(server).ok_or(Failure::NoSession)?;
     match request {
-        HostRequest::Send { session, base64, .. } => {
-            let id = session
-                .parse()
-                .map_err(|_| crate::session::SendError::NoSession.to_string())?;
-            target
-                .send_to(id, channel::decode(&base64)?)
-                .await
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string())
-        }
-        HostRequest::Broadcast { base64, .. } => Ok(target.broadcast(channel::decode(&base64)?).await.into()),
-        HostRequest::Call { request, .. } => target.call(request).await.map_err(|e| match e {
-            crate::CallError::Failed { message, .. } => message,
-            other => other.to_string(),
-        }),
+        HostRequest::Send { session, base64, .. } => channel::send(&target, &session, &base64).await,
+        HostRequest::Broadcast { base64, .. } => channel::broadcast(&target, &base64).await,
+        HostRequest::Call { request, .. } => channel::call(&target, request).await,
     }
 }
 

@@ -27,17 +27,6 @@ pub enum SendError {
     QueueFull,
 }
 
-impl SendError {
-    /// The error named by `message` (as it crosses a control channel).
-    pub(crate) fn from_message(message: &str) -> Self {
-        if message == Self::QueueFull.to_string() {
-            Self::QueueFull
-        } else {
-            Self::NoSession
-        }
-    }
-}
-
 /// Bounded queue of outbound messages plus a close request, with one waker.
 #[derive(Debug)]
 pub(crate) struct Outbox {

@@ -240,3 +240,48 @@ async fn a_client_that_never_reads_cannot_grow_memory_or_slow_others() {
         "others' worst PING {worst:?} (quiet {quiet:?})"
     );
 }
+
+/// Pipelines requests whose replies are as big as they are, reading none, until the server
+/// stops taking more: from then on the server is blocked writing to this peer.
+async fn stall_the_server(port: u16) -> tokio::net::TcpStream {
+    let mut sink = connect(port).await;
+    let request = format!("ECHO {}\r\n", "s".repeat(1000)).repeat(64);
+    for _ in 0..(64 * 1024) {
+        match tokio::time::timeout(Duration::from_millis(500), sink.write_all(request.as_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the server should push back, not close: {e}"),
+            Err(_) => return sink,
+        }
+    }
+    panic!("the server never pushed back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_still_closed_by_the_idle_timeout_or_a_kick() {
+    let host = HostProcess::start(
+        r#"
+        [[servers]]
+        name = "Stalled"
+        type = "command"
+        idle_timeout = "1s"
+        listeners = [{ ip = "Loopback", port = 0 }]
+
+        [[servers]]
+        name = "Kickable"
+        type = "command"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let gone = |server: &serde_json::Value| server["sessions"] == 0;
+
+    let _stalled = stall_the_server(host.port("Stalled", 0).await).await;
+    assert_eq!(host.server("Stalled").await["sessions"], 1);
+    host.wait_server("Stalled", Duration::from_secs(10), gone).await;
+
+    let _kicked = stall_the_server(host.port("Kickable", 0).await).await;
+    let (_, sessions) = host.get("/api/v1/servers/Kickable/sessions").await;
+    let id = sessions[0]["id"].as_str().expect("one session").to_owned();
+    let kick = host.ctl(&["kick", "Kickable", &id]);
+    assert_eq!(kick.code, 0, "{}", kick.stderr);
+    host.wait_server("Kickable", Duration::from_secs(5), gone).await;
+}

@@ -63,6 +63,10 @@ pub(super) fn launch(instance: &Instance) -> Result<(LocalRun, Live, Vec<Listene
         stopping: drain.clone(),
         runtime: handle.clone(),
     });
+    context.spawn(crate::session::sweeper::run(
+        context.sessions.clone(),
+        config.idle_timeout,
+    ));
     let mut infos = Vec::new();
     let mut accept_loops = Vec::new();
     for std_listener in listeners {

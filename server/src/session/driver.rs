@@ -1,10 +1,12 @@
 //! The per-connection loop: read, decode every package, hand each to the service, write all
-//! replies of that read at once; meanwhile deliver the outbox, watch the idle timeout, and on
-//! stop drain gracefully (handle what was sent, flush, FIN, wait for the peer to close).
+//! replies of that read at once; meanwhile deliver the outbox and its requests (close,
+//! release buffers), and on stop drain gracefully (handle what was sent, flush, FIN, wait for
+//! the peer to close).
 //!
 //! Steady state allocates nothing per package: the read buffer is reused (packages are split
-//! off it and handed back when dropped), replies go into one reused output buffer. A session
-//! idle for [`BUFFER_RELEASE`] gives its buffers back.
+//! off it and handed back when dropped), replies go into one reused output buffer. Sessions
+//! hold no timer: the instance's [sweeper](super::sweeper) closes idle ones and asks quiet
+//! ones for their buffers.
 
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
@@ -17,7 +19,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::sleep_until;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Decoder;
@@ -31,8 +32,6 @@ use crate::service::Service;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
-/// A session quiet for this long frees its read and write buffers.
-const BUFFER_RELEASE: Duration = Duration::from_secs(2);
 /// Bound on a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on the polite close (TLS close_notify, FIN) of a session closed by its own side.
@@ -143,7 +142,6 @@ struct Driver<'a, S: Service, IO> {
     side: BytesMut,
     /// Set by a handler (or the filter) to close after the pending writes.
     close: Option<CloseReason>,
-    idle_timeout: Option<Duration>,
 }
 
 /// A session's transport: a byte stream that can also say when a read would not block
@@ -220,11 +218,10 @@ where
             out: BytesMut::new(),
             side: BytesMut::new(),
             close: None,
-            idle_timeout: config.idle_timeout,
         }
     }
 
-    async fn run(mut self) -> CloseReason {
+    async fn run(&mut self) -> CloseReason {
         let setup = self.setup;
         let shared = &setup.shared;
         let mut session = Session {
@@ -240,7 +237,6 @@ where
         if let Some(reason) = self.close {
             return self.close_politely(reason).await;
         }
-        let mut timer = pin!(sleep_until(self.next_wakeup().into()));
         loop {
             let result = tokio::select! {
                 biased;
@@ -253,19 +249,9 @@ where
                     Ok(n) => self.on_read(n).await,
                     Err(_) => return CloseReason::SocketError,
                 },
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if self.idle_timeout.is_some_and(|idle| now >= shared.last_active() + idle) {
-                        return CloseReason::Timeout;
-                    }
-                    if now >= shared.last_active() + BUFFER_RELEASE {
-                        self.release_buffers();
-                    }
-                    timer.as_mut().reset(self.next_wakeup().into());
-                    Ok(())
-                }
             };
             match result.and_then(|()| self.close.map_or(Ok(()), Err)) {
+                Ok(()) if self.holds_buffers() => shared.outbox.note_buffers_held(),
                 Ok(()) => {}
                 Err(CloseReason::LocalClosing) => {
                     return self.close_politely(CloseReason::LocalClosing).await;
@@ -275,21 +261,11 @@ where
         }
     }
 
-    /// The next time the timer must look at the session: when its buffers may be released or
-    /// when it may have been idle too long, whichever is first.
-    fn next_wakeup(&self) -> Instant {
-        let last = self.setup.shared.last_active();
-        let idle = self.idle_timeout.map(|t| last + t);
-        let holds = self.rbuf.capacity() > 0 || self.out.capacity() > 0 || self.side.capacity() > 0;
-        let release = holds.then(|| last + BUFFER_RELEASE);
-        match (idle, release) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(t), None) | (None, Some(t)) => t,
-            // Nothing to watch: wake in a day, look, and sleep again.
-            (None, None) => Instant::now() + Duration::from_secs(86_400),
-        }
+    fn holds_buffers(&self) -> bool {
+        self.rbuf.capacity() > 0 || self.out.capacity() > 0 || self.side.capacity() > 0
     }
 
+    /// Frees the buffers that hold nothing.
     fn release_buffers(&mut self) {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
@@ -361,6 +337,9 @@ where
     /// Writes every queued outbox message in one go; honours a close request after that.
     async fn deliver_outbox(&mut self) -> Result<(), CloseReason> {
         let outbox = &self.setup.shared.outbox;
+        if outbox.take_release() {
+            self.release_buffers();
+        }
         outbox.drain_into(&mut self.out);
         match outbox.close_requested() {
             // A slow reader is closed without writing more to it.
@@ -373,11 +352,11 @@ where
         }
     }
 
-    /// Writes `side` and `out` completely, unless the stop's deadline passes or the peer stops
-    /// reading for longer than the idle timeout.
+    /// Writes `side` and `out` completely, unless the stop's deadline passes or a close is
+    /// requested meanwhile (a peer that stops reading is closed by the idle timeout).
     async fn flush(&mut self) -> Result<(), CloseReason> {
-        write_all(&mut self.io, &mut self.side, self.setup, self.idle_timeout).await?;
-        write_all(&mut self.io, &mut self.out, self.setup, self.idle_timeout).await?;
+        write_all(&mut self.io, &mut self.side, self.setup).await?;
+        write_all(&mut self.io, &mut self.out, self.setup).await?;
         let hard = &self.setup.hard;
         tokio::select! {
             biased;
@@ -387,14 +366,14 @@ where
     }
 
     /// Closes from this side: TLS close_notify and FIN, briefly bounded.
-    async fn close_politely(mut self, reason: CloseReason) -> CloseReason {
+    async fn close_politely(&mut self, reason: CloseReason) -> CloseReason {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
         reason
     }
 
     /// Graceful stop: handle what the peer already sent, write everything queued, half-close,
     /// and wait for the peer to close, until the stop's deadline.
-    async fn drain(mut self) -> CloseReason {
+    async fn drain(&mut self) -> CloseReason {
         let hard = &self.setup.hard;
         let mut peer_closed = false;
         // Read until the socket would block — as the kernel sees it: tokio's readiness can lag
@@ -452,29 +431,33 @@ fn count_out(setup: &SessionSetup, n: usize) {
     setup.instance.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
 }
 
-/// Writes `buffer` completely, unless the stop's deadline passes or the peer stops reading for
-/// longer than the idle timeout.
-async fn write_all<IO: SessionIo>(
-    io: &mut IO,
-    buffer: &mut BytesMut,
-    setup: &SessionSetup,
-    idle_timeout: Option<Duration>,
-) -> Result<(), CloseReason> {
-    while !buffer.is_empty() {
-        let deadline = idle_timeout.map(|t| setup.shared.last_active() + t);
+/// Writes `buffer` completely, unless the stop's deadline passes or a close is requested (by
+/// the idle sweeper, a kick) while the peer is not reading.
+async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut BytesMut, setup: &SessionSetup) -> Result<(), CloseReason> {
+    let outbox = &setup.shared.outbox;
+    let mut woken = false;
+    let result = loop {
+        if buffer.is_empty() {
+            break Ok(());
+        }
         tokio::select! {
             biased;
-            () = setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
+            () = setup.hard.cancelled() => break Err(CloseReason::ServerShutdown),
             written = io.write_buf(buffer) => match written {
-                Ok(0) | Err(_) => return Err(CloseReason::SocketError),
+                Ok(0) | Err(_) => break Err(CloseReason::SocketError),
                 Ok(n) => count_out(setup, n),
             },
-            () = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
-                return Err(CloseReason::Timeout);
-            }
+            () = outbox.wait() => match outbox.close_requested() {
+                Some(reason) => break Err(reason),
+                None => woken = true,
+            },
         }
+    };
+    if woken {
+        // The wake-up was for the session loop (a message, a release): hand it back.
+        outbox.wake();
     }
-    Ok(())
+    result
 }
 
 /// Most outbox bytes taken aside while a handler waits; beyond it the queue fills and its
@@ -534,12 +517,13 @@ mod tests {
     }
 
     /// Every open session holds one such future: its size is most of an idle session's memory.
-    /// The TLS path and the graceful drain are boxed so that plain idle sessions stay small.
+    /// The TLS path and the graceful drain are boxed, the driver is borrowed (not moved) by its
+    /// steps, and no session holds a timer, so that plain idle sessions stay small.
     #[test]
     #[allow(unreachable_code)]
     fn an_idle_plain_session_stays_small() {
         let service = crate::services::EchoService;
         let session = future_size(|| super::serve(&service, unreachable!(), unreachable!()));
-        assert!(session <= 1400, "a plain TCP session's future is {session} bytes");
+        assert!(session <= 960, "a plain TCP session's future is {session} bytes");
     }
 }

@@ -1,10 +1,12 @@
 //! Sessions: one task per connection. This module holds what a handler sees of its session
 //! ([`Session`]); `driver` runs the connection (read, decode, handle, write), `outbox` queues
-//! messages other tasks send to it, `registry` lists an instance's open sessions.
+//! messages other tasks send to it, `registry` lists an instance's open sessions, `sweeper`
+//! closes the idle ones.
 
 mod driver;
 mod outbox;
 mod registry;
+pub(crate) mod sweeper;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! A session's outbox: messages other tasks send to it (dispatch, broadcast, the admin API),
-//! bounded by `send_queue` so that a slow reader can hold only that much memory, and close
-//! requests (kick, slow reader).
+//! bounded by `send_queue` so that a slow reader can hold only that much memory, close
+//! requests (kick, slow reader, idle timeout) and requests to give idle buffers back.
 //!
 //! A sender that finds the queue full waits for room (backpressure: a burst, or a session task
 //! that has not been scheduled yet); a queue that stays full for [`SEND_PATIENCE`] belongs to a
@@ -38,7 +38,14 @@ pub(crate) struct Outbox {
     room: Notify,
     /// 0, or 1 + the index of the requested close reason.
     close: AtomicU8,
+    /// Whether the session holds buffers, and whether it was asked to release them.
+    buffers: AtomicU8,
 }
+
+/// `Outbox::buffers`: the session holds buffers.
+const HOLDING: u8 = 1;
+/// `Outbox::buffers`: the session was asked to release its buffers.
+const RELEASE: u8 = 2;
 
 /// How long a sender waits for room in a full queue before the session counts as a slow
 /// reader.
@@ -63,6 +70,7 @@ impl Outbox {
             notify: Notify::new(),
             room: Notify::new(),
             close: AtomicU8::new(0),
+            buffers: AtomicU8::new(0),
         }
     }
 
@@ -117,9 +125,38 @@ impl Outbox {
         }
     }
 
-    /// Resolves when a message or a close request may be waiting.
+    /// Resolves when a message or a request may be waiting.
     pub(crate) async fn wait(&self) {
         self.notify.notified().await;
+    }
+
+    /// Makes the next [`wait`](Self::wait) resolve at once (for a waker consumed elsewhere).
+    pub(crate) fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// The session says it holds buffers (so a sweep may ask for them back).
+    pub(crate) fn note_buffers_held(&self) {
+        if self.buffers.load(Ordering::Relaxed) == 0 {
+            self.buffers.store(HOLDING, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks a session that holds buffers to release them.
+    pub(crate) fn request_release(&self) {
+        let asked = self
+            .buffers
+            .compare_exchange(HOLDING, RELEASE, Ordering::AcqRel, Ordering::Relaxed);
+        if asked.is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Whether the session was asked to release its buffers; clears the request.
+    pub(crate) fn take_release(&self) -> bool {
+        self.buffers
+            .compare_exchange(RELEASE, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Moves every queued message into `out`; returns how many there were.

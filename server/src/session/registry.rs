@@ -30,6 +30,11 @@ impl SessionRegistry {
         self.lock().get(&id).cloned()
     }
 
+    /// Calls `f` on every session, holding the registry's lock (so `f` must be quick).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&SessionShared)) {
+        self.lock().values().for_each(|session| f(session));
+    }
+
     /// Up to `limit` sessions, oldest first.
     pub(crate) fn list(&self, limit: usize) -> Vec<Arc<SessionShared>> {
         let mut all: Vec<_> = self.lock().values().cloned().collect();

@@ -19,18 +19,69 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS for {pid}"))
 }
 
-/// Descriptors a process holds open.
-fn open_fds(pid: u32) -> Result<usize, String> {
+/// The state code of an established connection in /proc/net/tcp.
+const ESTABLISHED: &str = "01";
+
+/// The connections `pid` holds on local `port` (the server's side of its sessions), counting
+/// only those in `state` if given: the kernel's socket tables, matched by inode with the
+/// process's descriptors, so that sessions of earlier runs still closing are told apart.
+fn sessions_held(pid: u32, port: u16, state: Option<&str>) -> Result<usize, String> {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(st), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let listening = *st == "0A";
+            if local_port == Some(port) && !listening && state.is_none_or(|s| s == *st) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| format!("process {pid}: {e}"))?;
-    Ok(fds.count())
+    Ok(fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .filter(|inode| inodes.contains(inode))
+        .count())
+}
+
+/// Polls [`sessions_held`] until `done` says so (`Err` with the last count after
+/// [`IO_TIMEOUT`]).
+async fn wait_for_sessions(
+    pid: u32,
+    port: u16,
+    state: Option<&str>,
+    done: impl Fn(usize) -> bool,
+) -> Result<(), usize> {
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let held = sessions_held(pid, port, state).unwrap_or(0);
+        if done(held) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(held);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Opens `connections` to `port` from 127.0.0.1 .. 127.0.0.`sources`, measures `pid`'s RSS
 /// before and while they are held, then sends one byte on each and expects it back.
 pub async fn hold(port: u16, connections: usize, sources: u8, pid: u32) -> Result<String, String> {
     let server = SocketAddr::from(([127, 0, 0, 1], port));
+    // Sessions of earlier runs first close, so that they are not measured.
+    wait_for_sessions(pid, port, None, |held| held == 0)
+        .await
+        .map_err(|held| format!("the server still holds {held} earlier connections"))?;
     let before = rss_kib(pid)?;
-    let fds_before = open_fds(pid)?;
     let mut held = Vec::with_capacity(connections);
     for i in 0..connections {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(sources.max(1))) as u8);
@@ -44,17 +95,10 @@ pub async fn hold(port: u16, connections: usize, sources: u8, pid: u32) -> Resul
             .map_err(|e| format!("connection {i} from {source}: {e}"))?;
         held.push(stream);
     }
-    // Measure once the server has accepted them all: each is a descriptor it holds.
-    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
-    while open_fds(pid)? < fds_before + connections {
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "the server accepted {} of {connections} connections",
-                open_fds(pid)? - fds_before
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Measure once the server has accepted them all.
+    wait_for_sessions(pid, port, Some(ESTABLISHED), |held| held >= connections)
+        .await
+        .map_err(|held| format!("the server accepted {held} of {connections} connections"))?;
     let during = rss_kib(pid)?;
     let mut alive = 0;
     for stream in &mut held {

@@ -56,15 +56,20 @@ run() { target/release/loadgen --duration "${seconds}s" "$@"; }
 ours() { run --admin "$admin" "$1" --server "$2" "${@:3}"; }
 theirs() { run --port "$bport" "$1" "${@:3}"; }
 
-record() { echo "$2" | field "$3" >> "$work/$1"; }
+# keep NAME JSON RATE_FIELD: files the run's rate, p99 and errors under $work.
+keep() {
+  echo "$2" | field "$3" >> "$work/$1.rate"
+  echo "$2" | field p99_us >> "$work/$1.p99"
+  echo "$2" | field errors >> "$work/errors"
+}
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
   for side in ours theirs; do
-    r=$($side echo Echo --connections 100 --size 64); record "a.$side.rate" "$r" requests_per_sec; record "a.$side.p99" "$r" p99_us
-    r=$($side echo Echo --connections 10 --size 16384 --window 4); record "b.$side.rate" "$r" mb_per_sec; record "b.$side.p99" "$r" p99_us
+    keep "a.$side" "$($side echo Echo --connections 100 --size 64)" requests_per_sec
+    keep "b.$side" "$($side stream Echo --connections 10 --size 16384)" mb_per_sec
     if [[ $side == ours ]]; then r=$(ours command Cmd --connections 50 --window 16)
     else r=$(theirs command Cmd --connections 50 --window 16 --echo); fi
-    record "c.$side.rate" "$r" requests_per_sec; record "c.$side.p99" "$r" p99_us
+    keep "c.$side" "$r" requests_per_sec
   done
 done
 
@@ -111,3 +116,5 @@ echo "| (d) sessions answering a final echo | $(echo "$host_rss" | field alive) 
 echo "| (e) start to serving, p50 of 100, ms | $(echo "$start" | field p50_ms) | | | < 5 |"
 echo "| (e) stop with 10,000 sessions, ms | $(echo "$stop" | field stop_ms) | | | < 500 |"
 echo "| (f) \`supersocket list\`, 100 instances, ms | $(awk -v u="$(m list.us)" 'BEGIN { printf "%.1f", u / 1000 }') | | | < 50 |"
+echo
+echo "Connection errors over every traffic run: $(awk '{ s += $1 } END { print s + 0 }' "$work/errors")."

@@ -1,5 +1,8 @@
-//! The closed loop every request/response mode uses: per connection, a writer keeps `window`
-//! requests in flight and a reader checks each reply and records its round trip.
+//! The loop every request/response mode uses. Per connection, a writer sends the same request
+//! over and over — at most `window` unanswered, or, when streaming, as many as the socket takes
+//! — and a reader takes whatever arrives, checks it byte for byte against the expected replies
+//! and records each reply's round trip when its last byte is back. A connection that fails is
+//! counted as an error and the others go on.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,11 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 
 use crate::common::{IO_TIMEOUT, Task, connect, measure, new_histogram};
 
-/// A closed-loop load.
+/// Bytes the reader asks of the socket at once.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// A load of one request repeated on many connections.
 pub struct Load {
     /// Bytes of one request.
     pub request: Vec<u8>,
@@ -19,48 +27,54 @@ pub struct Load {
     pub reply: Vec<u8>,
     /// Connections.
     pub connections: usize,
-    /// Requests each connection keeps in flight.
-    pub window: usize,
+    /// Requests each connection keeps in flight; `None` streams (only the socket pushes back).
+    pub window: Option<usize>,
+}
+
+/// What the connections of a run share.
+struct Shared {
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    window: Option<usize>,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    histogram: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl Load {
-    /// Runs the load on `port` for `duration`; reports requests/s, MB/s and latencies.
+    /// Runs the load on `port` for `duration`; reports requests/s, MB/s, latencies and errors.
     pub async fn run(self, mode: &str, port: u16, duration: Duration) -> Result<String, String> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let histogram = Arc::new(Mutex::new(new_histogram()));
-        let request = Arc::new(self.request);
-        let reply = Arc::new(self.reply);
+        let shared = Arc::new(Shared {
+            request: self.request,
+            reply: self.reply,
+            window: self.window,
+            stop: Arc::new(AtomicBool::new(false)),
+            answered: Arc::new(AtomicU64::new(0)),
+            histogram: Mutex::new(new_histogram()),
+        });
         let mut tasks: Vec<Task> = Vec::new();
+        let mut refused = Vec::new();
         for _ in 0..self.connections {
-            let (reader, writer) = connect(port).await?.into_split();
-            let in_flight = Arc::new(Semaphore::new(self.window));
-            let sent_at = Arc::new(Mutex::new(VecDeque::with_capacity(self.window)));
-            tasks.push(tokio::spawn(write(
-                writer,
-                request.clone(),
-                in_flight.clone(),
-                sent_at.clone(),
-                stop.clone(),
-            )));
-            let reading = Reader {
-                reply: reply.clone(),
-                in_flight,
-                sent_at,
-                answered: answered.clone(),
-                histogram: histogram.clone(),
-            };
-            tasks.push(tokio::spawn(reading.run(reader, stop.clone())));
+            match connect(port).await {
+                Ok(stream) => tasks.push(tokio::spawn(drive(stream, shared.clone()))),
+                Err(e) => refused.push(e),
+            }
         }
-        let (total, seconds) = measure(duration, stop, answered, tasks).await?;
-        let h = histogram.lock().unwrap();
-        let rate = total as f64 / seconds;
+        if tasks.is_empty() {
+            return Err(refused.pop().unwrap_or_else(|| "no connections asked for".into()));
+        }
+        let outcome = measure(duration, shared.stop.clone(), shared.answered.clone(), tasks).await;
+        let errors = outcome.errors + refused.len();
+        let h = shared.histogram.lock().unwrap();
+        let rate = outcome.total as f64 / outcome.seconds;
+        let window = self.window.map_or("null".to_owned(), |w| w.to_string());
         Ok(format!(
-            r#"{{"mode":"{mode}","connections":{},"size":{},"window":{},"requests":{total},"seconds":{seconds:.2},"requests_per_sec":{rate:.0},"mb_per_sec":{:.1},"p50_us":{},"p99_us":{},"p999_us":{}}}"#,
+            r#"{{"mode":"{mode}","connections":{},"size":{},"window":{window},"requests":{},"seconds":{:.2},"requests_per_sec":{rate:.0},"mb_per_sec":{:.1},"p50_us":{},"p99_us":{},"p999_us":{},"errors":{errors}}}"#,
             self.connections,
-            request.len(),
-            self.window,
-            rate * reply.len() as f64 / 1e6,
+            shared.request.len(),
+            outcome.total,
+            outcome.seconds,
+            rate * shared.reply.len() as f64 / 1e6,
             h.value_at_quantile(0.5),
             h.value_at_quantile(0.99),
             h.value_at_quantile(0.999)
@@ -68,68 +82,91 @@ impl Load {
     }
 }
 
-/// Sends a request whenever one of the window's places is free, until `stop`.
+/// One connection: its writer and reader, until the run stops or one of them fails.
+async fn drive(stream: TcpStream, shared: Arc<Shared>) -> Result<(), String> {
+    let (reader, writer) = stream.into_split();
+    let window = shared.window.map(Semaphore::new);
+    let sent_at = Mutex::new(VecDeque::new());
+    tokio::try_join!(
+        write(writer, &shared, window.as_ref(), &sent_at),
+        read(reader, &shared, window.as_ref(), &sent_at),
+    )?;
+    Ok(())
+}
+
+/// Sends the request whenever the window has room, until the run stops; then half-closes.
 async fn write(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
-    request: Arc<Vec<u8>>,
-    in_flight: Arc<Semaphore>,
-    sent_at: Arc<Mutex<VecDeque<Instant>>>,
-    stop: Arc<AtomicBool>,
+    mut writer: OwnedWriteHalf,
+    shared: &Shared,
+    window: Option<&Semaphore>,
+    sent_at: &Mutex<VecDeque<Instant>>,
 ) -> Result<(), String> {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(place) = tokio::time::timeout(Duration::from_millis(100), in_flight.acquire()).await else {
-            continue;
-        };
-        place.map_err(|e| e.to_string())?.forget();
+    while !shared.stop.load(Ordering::Relaxed) {
+        if let Some(window) = window {
+            match tokio::time::timeout(Duration::from_millis(100), window.acquire()).await {
+                Ok(place) => place.map_err(|e| e.to_string())?.forget(),
+                Err(_) => continue,
+            }
+        }
         sent_at.lock().unwrap().push_back(Instant::now());
-        writer.write_all(&request).await.map_err(|e| format!("send: {e}"))?;
+        tokio::time::timeout(IO_TIMEOUT, writer.write_all(&shared.request))
+            .await
+            .map_err(|_| "a send stalled".to_owned())?
+            .map_err(|e| format!("send: {e}"))?;
     }
-    // Half-close: the server answers what is in flight, then closes, which ends the reader.
+    // The server answers what is in flight, then closes, which ends the reader.
     let _ = writer.shutdown().await;
     Ok(())
 }
 
-/// Reads replies, checks them, records their round trips and frees their places.
-struct Reader {
-    reply: Arc<Vec<u8>>,
-    in_flight: Arc<Semaphore>,
-    sent_at: Arc<Mutex<VecDeque<Instant>>>,
-    answered: Arc<AtomicU64>,
-    histogram: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
-}
-
-impl Reader {
-    async fn run(self, mut reader: tokio::net::tcp::OwnedReadHalf, stop: Arc<AtomicBool>) -> Result<(), String> {
-        let mut got = vec![0u8; self.reply.len()];
-        let mut histogram = new_histogram();
-        loop {
-            let read = tokio::time::timeout(IO_TIMEOUT, reader.read_exact(&mut got))
-                .await
-                .map_err(|_| "a reply did not come back".to_owned())?;
-            let pending = self.sent_at.lock().unwrap().len();
-            match read {
-                // The writer has half-closed and every reply is in: the server closed.
-                Err(_) if pending == 0 && stop.load(Ordering::Relaxed) => break,
-                Err(e) => return Err(format!("receive: {e}")),
-                Ok(_) => {}
+/// Reads replies as they come, checks them, records their round trips and frees their places.
+async fn read(
+    mut reader: OwnedReadHalf,
+    shared: &Shared,
+    window: Option<&Semaphore>,
+    sent_at: &Mutex<VecDeque<Instant>>,
+) -> Result<(), String> {
+    let reply = &shared.reply[..];
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut histogram = new_histogram();
+    // How much of the current reply has arrived.
+    let mut within = 0;
+    loop {
+        let n = tokio::time::timeout(IO_TIMEOUT, reader.read(&mut buffer))
+            .await
+            .map_err(|_| "a reply did not come back".to_owned())?
+            .map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            let done = shared.stop.load(Ordering::Relaxed) && within == 0 && sent_at.lock().unwrap().is_empty();
+            if done {
+                break;
             }
-            if got != *self.reply {
+            return Err("the server closed the connection".into());
+        }
+        let mut data = &buffer[..n];
+        while !data.is_empty() {
+            let expected = &reply[within..];
+            let take = expected.len().min(data.len());
+            if data[..take] != expected[..take] {
                 return Err("a reply differs from what was expected".into());
             }
-            let sent = self
-                .sent_at
-                .lock()
-                .unwrap()
-                .pop_front()
-                .ok_or("a reply nobody asked for")?;
-            let _ = histogram.record(sent.elapsed().as_micros() as u64);
-            self.answered.fetch_add(1, Ordering::Relaxed);
-            self.in_flight.add_permits(1);
+            data = &data[take..];
+            within += take;
+            if within == reply.len() {
+                within = 0;
+                let sent = sent_at.lock().unwrap().pop_front().ok_or("a reply nobody asked for")?;
+                let _ = histogram.record(sent.elapsed().as_micros() as u64);
+                shared.answered.fetch_add(1, Ordering::Relaxed);
+                if let Some(window) = window {
+                    window.add_permits(1);
+                }
+            }
         }
-        self.histogram
-            .lock()
-            .unwrap()
-            .add(&histogram)
-            .map_err(|e| e.to_string())
     }
+    shared
+        .histogram
+        .lock()
+        .unwrap()
+        .add(&histogram)
+        .map_err(|e| e.to_string())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::common::{IO_TIMEOUT, connect, measure};
+use crate::common::{IO_TIMEOUT, Outcome, connect, measure};
 
 /// Sends `request` with `window` in flight until `stop`, adding every reply line to
 /// `answered`; an `ERR` reply fails.
@@ -109,14 +109,14 @@ pub async fn dispatch(
             )));
         }
     }
-    let (total, seconds) = measure(duration, stop, delivered, tasks).await?;
+    let Outcome { total, seconds, errors } = measure(duration, stop, delivered, tasks).await;
     let mode = if direct {
         "echo-in-instance"
     } else {
         "dispatch-across-instances"
     };
     Ok(format!(
-        r#"{{"mode":"{mode}","pairs":{pairs},"window":{window},"size":{size},"lines":{total},"seconds":{seconds:.2},"lines_per_sec":{:.0}}}"#,
+        r#"{{"mode":"{mode}","pairs":{pairs},"window":{window},"size":{size},"lines":{total},"seconds":{seconds:.2},"lines_per_sec":{:.0},"errors":{errors}}}"#,
         total as f64 / seconds
     ))
 }
@@ -162,9 +162,9 @@ pub async fn chat(gate: u16, users: usize, rooms: usize, window: usize, duration
             tokio::spawn(fan.run(stream, delivered.clone(), stop.clone()))
         })
         .collect();
-    let (total, seconds) = measure(duration, stop, delivered, tasks).await?;
+    let Outcome { total, seconds, errors } = measure(duration, stop, delivered, tasks).await;
     Ok(format!(
-        r#"{{"mode":"chat-cluster","users":{users},"rooms":{rooms},"window":{window},"deliveries":{total},"seconds":{seconds:.2},"deliveries_per_sec":{:.0}}}"#,
+        r#"{{"mode":"chat-cluster","users":{users},"rooms":{rooms},"window":{window},"deliveries":{total},"seconds":{seconds:.2},"deliveries_per_sec":{:.0},"errors":{errors}}}"#,
         total as f64 / seconds
     ))
 }
@@ -239,9 +239,9 @@ pub async fn broadcast_baseline(
         };
         tasks.push(tokio::spawn(fan.run(stream, delivered.clone(), stop.clone())));
     }
-    let (total, seconds) = measure(duration, stop, delivered, tasks).await?;
+    let Outcome { total, seconds, errors } = measure(duration, stop, delivered, tasks).await;
     Ok(format!(
-        r#"{{"mode":"broadcast-in-instance","members":{members},"window":{window},"deliveries":{total},"seconds":{seconds:.2},"deliveries_per_sec":{:.0}}}"#,
+        r#"{{"mode":"broadcast-in-instance","members":{members},"window":{window},"deliveries":{total},"seconds":{seconds:.2},"deliveries_per_sec":{:.0},"errors":{errors}}}"#,
         total as f64 / seconds
     ))
 }

@@ -38,24 +38,39 @@ pub async fn connect(port: u16) -> Result<TcpStream, String> {
 
 pub type Task = tokio::task::JoinHandle<Result<(), String>>;
 
+/// Errors told on stderr; the rest are only counted.
+const SHOWN_ERRORS: usize = 5;
+
+/// What a measured run counted.
+pub struct Outcome {
+    /// What the counter gained while measuring.
+    pub total: u64,
+    /// How long the measurement took.
+    pub seconds: f64,
+    /// Tasks that failed (the first few said why on stderr).
+    pub errors: usize,
+}
+
 /// Lets the load run for `duration` once everything is connected, then stops the tasks and
-/// waits for them; returns what `counted` gained meanwhile and the seconds that took.
-pub async fn measure(
-    duration: Duration,
-    stop: Arc<AtomicBool>,
-    counted: Arc<AtomicU64>,
-    tasks: Vec<Task>,
-) -> Result<(u64, f64), String> {
+/// waits for them; counts what `counted` gained meanwhile and the tasks that failed.
+pub async fn measure(duration: Duration, stop: Arc<AtomicBool>, counted: Arc<AtomicU64>, tasks: Vec<Task>) -> Outcome {
     let began = Instant::now();
     let start = counted.load(Ordering::Relaxed);
     tokio::time::sleep(duration).await;
     let total = counted.load(Ordering::Relaxed) - start;
     let seconds = began.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
+    let mut errors = 0;
     for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
+        let result = task.await.unwrap_or_else(|e| Err(format!("a task panicked: {e}")));
+        if let Err(e) = result {
+            if errors < SHOWN_ERRORS {
+                eprintln!("loadgen: {e}");
+            }
+            errors += 1;
+        }
     }
-    Ok((total, seconds))
+    Outcome { total, seconds, errors }
 }
 
 pub fn new_histogram() -> hdrhistogram::Histogram<u64> {

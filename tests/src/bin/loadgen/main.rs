@@ -2,9 +2,13 @@
 //! and reports what it measured as one JSON line on stdout. Every mode is bounded in time and
 //! in connections and talks only to 127.0.0.0/8.
 //!
-//! - `echo`: closed loop; each connection keeps W messages of S bytes in flight (S = 16 KiB and
-//!   W > 1 is streaming); messages/s, MB/s, round-trip latency percentiles (HDR histogram).
-//! - `command`: the same with `PING` lines answered `PONG` (against an echo server, `PING`).
+//! - `echo`: closed loop; each connection keeps W messages of S bytes in flight; messages/s,
+//!   MB/s, round-trip latency percentiles (HDR histogram), errors.
+//! - `stream`: each connection sends S-byte chunks continuously, as fast as the server takes
+//!   them, and reads the echo as it comes; the same report (latency of each chunk's echo).
+//! - `line`: the closed loop with `ECHO <S bytes of text>` lines (a `command` server answers
+//!   the text; `--echo` for an echo server, which answers the line).
+//! - `command`: the closed loop with `PING` answered `PONG` (`--echo`: answered `PING`).
 //! - `idle`: opens N connections from several 127.x source addresses, holds them, reports the
 //!   server's resident memory per connection, then checks each one still answers an echo.
 //! - `start-time`, `stop-time`: from a start request to serving; a stop with N sessions open.
@@ -54,6 +58,36 @@ enum Mode {
         /// Messages each connection keeps in flight.
         #[arg(long, default_value_t = 1)]
         window: usize,
+    },
+    /// Continuous streaming of an echo: only the socket pushes back.
+    Stream {
+        /// The echo server (with --admin).
+        #[arg(long)]
+        server: Option<String>,
+        /// Connections.
+        #[arg(long, default_value_t = 10)]
+        connections: usize,
+        /// Bytes per chunk written (and per latency sample).
+        #[arg(long, default_value_t = 16 * 1024)]
+        size: usize,
+    },
+    /// Closed-loop `ECHO <text>` lines.
+    Line {
+        /// The command server (with --admin).
+        #[arg(long)]
+        server: Option<String>,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Bytes of text per line.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Lines each connection keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// The server echoes (the baseline): expect the whole line back.
+        #[arg(long)]
+        echo: bool,
     },
     /// Closed-loop `PING` requests.
     Command {
@@ -163,6 +197,11 @@ impl Cli {
     }
 }
 
+/// `size` bytes of a pattern that shows misplaced bytes.
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let cli = Cli::parse();
@@ -174,14 +213,48 @@ async fn main() -> Result<(), String> {
             size,
             window,
         } => {
-            let message: Vec<u8> = (0..*size).map(|i| (i % 251) as u8).collect();
             let load = closed_loop::Load {
-                request: message.clone(),
-                reply: message,
+                request: pattern(*size),
+                reply: pattern(*size),
                 connections: *connections,
-                window: *window,
+                window: Some(*window),
             };
             load.run("echo", cli.target(server).await?, duration).await?
+        }
+        Mode::Stream {
+            server,
+            connections,
+            size,
+        } => {
+            let load = closed_loop::Load {
+                request: pattern(*size),
+                reply: pattern(*size),
+                connections: *connections,
+                window: None,
+            };
+            load.run("stream", cli.target(server).await?, duration).await?
+        }
+        Mode::Line {
+            server,
+            connections,
+            size,
+            window,
+            echo,
+        } => {
+            let text: Vec<u8> = (0..*size).map(|i| b'a' + (i % 26) as u8).collect();
+            let request = [b"ECHO ", &text[..], b"\r\n"].concat();
+            let reply = if *echo {
+                request.clone()
+            } else {
+                [&text[..], b"\r\n"].concat()
+            };
+            let load = closed_loop::Load {
+                request,
+                reply,
+                connections: *connections,
+                window: Some(*window),
+            };
+            load.run("line", cli.target(server).await?, duration).await?
         }
         Mode::Command {
             server,
@@ -194,7 +267,7 @@ async fn main() -> Result<(), String> {
                 request: b"PING\r\n".to_vec(),
                 reply: reply.to_vec(),
                 connections: *connections,
-                window: *window,
+                window: Some(*window),
             };
             load.run("command", cli.target(server).await?, duration).await?
         }

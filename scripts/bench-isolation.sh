@@ -47,7 +47,7 @@ for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
   for server in InAgent InHost; do
     out=$(loadgen echo --server "$server" --connections 100 --size 64 --window 1)
-    echo "$out" | field messages_per_sec >> "$work/$server.rate"
+    echo "$out" | field requests_per_sec >> "$work/$server.rate"
     echo "$out" | field p99_us >> "$work/$server.p99"
   done
 done

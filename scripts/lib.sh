@@ -21,8 +21,13 @@ stop_host() {
   host_pid=""
 }
 
-# A numeric field of loadgen's JSON line, from stdin.
-field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+# A numeric field of loadgen's JSON line, from stdin; fails if the line has no such field.
+field() {
+  local value
+  value=$(sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p")
+  [[ -n "$value" ]] || { echo "no numeric field \"$1\" in the report" >&2; return 1; }
+  echo "$value"
+}
 
 # The median of numbers on stdin, one a line.
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

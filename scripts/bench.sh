@@ -51,6 +51,7 @@ target/release/baseline > "$work/baseline.ready" &
 baseline_pid=$!
 for _ in $(seq 50); do grep -q ready "$work/baseline.ready" && break; sleep 0.1; done
 bport=$(sed -n 's/^baseline ready: //p' "$work/baseline.ready")
+[[ -n "$bport" ]] || { echo "the baseline did not start" >&2; exit 1; }
 
 run() { target/release/loadgen --duration "${seconds}s" "$@"; }
 ours() { run --admin "$admin" "$1" --server "$2" "${@:3}"; }

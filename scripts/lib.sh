@@ -3,7 +3,7 @@
 
 # Builds the release host and load generator.
 build_release() {
-  cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen
+  cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen --bin baseline
 }
 
 # start_host CONFIG_FILE WORKDIR: starts target/release/supersocketd on the config, waits for its

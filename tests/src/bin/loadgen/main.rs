@@ -1,6 +1,6 @@
 //! `loadgen`: drives a server on loopback — a SuperSocket host or the bare tokio `baseline` —
-//! and reports what it measured as one JSON line on stdout. Every mode is bounded in time and
-//! in connections and talks only to 127.0.0.0/8.
+//! and reports what it measured as one JSON line on stdout. Every mode is bounded in time (at
+//! most 10 minutes) and in connections (at most 50,000) and talks only to 127.0.0.0/8.
 //!
 //! - `echo`: closed loop; each connection keeps W messages of S bytes in flight; messages/s,
 //!   MB/s, round-trip latency percentiles (HDR histogram), errors.
@@ -36,7 +36,7 @@ struct Cli {
     #[arg(long)]
     port: Option<u16>,
     /// How long to measure.
-    #[arg(long, default_value = "5s", value_parser = supersocket_proto::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = bounded_duration)]
     duration: Duration,
     #[command(subcommand)]
     mode: Mode,
@@ -50,7 +50,7 @@ enum Mode {
         #[arg(long)]
         server: Option<String>,
         /// Connections.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = count)]
         connections: usize,
         /// Bytes per message.
         #[arg(long, default_value_t = 64)]
@@ -65,7 +65,7 @@ enum Mode {
         #[arg(long)]
         server: Option<String>,
         /// Connections.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = count)]
         connections: usize,
         /// Bytes per chunk written (and per latency sample).
         #[arg(long, default_value_t = 16 * 1024)]
@@ -77,7 +77,7 @@ enum Mode {
         #[arg(long)]
         server: Option<String>,
         /// Connections.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = count)]
         connections: usize,
         /// Bytes of text per line.
         #[arg(long, default_value_t = 64)]
@@ -95,7 +95,7 @@ enum Mode {
         #[arg(long)]
         server: Option<String>,
         /// Connections.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = count)]
         connections: usize,
         /// Requests each connection keeps in flight.
         #[arg(long, default_value_t = 16)]
@@ -110,7 +110,7 @@ enum Mode {
         #[arg(long)]
         server: Option<String>,
         /// Connections to hold.
-        #[arg(long, default_value_t = 15_000)]
+        #[arg(long, default_value_t = 15_000, value_parser = count)]
         connections: usize,
         /// Source addresses 127.0.0.1 .. 127.0.0.N the connections are spread over.
         #[arg(long, default_value_t = 4)]
@@ -125,7 +125,7 @@ enum Mode {
         #[arg(long)]
         server: String,
         /// Cycles.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = count)]
         cycles: usize,
     },
     /// Time of `POST .../stop` with many sessions open (they close when the server does).
@@ -134,7 +134,7 @@ enum Mode {
         #[arg(long)]
         server: String,
         /// Sessions open at the stop.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = count)]
         sessions: usize,
     },
     /// Lines from sessions of one instance to sessions of another.
@@ -146,7 +146,7 @@ enum Mode {
         #[arg(long, default_value = "ServerB")]
         to: String,
         /// Sender/receiver pairs.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = count)]
         pairs: usize,
         /// Requests each sender keeps in flight.
         #[arg(long, default_value_t = 32)]
@@ -164,7 +164,7 @@ enum Mode {
         #[arg(long, default_value = "gate-server-1")]
         gate: String,
         /// Users.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = count)]
         users: usize,
         /// Rooms.
         #[arg(long, default_value_t = 6)]
@@ -195,6 +195,30 @@ impl Cli {
             (None, None) => Err("give --port, or --admin and --server".into()),
         }
     }
+}
+
+/// Most connections, sessions or cycles one run may ask for.
+const MAX_COUNT: usize = 50_000;
+/// Longest run.
+const MAX_DURATION: Duration = Duration::from_secs(600);
+
+/// A count of connections, sessions or cycles: 1 to [`MAX_COUNT`].
+fn count(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|_| format!("{text:?} is not a count"))?;
+    if (1..=MAX_COUNT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is outside 1..={MAX_COUNT}"))
+    }
+}
+
+/// A duration of at most [`MAX_DURATION`].
+fn bounded_duration(text: &str) -> Result<Duration, String> {
+    let duration = supersocket_proto::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration > MAX_DURATION {
+        return Err(format!("{text} is longer than {}s", MAX_DURATION.as_secs()));
+    }
+    Ok(duration)
 }
 
 /// `size` bytes of a pattern that shows misplaced bytes.

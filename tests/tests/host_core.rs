@@ -148,7 +148,7 @@ async fn one_server_listens_on_two_ports_and_on_ipv6() {
 }
 
 #[tokio::test]
-async fn the_embedded_default_serves_2012_to_2015_from_an_empty_folder() {
+async fn the_embedded_default_serves_2012_to_2015_and_ftp_on_demand_from_an_empty_folder() {
     let mut options = HostOptions::new("");
     options.config = None;
     options.admin = None;
@@ -165,6 +165,19 @@ async fn the_embedded_default_serves_2012_to_2015_from_an_empty_folder() {
     assert_eq!(b.request("SERVER").await, "ServerB");
     let (_, info) = host.get("/api/v1/host").await;
     assert_eq!(info["config_path"], serde_json::Value::Null);
+
+    // FTPServer waits for `supersocket start FTPServer`, then serves ./ftp-root.
+    assert_eq!(host.server("FTPServer").await["state"], "stopped");
+    let start = host.ctl(&["start", "FTPServer"]);
+    assert_eq!(start.code, 0, "{}", start.stderr);
+    let root = host.scratch.path().join("ftp-root");
+    std::fs::write(root.join("welcome.txt"), "hello").expect("ftp-root was created at start");
+    let listing = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "ftp://127.0.0.1:2121/"])
+        .output()
+        .expect("run curl");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("welcome.txt"), "{listing}");
     let (_, servers) = host.get("/api/v1/servers").await;
     for server in servers.as_array().unwrap() {
         if server["autostart"] == true {

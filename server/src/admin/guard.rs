@@ -11,6 +11,7 @@ use supersocket_proto::{ErrorCode, MAX_ADMIN_BODY};
 
 use super::AdminState;
 use super::error::ApiError;
+use crate::secret::constant_time_eq;
 
 /// Routes open without a token, for probes.
 const HEALTH_ROUTES: [&str; 3] = ["/livez", "/healthz", "/readyz"];
@@ -87,15 +88,6 @@ fn host_allowed(host: &str, own: SocketAddr) -> bool {
         Ok(ip) => ip.is_loopback() || ip == own.ip() || own.ip().is_unspecified(),
         Err(_) => false,
     }
-}
-
-/// Compares without stopping at the first difference, so timing tells nothing of the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, byte) in b.iter().enumerate() {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
-    }
-    diff == 0
 }
 
 #[cfg(test)]

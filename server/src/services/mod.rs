@@ -4,6 +4,7 @@ mod chat;
 mod command;
 mod connector;
 mod echo;
+mod ftp;
 mod gate;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ pub use chat::ChatService;
 pub use command::CommandService;
 pub use connector::ConnectorService;
 pub use echo::EchoService;
+pub use ftp::FtpService;
 pub use gate::GateService;
 
 use crate::service::ServerTypes;
@@ -22,6 +24,7 @@ pub(crate) fn register_builtin(types: &mut ServerTypes) {
     types.register("gate", |_: &_| Ok::<_, String>(GateService));
     types.register("connector", |_: &_| Ok::<_, String>(ConnectorService::default()));
     types.register("chat", |_: &_| Ok::<_, String>(ChatService::default()));
+    types.register("ftp", FtpService::from_config);
 }
 
 /// `KEY rest` of a line protocol request; `None` if the line is not UTF-8.

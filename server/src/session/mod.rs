@@ -208,4 +208,38 @@ impl<'a> Session<'a> {
     pub fn close(&mut self) {
         self.close.get_or_insert(CloseReason::LocalClosing);
     }
+
+    /// An owned handle on this session, for tasks that outlive this handler call.
+    pub fn handle(&self) -> SessionHandle {
+        SessionHandle(self.shared.clone())
+    }
+}
+
+/// An owned handle on a session, for a task that outlives a handler call (a transfer, a timer):
+/// it queues bytes for the peer through the session's outbox, in order with everything else
+/// sent that way, and can close the session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle(Arc<SessionShared>);
+
+impl SessionHandle {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.0.id
+    }
+
+    /// Queues bytes for the peer, waiting for room like any sender (see `send_queue`).
+    pub async fn send(&self, bytes: bytes::Bytes) -> Result<(), SendError> {
+        self.0.outbox.push(bytes).await
+    }
+
+    /// Closes the session (`local_closing`) once what is queued has been written.
+    pub fn close(&self) {
+        self.0.outbox.request_close(CloseReason::LocalClosing);
+    }
+
+    /// Counts the session as active now (so the idle timeout waits), for work done on its
+    /// behalf elsewhere.
+    pub fn touch(&self) {
+        self.0.touch(Instant::now());
+    }
 }

@@ -1,0 +1,115 @@
+//! Passive data connections: a listener per PASV/EPSV on a port of the configured range (or
+//! an ephemeral one), and accepting the one connection it is for — from the control
+//! connection's peer only, within a bound.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a client has to open the data connection it asked for.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ports passive listeners may use.
+#[derive(Debug)]
+pub struct PortRange {
+    /// First and last port, or `None` for ephemeral ports.
+    range: Option<(u16, u16)>,
+    /// Where the next search starts, so that ports are used round the range.
+    next: AtomicU32,
+}
+
+impl PortRange {
+    /// Parses `"50000-50100"` (or `None`: ephemeral ports).
+    pub fn parse(text: Option<&str>) -> Result<Self, String> {
+        let range = match text {
+            None => None,
+            Some(text) => {
+                let bad = || format!("passive_ports {text:?} is not a range like \"50000-50100\"");
+                let (first, last) = text.split_once('-').ok_or_else(bad)?;
+                let first: u16 = first.trim().parse().map_err(|_| bad())?;
+                let last: u16 = last.trim().parse().map_err(|_| bad())?;
+                if first == 0 || first > last {
+                    return Err(bad());
+                }
+                Some((first, last))
+            }
+        };
+        Ok(Self {
+            range,
+            next: AtomicU32::new(0),
+        })
+    }
+
+    /// Binds a listener on `ip`: the next free port of the range, or an ephemeral one.
+    /// `None` when every port of the range is taken.
+    pub fn bind(&self, ip: IpAddr) -> Option<TcpListener> {
+        let Some((first, last)) = self.range else {
+            return bind(SocketAddr::new(ip, 0));
+        };
+        let size = u32::from(last - first) + 1;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..size).find_map(|i| {
+            let port = first + ((start + i) % size) as u16;
+            bind(SocketAddr::new(ip, port))
+        })
+    }
+}
+
+fn bind(addr: SocketAddr) -> Option<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).ok()?;
+    listener.set_nonblocking(true).ok()?;
+    TcpListener::from_std(listener).ok()
+}
+
+/// Accepts the data connection from `peer`'s address, ignoring (closing) any other, within
+/// [`ACCEPT_TIMEOUT`].
+pub async fn accept(listener: TcpListener, peer: IpAddr) -> Option<TcpStream> {
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, from)) if from.ip() == peer => return stream,
+                Ok((_, from)) => {
+                    tracing::warn!(%from, expected = %peer, "data connection from another address refused")
+                }
+                // Out of descriptors: retry shortly rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    let stream = tokio::time::timeout(ACCEPT_TIMEOUT, accept).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    Some(stream)
+}
+
+/// The `h1,h2,h3,h4,p1,p2` of a 227 reply.
+pub fn pasv_address(ip: std::net::Ipv4Addr, port: u16) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("{a},{b},{c},{d},{},{}", port >> 8, port & 0xff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_refuse_nonsense() {
+        assert!(PortRange::parse(Some("50000-50100")).is_ok());
+        assert!(PortRange::parse(Some("7-7")).is_ok());
+        for bad in ["50100-50000", "0-10", "x-y", "50000", "1-70000"] {
+            assert!(PortRange::parse(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(pasv_address([127, 0, 0, 1].into(), 50_001), "127,0,0,1,195,81");
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_range_gives_no_listener() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let range = PortRange::parse(Some(&format!("{port}-{port}"))).unwrap();
+        assert!(range.bind([127, 0, 0, 1].into()).is_none());
+        drop(taken);
+        assert!(range.bind([127, 0, 0, 1].into()).is_some());
+    }
+}

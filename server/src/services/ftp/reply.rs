@@ -1,0 +1,27 @@
+//! FTP replies as bytes for the control connection: `code text` lines and multi-line replies.
+
+use std::fmt::Display;
+
+use bytes::Bytes;
+
+/// `code text\r\n`.
+pub fn line(code: u16, text: impl Display) -> Bytes {
+    format!("{code} {text}\r\n").into()
+}
+
+/// `code-first\r\n`, each of `lines` indented by a space, then `code last\r\n` (RFC 959 §4.2).
+pub fn multi(code: u16, first: &str, lines: &[String], last: &str) -> Bytes {
+    let mut text = format!("{code}-{first}\r\n");
+    for line in lines {
+        text.push(' ');
+        text.push_str(line);
+        text.push_str("\r\n");
+    }
+    text.push_str(&format!("{code} {last}\r\n"));
+    text.into()
+}
+
+/// A path in a 257 reply: quoted, with quotes inside doubled.
+pub fn quoted(path: &impl Display) -> String {
+    format!("\"{}\"", path.to_string().replace('"', "\"\""))
+}

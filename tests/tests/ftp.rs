@@ -1,0 +1,295 @@
+//! The `ftp` server type against real, unmodified clients: curl and Python's ftplib.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use supersocket_tests::HostProcess;
+
+const PYTHON_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/ftplib_check.py");
+
+/// A host with one `ftp` server named `FTPServer`; `options` go into its options table. Its
+/// root is `root/` in the host's folder, holding `hello.txt` and an empty `sub/`.
+struct FtpHost {
+    host: HostProcess,
+    port: u16,
+}
+
+impl FtpHost {
+    async fn start(options: &str) -> Self {
+        let host = HostProcess::start(&format!(
+            r#"
+            [[servers]]
+            name = "FTPServer"
+            type = "ftp"
+            listeners = [{{ ip = "Loopback", port = 0 }}]
+            options = {{ root = "root", {options} }}
+            "#
+        ));
+        let root = host.scratch.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("hello.txt"), "hello\n").unwrap();
+        let port = host.port("FTPServer", 0).await;
+        Self { host, port }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.host.scratch.path().join("root")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ftp://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Runs the Python client on a scenario; it must succeed.
+    fn python(&self, user: &str, password: &str, scenario: &str) -> String {
+        let output = Command::new("python3")
+            .args([PYTHON_CLIENT, &self.port.to_string(), user, password, scenario])
+            .output()
+            .expect("python3 runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "ftplib {scenario} as {user}:\n{text}");
+        text
+    }
+}
+
+/// Runs curl (bounded in time) with `args`.
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl runs")
+}
+
+fn curl_ok(args: &[&str]) -> Vec<u8> {
+    let output = curl(args);
+    assert!(
+        output.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// `size` bytes that show misplaced ones.
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect()
+}
+
+fn checksum(path: &Path) -> u32 {
+    crc32fast::hash(&std::fs::read(path).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_lists_downloads_uploads_resumes_and_creates_folders() {
+    let ftp = FtpHost::start("").await;
+    let local = ftp.host.scratch.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+
+    let listing = String::from_utf8(curl_ok(&[&ftp.url("")])).unwrap();
+    assert!(
+        listing.lines().any(|l| l.starts_with('-') && l.ends_with(" hello.txt")),
+        "{listing}"
+    );
+    assert!(
+        listing.lines().any(|l| l.starts_with('d') && l.ends_with(" sub")),
+        "{listing}"
+    );
+    assert_eq!(curl_ok(&[&ftp.url("hello.txt")]), b"hello\n");
+
+    // Upload with -T, creating the folders on the way.
+    let upload = local.join("upload.bin");
+    std::fs::write(&upload, pattern(300_000)).unwrap();
+    curl_ok(&[
+        "-T",
+        upload.to_str().unwrap(),
+        "--ftp-create-dirs",
+        &ftp.url("a/b/upload.bin"),
+    ]);
+    assert_eq!(
+        std::fs::read(ftp.root().join("a/b/upload.bin")).unwrap(),
+        pattern(300_000)
+    );
+
+    // Resume a download: the local file holds the first part.
+    std::fs::write(ftp.root().join("resume.bin"), pattern(500_000)).unwrap();
+    let partial = local.join("resume.bin");
+    std::fs::write(&partial, &pattern(500_000)[..123_456]).unwrap();
+    curl_ok(&["-C", "-", "-o", partial.to_str().unwrap(), &ftp.url("resume.bin")]);
+    assert_eq!(std::fs::read(&partial).unwrap(), pattern(500_000));
+
+    // Resume an upload: the server holds the first part.
+    std::fs::write(ftp.root().join("half.bin"), &pattern(300_000)[..100_000]).unwrap();
+    curl_ok(&["-C", "-", "-T", upload.to_str().unwrap(), &ftp.url("half.bin")]);
+    assert_eq!(std::fs::read(ftp.root().join("half.bin")).unwrap(), pattern(300_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftplib_speaks_every_command_anonymously_and_as_a_user() {
+    let ftp = FtpHost::start(r#"users = [{ name = "alice", password = "wonder land" }]"#).await;
+    assert!(
+        ftp.python("anonymous", "guest@example.org", "full")
+            .contains("full: ok")
+    );
+    assert!(ftp.python("alice", "wonder land", "full").contains("full: ok"));
+    assert!(ftp.python("alice", "wonderland", "bad-password").contains("530"));
+    assert!(ftp.python("mallory", "wonder land", "bad-password").contains("530"));
+
+    let private = FtpHost::start(r#"anonymous = false, users = [{ name = "alice", password = "x" }]"#).await;
+    assert!(
+        private
+            .python("anonymous", "guest@example.org", "bad-password")
+            .contains("530")
+    );
+    // Without logging in, nothing but the login works.
+    let listing = curl(&["--user", "alice:nope", &private.url("")]);
+    assert!(!listing.status.success());
+    assert!(String::from_utf8_lossy(&listing.stderr).contains("530"), "{listing:?}");
+}
+
+/// Every file under `dir`, with its contents.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file() {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            } else {
+                files.push((path, Vec::new()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jail_answers_every_escape_with_550_and_nothing_outside_changes() {
+    let ftp = FtpHost::start("").await;
+    let scratch = ftp.host.scratch.path();
+    let outside = scratch.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+    std::fs::write(scratch.join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(&outside, ftp.root().join("out")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), ftp.root().join("escape")).unwrap();
+    let before = snapshot(scratch);
+
+    assert!(ftp.python("anonymous", "x", "jail").contains("jail: ok"));
+    for url in [
+        "out/secret.txt",
+        "escape",
+        "%2e%2e/secret.txt",
+        "sub/%2e%2e/%2e%2e/secret.txt",
+    ] {
+        let output = curl(&["--verbose", &ftp.url(url)]);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "curl {url} must fail");
+        assert!(said.contains("< 550 "), "curl {url}: {said}");
+    }
+
+    let after: Vec<_> = snapshot(scratch)
+        .into_iter()
+        .filter(|(path, _)| path.file_name().is_none_or(|n| n != "stderr.log"))
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(path, _)| path.file_name().is_none_or(|n| n != "stderr.log"))
+        .collect();
+    assert_eq!(after, before, "nothing inside or outside the root changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_refuses_every_change_with_550() {
+    let ftp = FtpHost::start("read_only = true").await;
+    assert!(ftp.python("anonymous", "x", "read-only").contains("read-only: ok"));
+    let upload = ftp.host.scratch.path().join("local.txt");
+    std::fs::write(&upload, "new").unwrap();
+    let output = curl(&["-T", upload.to_str().unwrap(), &ftp.url("new.txt")]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("550"), "{output:?}");
+    assert!(!ftp.root().join("new.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_passive_range_answers_425() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let ftp = FtpHost::start(&format!(r#"passive_ports = "{port}-{port}""#)).await;
+    assert!(ftp.python("anonymous", "x", "exhausted").contains("exhausted: ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_mib_goes_up_and_down_intact_in_flat_memory() {
+    let ftp = FtpHost::start("").await;
+    let local = ftp.host.scratch.path().join("big.bin");
+    std::fs::write(&local, pattern(100 << 20)).unwrap();
+    let (rss_before, _) = ftp.host.rss_kib();
+
+    curl_ok(&["-T", local.to_str().unwrap(), &ftp.url("big.bin")]);
+    let back = ftp.host.scratch.path().join("back.bin");
+    curl_ok(&["-o", back.to_str().unwrap(), &ftp.url("big.bin")]);
+
+    let expected = checksum(&local);
+    assert_eq!(checksum(&ftp.root().join("big.bin")), expected, "upload intact");
+    assert_eq!(checksum(&back), expected, "download intact");
+    let (_, peak) = ftp.host.rss_kib();
+    assert!(
+        peak < rss_before + 8 * 1024,
+        "200 MiB moved; host RSS {rss_before} KiB before, peak {peak} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
+    let ftp = FtpHost::start("").await;
+    std::fs::write(ftp.root().join("slow.bin"), pattern(20 << 20)).unwrap();
+    let partial = ftp.host.scratch.path().join("partial.bin");
+    let mut download = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--limit-rate", "1M", "-o"])
+        .arg(&partial)
+        .arg(ftp.url("slow.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    ftp.host
+        .wait_server("FTPServer", Duration::from_secs(10), |s| {
+            s["bytes_out"].as_u64() > Some(100_000)
+        })
+        .await;
+
+    let began = Instant::now();
+    let stop = ftp.host.ctl(&["stop", "FTPServer"]);
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+    let status = loop {
+        if let Some(status) = download.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "curl still running after the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a child process
+    };
+    assert!(!status.success(), "the transfer must end with the instance");
+    assert!(std::fs::metadata(&partial).unwrap().len() < 20 << 20);
+    assert!(curl(&["--max-time", "5", &ftp.url("")]).status.code() != Some(0));
+
+    let start = ftp.host.ctl(&["start", "FTPServer"]);
+    assert_eq!(start.code, 0, "{}", start.stderr);
+    let port = ftp.host.port("FTPServer", 0).await;
+    let again = curl_ok(&[&format!("ftp://127.0.0.1:{port}/hello.txt")]);
+    assert_eq!(again, b"hello\n");
+}

@@ -3,8 +3,8 @@
     python3 ftplib_check.py PORT USER PASSWORD SCENARIO
 
 Scenarios: full (every command a client uses), bad-password (530), jail (every escape is
-answered 550), read-only (every change is answered 550), exhausted (a second PASV while the
-only passive port is held gets 425). Prints one line per step; any surprise raises, so the
+answered 550), read-only (every change is answered 550), abort (ABOR during a RETR of big.bin),
+exhausted (a second PASV while the only passive port is held gets 425). Prints one line per step; any surprise raises, so the
 exit status says whether the scenario held.
 """
 
@@ -97,6 +97,23 @@ def read_only(ftp):
     print("read-only: ok")
 
 
+def abort(ftp):
+    ftp.voidcmd("TYPE I")
+    data = ftp.transfercmd("RETR big.bin")
+    assert data.recv(65536), "the transfer started"
+    answer = ftp.abort()
+    # RFC 959: a 426 for the transfer, then a 226 for the ABOR itself.
+    assert answer.startswith("426"), answer
+    assert ftp.getresp().startswith("226")
+    data.close()
+    assert ftp.voidcmd("NOOP").startswith("200")
+    got = io.BytesIO()
+    ftp.retrbinary("RETR hello.txt", got.write)
+    assert got.getvalue() == b"hello\n"
+    assert ftp.sendcmd("ABOR").startswith("225"), "nothing left to abort"
+    print("abort: ok")
+
+
 def exhausted(port, user, password):
     holder = connect(port, user, password)
     assert holder.sendcmd("PASV").startswith("227")
@@ -118,7 +135,7 @@ def main():
         exhausted(port, user, password)
         return
     ftp = connect(port, user, password)
-    {"full": full, "jail": jail, "read-only": read_only}[scenario](ftp)
+    {"full": full, "jail": jail, "read-only": read_only, "abort": abort}[scenario](ftp)
     ftp.quit()
 
 

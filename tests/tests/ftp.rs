@@ -241,6 +241,12 @@ async fn a_hundred_mib_goes_up_and_down_intact_in_flat_memory() {
     let back = ftp.host.scratch.path().join("back.bin");
     curl_ok(&["-o", back.to_str().unwrap(), &ftp.url("big.bin")]);
 
+    let server = ftp.host.server("FTPServer").await;
+    let moved = |key: &str| server[key].as_u64().unwrap_or(0);
+    assert!(
+        moved("bytes_in") >= 100 << 20 && moved("bytes_out") >= 100 << 20,
+        "data connections count in the instance's bytes: {server}"
+    );
     let expected = checksum(&local);
     assert_eq!(checksum(&ftp.root().join("big.bin")), expected, "upload intact");
     assert_eq!(checksum(&back), expected, "download intact");
@@ -249,6 +255,13 @@ async fn a_hundred_mib_goes_up_and_down_intact_in_flat_memory() {
         peak < rss_before + 8 * 1024,
         "200 MiB moved; host RSS {rss_before} KiB before, peak {peak} KiB"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abor_ends_a_transfer_and_the_control_connection_goes_on() {
+    let ftp = FtpHost::start("").await;
+    std::fs::write(ftp.root().join("big.bin"), pattern(64 << 20)).unwrap();
+    assert!(ftp.python("anonymous", "x", "abort").contains("abort: ok"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! The accept loop of one listener: enforces `max_connections`, sets TCP_NODELAY, registers
-//! the session and spawns its task; backs off when the process is out of descriptors.
+//! The accept loop of one listener: enforces `max_connections`, sets TCP_NODELAY and
+//! SO_OOBINLINE, registers the session and spawns its task; backs off when the process is out of descriptors.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -66,6 +66,9 @@ impl AcceptLoop {
             }
             stats.total_sessions.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
+            // Urgent bytes stay in the stream: FTP clients send ABOR as urgent data, and a
+            // byte taken out of band would cut a line short.
+            let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
             let local = stream.local_addr().unwrap_or_else(|_| self.instance_addr());
             let shared = Arc::new(SessionShared::new(remote, local, self.instance.config.send_queue));
             self.instance.sessions.insert(shared.clone());

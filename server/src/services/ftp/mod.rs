@@ -1,12 +1,13 @@
 //! `ftp`: SuperSocket's FTP server (SPEC §5) — RFC 959 with FEAT and OPTS (RFC 2389), EPSV
 //! (RFC 2428) and SIZE, MDTM, MLSD, MLST and REST (RFC 3659); passive data connections only.
 //!
-//! `jail` keeps every path inside `root`, `passive` opens data listeners, `transfer` moves the
+//! `lines` frames commands, `jail` keeps every path inside `root`, `passive` opens data listeners, `transfer` moves the
 //! bytes in a task of its own, `listing` formats folders and `reply` writes replies. Every
 //! reply goes through the session's outbox, so that the control connection's replies and a
 //! transfer's (150 … 226) reach the client in the order they were made.
 
 mod jail;
+mod lines;
 mod listing;
 mod passive;
 mod reply;
@@ -27,7 +28,6 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use transfer::{Payload, Running, Transfer};
 
-use crate::filter::LineFilter;
 use crate::instance::InstanceContext;
 use crate::service::{Service, ServiceContext};
 use crate::session::{CloseReason, Session, SessionHandle, SessionId};
@@ -174,10 +174,10 @@ fn is_anonymous(name: &str) -> bool {
 }
 
 impl Service for FtpService {
-    type Filter = LineFilter;
+    type Filter = lines::CommandLines;
 
-    fn filter(&self, max_package_length: usize) -> LineFilter {
-        LineFilter::new(max_package_length)
+    fn filter(&self, max_package_length: usize) -> lines::CommandLines {
+        lines::CommandLines::new(max_package_length)
     }
 
     async fn connected(&self, session: &mut Session<'_>) {

@@ -16,8 +16,9 @@ use super::reply;
 use crate::instance::{InstanceContext, InstanceStats};
 use crate::session::SessionHandle;
 
-/// Bytes moved per read and write; also the most a transfer holds in memory.
-const CHUNK: usize = 256 * 1024;
+/// Bytes moved per read and write. A transfer holds two such buffers: its own, and the file's
+/// read-ahead or write-behind.
+const CHUNK: usize = 512 * 1024;
 
 /// What moves over the data connection.
 pub enum Payload {

@@ -1,4 +1,4 @@
-//! The `ftp` server type against real, unmodified clients: curl and Python's ftplib.
+//! The `ftp` server type against real, unmodified clients: curl, Python's ftplib and lftp.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -127,6 +127,33 @@ async fn curl_lists_downloads_uploads_resumes_and_creates_folders() {
     std::fs::write(ftp.root().join("half.bin"), &pattern(300_000)[..100_000]).unwrap();
     curl_ok(&["-C", "-", "-T", upload.to_str().unwrap(), &ftp.url("half.bin")]);
     assert_eq!(std::fs::read(ftp.root().join("half.bin")).unwrap(), pattern(300_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lftp_mirrors_puts_and_tidies_up() {
+    let ftp = FtpHost::start(r#"users = [{ name = "alice", password = "wonder" }]"#).await;
+    std::fs::write(ftp.root().join("sub/one.txt"), "one").unwrap();
+    std::fs::create_dir_all(ftp.root().join("sub/deeper")).unwrap();
+    std::fs::write(ftp.root().join("sub/deeper/two.txt"), "two").unwrap();
+    let local = ftp.host.scratch.path().join("lftp");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("upload.txt"), "uploaded").unwrap();
+    let script = format!(
+        "set net:max-retries 1; set net:timeout 10; set cmd:fail-exit yes; \
+         mirror sub {local}/copy; put {local}/upload.txt -o up.txt; mkdir made; rmdir made; cls -1; quit",
+        local = local.display()
+    );
+    let output = Command::new("lftp")
+        .args(["-u", "alice,wonder", "-p", &ftp.port.to_string(), "-e", &script, "127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("lftp runs");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read_to_string(local.join("copy/deeper/two.txt")).unwrap(), "two");
+    assert_eq!(std::fs::read_to_string(ftp.root().join("up.txt")).unwrap(), "uploaded");
+    assert!(!ftp.root().join("made").exists());
+    assert!(said.lines().any(|l| l == "up.txt"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use supersocket_tests::HostProcess;
+use supersocket_tests::net::LineClient;
 
 const PYTHON_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/ftplib_check.py");
 
@@ -144,13 +145,28 @@ async fn lftp_mirrors_puts_and_tidies_up() {
         local = local.display()
     );
     let output = Command::new("lftp")
-        .args(["-u", "alice,wonder", "-p", &ftp.port.to_string(), "-e", &script, "127.0.0.1"])
+        .args([
+            "-u",
+            "alice,wonder",
+            "-p",
+            &ftp.port.to_string(),
+            "-e",
+            &script,
+            "127.0.0.1",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("lftp runs");
     let said = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(std::fs::read_to_string(local.join("copy/deeper/two.txt")).unwrap(), "two");
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("copy/deeper/two.txt")).unwrap(),
+        "two"
+    );
     assert_eq!(std::fs::read_to_string(ftp.root().join("up.txt")).unwrap(), "uploaded");
     assert!(!ftp.root().join("made").exists());
     assert!(said.lines().any(|l| l == "up.txt"), "{said}");
@@ -255,6 +271,26 @@ async fn an_exhausted_passive_range_answers_425() {
     };
     let ftp = FtpHost::start(&format!(r#"passive_ports = "{port}-{port}""#)).await;
     assert!(ftp.python("anonymous", "x", "exhausted").contains("exhausted: ok"));
+}
+
+#[tokio::test]
+async fn pasv_announces_the_passive_address_and_login_comes_first() {
+    let ftp = FtpHost::start(r#"passive_address = "192.0.2.7""#).await;
+    let mut control = LineClient::connect(ftp.port).await;
+    assert!(control.recv().await.starts_with("220 "));
+    assert!(control.request("PASV").await.starts_with("530 "), "log in first");
+    assert!(control.request("USER anonymous").await.starts_with("331 "));
+    assert!(control.request("PASS guest").await.starts_with("230 "));
+    let pasv = control.request("PASV").await;
+    assert!(pasv.starts_with("227 ") && pasv.contains("(192,0,2,7,"), "{pasv}");
+    let epsv = control.request("EPSV").await;
+    assert!(epsv.starts_with("229 ") && epsv.ends_with("|)."), "{epsv}");
+    assert!(
+        control.request("PORT 127,0,0,1,4,1").await.starts_with("502 "),
+        "active mode"
+    );
+    assert!(control.request("QUIT").await.starts_with("221 "));
+    assert!(control.closes_within(Duration::from_secs(5)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

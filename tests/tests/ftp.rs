@@ -345,6 +345,19 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
             s["bytes_out"].as_u64() > Some(100_000)
         })
         .await;
+    // Another client waits with a passive listener open.
+    let mut idle = LineClient::connect(ftp.port).await;
+    idle.recv().await;
+    idle.request("USER anonymous").await;
+    idle.request("PASS x").await;
+    let epsv = idle.request("EPSV").await;
+    let data_port: u16 = epsv
+        .trim_end_matches("|).")
+        .rsplit('|')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{epsv}"));
+    let idle_closed = tokio::spawn(async move { idle.closes_within(Duration::from_secs(20)).await });
 
     let began = Instant::now();
     let stop = ftp.host.ctl(&["stop", "FTPServer"]);
@@ -362,6 +375,9 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
     assert!(!status.success(), "the transfer must end with the instance");
     assert!(std::fs::metadata(&partial).unwrap().len() < 20 << 20);
     assert!(curl(&["--max-time", "5", &ftp.url("")]).status.code() != Some(0));
+    assert!(idle_closed.await.unwrap(), "the idle control connection closed with the instance");
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", data_port)).await;
+    assert!(refused.is_err(), "the passive listener closed with the instance");
 
     let start = ftp.host.ctl(&["start", "FTPServer"]);
     assert_eq!(start.code, 0, "{}", start.stderr);

@@ -330,10 +330,12 @@ async fn abor_ends_a_transfer_and_the_control_connection_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
     let ftp = FtpHost::start("").await;
-    std::fs::write(ftp.root().join("slow.bin"), pattern(20 << 20)).unwrap();
+    // Slow enough to be under way at the stop, fast enough that what the client's socket
+    // buffers still hold (a few MiB) drains quickly once the data connection closes.
+    std::fs::write(ftp.root().join("slow.bin"), pattern(100 << 20)).unwrap();
     let partial = ftp.host.scratch.path().join("partial.bin");
     let mut download = Command::new("curl")
-        .args(["-sS", "--max-time", "60", "--limit-rate", "1M", "-o"])
+        .args(["-sS", "--max-time", "60", "--limit-rate", "10M", "-o"])
         .arg(&partial)
         .arg(ftp.url("slow.bin"))
         .stdout(Stdio::null())
@@ -373,7 +375,7 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
         tokio::time::sleep(Duration::from_millis(20)).await; // polling a child process
     };
     assert!(!status.success(), "the transfer must end with the instance");
-    assert!(std::fs::metadata(&partial).unwrap().len() < 20 << 20);
+    assert!(std::fs::metadata(&partial).unwrap().len() < 100 << 20);
     assert!(curl(&["--max-time", "5", &ftp.url("")]).status.code() != Some(0));
     assert!(idle_closed.await.unwrap(), "the idle control connection closed with the instance");
     let refused = tokio::net::TcpStream::connect(("127.0.0.1", data_port)).await;

@@ -377,7 +377,10 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
     assert!(!status.success(), "the transfer must end with the instance");
     assert!(std::fs::metadata(&partial).unwrap().len() < 100 << 20);
     assert!(curl(&["--max-time", "5", &ftp.url("")]).status.code() != Some(0));
-    assert!(idle_closed.await.unwrap(), "the idle control connection closed with the instance");
+    assert!(
+        idle_closed.await.unwrap(),
+        "the idle control connection closed with the instance"
+    );
     let refused = tokio::net::TcpStream::connect(("127.0.0.1", data_port)).await;
     assert!(refused.is_err(), "the passive listener closed with the instance");
 

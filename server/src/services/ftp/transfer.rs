@@ -81,24 +81,53 @@ impl Transfer {
     }
 
     async fn run(self, stats: &InstanceStats) -> bytes::Bytes {
-        let Some(mut data) = passive::accept(self.listener, self.peer).await else {
+        let Some(stream) = passive::accept(self.listener, self.peer).await else {
             return reply::line(425, "Can't open data connection.");
         };
+        let mut data = DataConnection {
+            stream,
+            control: &self.control,
+            stats,
+            idle: self.idle,
+        };
         let moved = match self.payload {
-            Payload::Listing(listing) => with_idle(self.idle, data.write_all(&listing)).await.map(|()| {
-                stats.bytes_out.fetch_add(listing.len() as u64, Ordering::Relaxed);
-            }),
-            Payload::Download(file) => download(file, &mut data, &self.control, stats, self.idle).await,
-            Payload::Upload(file) => upload(file, &mut data, &self.control, stats, self.idle).await,
+            Payload::Listing(listing) => data.send(&listing).await,
+            Payload::Download(file) => download(file, &mut data).await,
+            Payload::Upload(file) => upload(file, &mut data).await,
         };
         match moved {
             Ok(()) => {
-                let _ = data.shutdown().await;
+                let _ = data.stream.shutdown().await;
                 reply::line(226, "Transfer complete.")
             }
             Err(Failure::Network) => reply::line(426, "Connection closed; transfer aborted."),
             Err(Failure::Disk(e)) => reply::line(451, format_args!("Local error: {e}.")),
         }
+    }
+}
+
+/// The data connection of a transfer: each read and write is bounded by the idle time, counted
+/// in the instance's bytes, and keeps the quiet control connection from timing out.
+struct DataConnection<'a> {
+    stream: TcpStream,
+    control: &'a SessionHandle,
+    stats: &'a InstanceStats,
+    idle: Duration,
+}
+
+impl DataConnection<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        with_idle(self.idle, self.stream.write_all(bytes)).await?;
+        self.stats.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.control.touch();
+        Ok(())
+    }
+
+    async fn receive(&mut self, buffer: &mut [u8]) -> Result<usize, Failure> {
+        let n = with_idle(self.idle, self.stream.read(buffer)).await?;
+        self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.control.touch();
+        Ok(n)
     }
 }
 
@@ -136,13 +165,7 @@ fn async_file(file: std::fs::File) -> tokio::fs::File {
     file
 }
 
-async fn download(
-    file: std::fs::File,
-    data: &mut TcpStream,
-    control: &SessionHandle,
-    stats: &InstanceStats,
-    idle: Duration,
-) -> Result<(), Failure> {
+async fn download(file: std::fs::File, data: &mut DataConnection<'_>) -> Result<(), Failure> {
     let mut file = async_file(file);
     let mut buffer = vec![0u8; CHUNK];
     loop {
@@ -150,29 +173,18 @@ async fn download(
         if n == 0 {
             return Ok(());
         }
-        with_idle(idle, data.write_all(&buffer[..n])).await?;
-        stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        // The control connection is quiet during a transfer; it must not time out meanwhile.
-        control.touch();
+        data.send(&buffer[..n]).await?;
     }
 }
 
-async fn upload(
-    file: std::fs::File,
-    data: &mut TcpStream,
-    control: &SessionHandle,
-    stats: &InstanceStats,
-    idle: Duration,
-) -> Result<(), Failure> {
+async fn upload(file: std::fs::File, data: &mut DataConnection<'_>) -> Result<(), Failure> {
     let mut file = async_file(file);
     let mut buffer = vec![0u8; CHUNK];
     loop {
-        let n = with_idle(idle, data.read(&mut buffer)).await?;
+        let n = data.receive(&mut buffer).await?;
         if n == 0 {
             return file.flush().await.map_err(Failure::Disk);
         }
         file.write_all(&buffer[..n]).await.map_err(Failure::Disk)?;
-        stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        control.touch();
     }
 }

@@ -289,6 +289,8 @@ async fn pasv_announces_the_passive_address_and_login_comes_first() {
         control.request("PORT 127,0,0,1,4,1").await.starts_with("502 "),
         "active mode"
     );
+    assert!(control.request("RETR").await.starts_with("501 "), "a path is required");
+    assert!(control.request("DELE").await.starts_with("501 "), "a path is required");
     assert!(control.request("QUIT").await.starts_with("221 "));
     assert!(control.closes_within(Duration::from_secs(5)).await);
 }

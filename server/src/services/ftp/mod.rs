@@ -339,6 +339,9 @@ impl Command<'_> {
             Ok(jail) => jail,
             Err(_) => return Some(reply::line(421, "The served folder cannot be opened.")),
         };
+        if arg.is_empty() && (needs_path(&verb) || matches!(verb.as_str(), "RETR" | "STOR" | "APPE")) {
+            return Some(reply::line(501, "A path is required."));
+        }
         let writes = matches!(
             verb.as_str(),
             "STOR" | "APPE" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" | "RNFR" | "RNTO"
@@ -390,7 +393,6 @@ impl Command<'_> {
                 }
                 _ => reply::line(225, "No transfer to abort."),
             }),
-            _ if arg.is_empty() && needs_path(&verb) => Some(reply::line(501, "A path is required.")),
             _ if needs_path(&verb) => Some(match state.cwd.join(arg) {
                 Ok(path) => self.on_path(state, jail, &verb, path, rename_from).await,
                 Err(e) => refusal(e),

@@ -1,0 +1,449 @@
+//! One command of an FTP control connection: parsing the line, checking the login and the
+//! `read_only` option, and carrying out each verb — on the control connection, or by starting a
+//! transfer.
+
+use std::io::{Seek, SeekFrom};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use nix::sys::stat::SFlag;
+use tokio::net::TcpListener;
+
+use super::jail::{Jail, JailError, Upload, VirtualPath, is_kind};
+use super::transfer::{Payload, Running, Transfer};
+use super::{FtpService, FtpSession, Login, is_anonymous, listing, passive, reply};
+use crate::instance::InstanceContext;
+use crate::session::SessionHandle;
+
+/// Failed logins after which the control connection is closed.
+const MAX_LOGIN_FAILURES: u32 = 3;
+/// A data transfer through which nothing moves for this long ends, when the instance has no
+/// idle timeout of its own.
+const DEFAULT_DATA_IDLE: Duration = Duration::from_secs(300);
+
+/// A reply, or none when the command queued its own.
+type Outcome = Option<Bytes>;
+
+/// One command of one control connection, with what it may need.
+pub(super) struct Command<'a> {
+    pub service: &'a FtpService,
+    pub instance: &'a InstanceContext,
+    /// The control connection, where replies go.
+    pub handle: &'a SessionHandle,
+    /// The client's address: data connections must come from it.
+    pub remote: IpAddr,
+    /// The address the client reached: passive listeners bind it.
+    pub local: IpAddr,
+}
+
+/// Runs a filesystem operation off the runtime's threads.
+async fn fs<T: Send + 'static>(
+    jail: Arc<Jail>,
+    operation: impl FnOnce(&Jail) -> Result<T, JailError> + Send + 'static,
+) -> Result<T, JailError> {
+    tokio::task::spawn_blocking(move || operation(&jail))
+        .await
+        .unwrap_or_else(|_| Err(JailError::Io("internal error".into())))
+}
+
+/// The reply to a refused path or a failed operation.
+fn refusal(error: JailError) -> Bytes {
+    match error {
+        JailError::Outside => reply::line(550, "Permission denied: outside the served folder."),
+        JailError::Invalid => reply::line(501, "Invalid path."),
+        JailError::Io(reason) => reply::line(550, format_args!("{}.", capitalized(&reason))),
+    }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+}
+
+/// The verb and argument of a command line: Telnet control bytes before it (as ABOR is sent
+/// with) are skipped; the verb is upper-cased. `None` if the line is not UTF-8.
+fn parse(line: &[u8]) -> Option<(String, &str)> {
+    let start = line.iter().position(|b| b.is_ascii_alphabetic()).unwrap_or(line.len());
+    let text = std::str::from_utf8(&line[start..]).ok()?;
+    let (verb, arg) = text.split_once(' ').unwrap_or((text, ""));
+    Some((verb.to_ascii_uppercase(), arg))
+}
+
+/// The commands answered by [`Command::on_path`].
+fn needs_path(verb: &str) -> bool {
+    matches!(
+        verb,
+        "SIZE" | "MDTM" | "MLST" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" | "RNFR" | "RNTO"
+    )
+}
+
+/// FEAT: the extensions this server speaks.
+fn features() -> Bytes {
+    let features = [
+        "EPSV",
+        "MDTM",
+        "MLST type*;size*;modify*;perm*;",
+        "PASV",
+        "REST STREAM",
+        "SIZE",
+        "UTF8",
+    ];
+    let lines: Vec<String> = features.iter().map(|f| (*f).to_owned()).collect();
+    reply::multi(211, "Features:", &lines, "End.")
+}
+
+/// LIST and NLST take `ls` options some clients send (`-la`); they are skipped.
+fn without_ls_options(arg: &str) -> &str {
+    let mut rest = arg.trim_start();
+    while rest.starts_with('-') {
+        rest = rest.split_once(' ').map_or("", |(_, after)| after.trim_start());
+    }
+    rest
+}
+
+impl Command<'_> {
+    /// Carries out one command line; returns its reply unless it queued its own.
+    pub async fn execute(&self, state: &mut FtpSession, line: &[u8]) -> Outcome {
+        let Some((verb, arg)) = parse(line) else {
+            return Some(reply::line(501, "Commands must be UTF-8."));
+        };
+        // REST and RNFR apply to the command right after them only.
+        let restart = std::mem::take(&mut state.restart);
+        let rename_from = state.rename_from.take();
+        match verb.as_str() {
+            "USER" => return Some(self.user(state, arg)),
+            "PASS" => return Some(self.pass(state, arg)),
+            "QUIT" => {
+                let _ = self.handle.send(reply::line(221, "Goodbye.")).await;
+                self.handle.close();
+                return None;
+            }
+            "NOOP" => return Some(reply::line(200, "NOOP ok.")),
+            "SYST" => return Some(reply::line(215, "UNIX Type: L8")),
+            "FEAT" => return Some(features()),
+            "OPTS" if arg.eq_ignore_ascii_case("UTF8 ON") => return Some(reply::line(200, "UTF8 is always on.")),
+            "OPTS" => return Some(reply::line(501, "Option not understood.")),
+            _ if !matches!(state.login, Login::In) => {
+                return Some(reply::line(530, "Please log in with USER and PASS."));
+            }
+            _ => {}
+        }
+        let jail = match self.service.jail() {
+            Ok(jail) => jail,
+            Err(_) => return Some(reply::line(421, "The served folder cannot be opened.")),
+        };
+        if arg.is_empty() && (needs_path(&verb) || matches!(verb.as_str(), "RETR" | "STOR" | "APPE")) {
+            return Some(reply::line(501, "A path is required."));
+        }
+        let writes = matches!(
+            verb.as_str(),
+            "STOR" | "APPE" | "DELE" | "MKD" | "XMKD" | "RMD" | "XRMD" | "RNFR" | "RNTO"
+        );
+        if writes && self.service.read_only {
+            return Some(reply::line(550, "Permission denied: this server is read-only."));
+        }
+        match verb.as_str() {
+            "PWD" | "XPWD" => Some(reply::line(
+                257,
+                format_args!("{} is the current directory.", reply::quoted(&state.cwd)),
+            )),
+            "CWD" | "XCWD" => self.change_dir(state, jail, arg).await,
+            "CDUP" | "XCUP" => self.change_dir(state, jail, "..").await,
+            "TYPE" => Some(match arg.to_ascii_uppercase().as_str() {
+                "A" | "A N" => reply::line(200, "Type set to A."),
+                "I" | "L 8" => reply::line(200, "Type set to I."),
+                _ => reply::line(504, "Type not supported."),
+            }),
+            "MODE" if arg.eq_ignore_ascii_case("S") => Some(reply::line(200, "Mode set to S.")),
+            "STRU" if arg.eq_ignore_ascii_case("F") => Some(reply::line(200, "Structure set to F.")),
+            "MODE" | "STRU" => Some(reply::line(504, "Only stream mode and file structure are supported.")),
+            "ALLO" => Some(reply::line(202, "No storage allocation necessary.")),
+            "PASV" => Some(self.passive(state, false)),
+            "EPSV" if arg.eq_ignore_ascii_case("ALL") => Some(reply::line(200, "EPSV ALL ok.")),
+            "EPSV" => Some(self.passive(state, true)),
+            "PORT" | "EPRT" => Some(reply::line(502, "Active mode is not supported; use PASV or EPSV.")),
+            "REST" => Some(match arg.trim().parse::<u64>() {
+                Ok(offset) => {
+                    state.restart = offset;
+                    reply::line(350, format_args!("Restarting at {offset}. Send STOR or RETR."))
+                }
+                Err(_) => reply::line(501, "REST needs a byte offset."),
+            }),
+            "LIST" | "NLST" | "MLSD" => self.listing(state, jail, &verb, arg).await,
+            "RETR" => self.retrieve(state, jail, arg, restart).await,
+            "STOR" | "APPE" => {
+                let mode = match (verb.as_str(), restart) {
+                    ("APPE", _) => Upload::Append,
+                    (_, 0) => Upload::Replace,
+                    _ => Upload::Resume,
+                };
+                self.store(state, jail, arg, mode, restart).await
+            }
+            "ABOR" => Some(match state.transfer.take() {
+                Some(running) if running.is_under_way() => {
+                    running.abort().await;
+                    reply::line(226, "Abort successful.")
+                }
+                _ => reply::line(225, "No transfer to abort."),
+            }),
+            _ if needs_path(&verb) => Some(match state.cwd.join(arg) {
+                Ok(path) => self.on_path(state, jail, &verb, path, rename_from).await,
+                Err(e) => refusal(e),
+            }),
+            _ => Some(reply::line(502, format_args!("{verb} is not implemented."))),
+        }
+    }
+
+    fn user(&self, state: &mut FtpSession, name: &str) -> Bytes {
+        state.login = Login::User(name.to_owned());
+        if self.service.anonymous && is_anonymous(name) {
+            reply::line(331, "Anonymous login ok, send your e-mail address as password.")
+        } else {
+            reply::line(331, format_args!("Password required for {name}."))
+        }
+    }
+
+    fn pass(&self, state: &mut FtpSession, password: &str) -> Bytes {
+        match std::mem::take(&mut state.login) {
+            Login::User(name) if self.service.admits(&name, password) => {
+                state.login = Login::In;
+                reply::line(230, "Logged in.")
+            }
+            Login::User(_) => {
+                state.failures += 1;
+                if state.failures >= MAX_LOGIN_FAILURES {
+                    self.handle.close();
+                }
+                reply::line(530, "Login incorrect.")
+            }
+            Login::In => {
+                state.login = Login::In;
+                reply::line(230, "Already logged in.")
+            }
+            Login::Out => reply::line(503, "Log in with USER first."),
+        }
+    }
+
+    async fn change_dir(&self, state: &mut FtpSession, jail: Arc<Jail>, arg: &str) -> Outcome {
+        let path = match state.cwd.join(arg) {
+            Ok(path) => path,
+            Err(e) => return Some(refusal(e)),
+        };
+        let target = path.clone();
+        Some(match fs(jail, move |jail| jail.is_dir(&target)).await {
+            Ok(()) => {
+                state.cwd = path;
+                reply::line(250, format_args!("Directory changed to {}.", state.cwd))
+            }
+            Err(e) => refusal(e),
+        })
+    }
+
+    /// PASV or EPSV: a listener for the next transfer.
+    fn passive(&self, state: &mut FtpSession, extended: bool) -> Bytes {
+        state.passive = None;
+        let announced = match self.service.passive_address.unwrap_or(self.local) {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        if !extended && !announced.is_ipv4() {
+            return reply::line(425, "PASV needs IPv4; use EPSV.");
+        }
+        let Some(listener) = self.service.ports.bind(self.local) else {
+            return reply::line(425, "No passive port available.");
+        };
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        state.passive = Some(listener);
+        match announced {
+            IpAddr::V4(ip) if !extended => reply::line(
+                227,
+                format_args!("Entering Passive Mode ({}).", passive::pasv_address(ip, port)),
+            ),
+            _ => reply::line(229, format_args!("Entering Extended Passive Mode (|||{port}|).")),
+        }
+    }
+
+    /// Queues the 150 reply and starts a transfer over the passive listener.
+    async fn start_transfer(&self, state: &mut FtpSession, listener: TcpListener, payload: Payload, what: String) {
+        let opening = reply::line(150, format_args!("Opening BINARY mode data connection for {what}."));
+        let _ = self.handle.send(opening).await;
+        let transfer = Transfer {
+            listener,
+            peer: self.remote,
+            payload,
+            control: self.handle.clone(),
+            idle: self.instance.config().idle_timeout.unwrap_or(DEFAULT_DATA_IDLE),
+        };
+        state.transfer = Some(transfer.spawn(self.instance));
+    }
+
+    /// The passive listener for a transfer command, if PASV/EPSV came first and no transfer
+    /// is under way.
+    fn data_listener(&self, state: &mut FtpSession) -> Result<TcpListener, Bytes> {
+        if state.transfer.as_ref().is_some_and(Running::is_under_way) {
+            return Err(reply::line(425, "A transfer is already under way."));
+        }
+        state
+            .passive
+            .take()
+            .ok_or_else(|| reply::line(425, "Use PASV or EPSV first."))
+    }
+
+    async fn listing(&self, state: &mut FtpSession, jail: Arc<Jail>, verb: &str, arg: &str) -> Outcome {
+        let path = match state.cwd.join(without_ls_options(arg)) {
+            Ok(path) => path,
+            Err(e) => return Some(refusal(e)),
+        };
+        let listener = match self.data_listener(state) {
+            Ok(listener) => listener,
+            Err(reply) => return Some(reply),
+        };
+        let (verb_owned, read_only) = (verb.to_owned(), self.service.read_only);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let listed = fs(jail, move |jail| {
+            let entries = jail.list(&path)?;
+            Ok(match verb_owned.as_str() {
+                "NLST" => listing::names(&entries),
+                "MLSD" => listing::machine(&entries, read_only),
+                _ => listing::list(&entries, now),
+            })
+        })
+        .await;
+        match listed {
+            Ok(listing) => {
+                self.start_transfer(state, listener, Payload::Listing(listing), "the listing".into())
+                    .await;
+                None
+            }
+            Err(e) => Some(refusal(e)),
+        }
+    }
+
+    async fn retrieve(&self, state: &mut FtpSession, jail: Arc<Jail>, arg: &str, restart: u64) -> Outcome {
+        let path = match state.cwd.join(arg) {
+            Ok(path) if path.name().is_some() => path,
+            Ok(_) => return Some(reply::line(550, "Not a plain file.")),
+            Err(e) => return Some(refusal(e)),
+        };
+        let listener = match self.data_listener(state) {
+            Ok(listener) => listener,
+            Err(reply) => return Some(reply),
+        };
+        let what = format!("{} ", path.name().unwrap_or_default());
+        let opened = fs(jail, move |jail| {
+            let mut file = jail.open_read(&path)?;
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            file.seek(SeekFrom::Start(restart.min(size)))
+                .map_err(|e| JailError::Io(e.to_string()))?;
+            Ok((file, size))
+        })
+        .await;
+        match opened {
+            Ok((file, size)) => {
+                let what = format!("{what}({} bytes)", size.saturating_sub(restart));
+                self.start_transfer(state, listener, Payload::Download(file), what)
+                    .await;
+                None
+            }
+            Err(e) => Some(refusal(e)),
+        }
+    }
+
+    async fn store(&self, state: &mut FtpSession, jail: Arc<Jail>, arg: &str, mode: Upload, restart: u64) -> Outcome {
+        let path = match state.cwd.join(arg) {
+            Ok(path) => path,
+            Err(e) => return Some(refusal(e)),
+        };
+        let listener = match self.data_listener(state) {
+            Ok(listener) => listener,
+            Err(reply) => return Some(reply),
+        };
+        let what = path.name().unwrap_or_default().to_owned();
+        let opened = fs(jail, move |jail| {
+            let mut file = jail.open_write(&path, mode)?;
+            if mode == Upload::Resume {
+                file.seek(SeekFrom::Start(restart))
+                    .map_err(|e| JailError::Io(e.to_string()))?;
+            }
+            Ok(file)
+        })
+        .await;
+        match opened {
+            Ok(file) => {
+                self.start_transfer(state, listener, Payload::Upload(file), what).await;
+                None
+            }
+            Err(e) => Some(refusal(e)),
+        }
+    }
+
+    /// The commands that act on one path and answer on the control connection.
+    async fn on_path(
+        &self,
+        state: &mut FtpSession,
+        jail: Arc<Jail>,
+        verb: &str,
+        path: VirtualPath,
+        rename_from: Option<VirtualPath>,
+    ) -> Bytes {
+        let read_only = self.service.read_only;
+        let renamed = path.clone();
+        let verb_owned = verb.to_owned();
+        let result = fs(jail, move |jail| {
+            Ok(match verb_owned.as_str() {
+                "SIZE" => {
+                    let stat = jail.stat(&path)?;
+                    if !is_kind(&stat, SFlag::S_IFREG) {
+                        return Err(JailError::Io("not a plain file".into()));
+                    }
+                    reply::line(213, stat.st_size)
+                }
+                "MDTM" => reply::line(213, listing::timestamp(&jail.stat(&path)?)),
+                "MLST" => {
+                    let facts = listing::facts(&jail.stat(&path)?, read_only);
+                    reply::multi(250, &format!("Listing {path}"), &[format!("{facts} {path}")], "End.")
+                }
+                "DELE" => {
+                    jail.delete(&path)?;
+                    reply::line(250, "File deleted.")
+                }
+                "MKD" | "XMKD" => {
+                    jail.mkdir(&path)?;
+                    reply::line(257, format_args!("{} created.", reply::quoted(&path)))
+                }
+                "RMD" | "XRMD" => {
+                    jail.rmdir(&path)?;
+                    reply::line(250, "Directory removed.")
+                }
+                "RNFR" => {
+                    jail.stat(&path)?;
+                    reply::line(350, "Ready for the destination name.")
+                }
+                "RNTO" => match &rename_from {
+                    Some(from) => {
+                        jail.rename(from, &path)?;
+                        reply::line(250, "Renamed.")
+                    }
+                    None => reply::line(503, "Use RNFR first."),
+                },
+                _ => reply::line(502, "Not implemented."),
+            })
+        })
+        .await;
+        match result {
+            Ok(reply) => {
+                if verb == "RNFR" {
+                    state.rename_from = Some(renamed);
+                }
+                reply
+            }
+            Err(e) => refusal(e),
+        }
+    }
+}

@@ -267,20 +267,6 @@ impl Command<'_> {
         }
     }
 
-    /// Queues the 150 reply and starts a transfer over the passive listener.
-    async fn start_transfer(&self, state: &mut FtpSession, listener: TcpListener, payload: Payload, what: String) {
-        let opening = reply::line(150, format_args!("Opening BINARY mode data connection for {what}."));
-        let _ = self.handle.send(opening).await;
-        let transfer = Transfer {
-            listener,
-            peer: self.remote,
-            payload,
-            control: self.handle.clone(),
-            idle: self.instance.config().idle_timeout.unwrap_or(DEFAULT_DATA_IDLE),
-        };
-        state.transfer = Some(transfer.spawn(self.instance));
-    }
-
     /// The passive listener for a transfer command, if PASV/EPSV came first and no transfer
     /// is under way.
     fn data_listener(&self, state: &mut FtpSession) -> Result<TcpListener, Bytes> {
@@ -293,8 +279,17 @@ impl Command<'_> {
             .ok_or_else(|| reply::line(425, "Use PASV or EPSV first."))
     }
 
-    async fn listing(&self, state: &mut FtpSession, jail: Arc<Jail>, verb: &str, arg: &str) -> Outcome {
-        let path = match state.cwd.join(without_ls_options(arg)) {
+    /// A transfer command: resolves the path, takes the passive listener, prepares what moves
+    /// (off the runtime's threads), then queues the 150 reply and starts the transfer. `prepare`
+    /// also names what moves, for the 150 reply.
+    async fn transfer(
+        &self,
+        state: &mut FtpSession,
+        jail: Arc<Jail>,
+        arg: &str,
+        prepare: impl FnOnce(&Jail, &VirtualPath) -> Result<(Payload, String), JailError> + Send + 'static,
+    ) -> Outcome {
+        let path = match state.cwd.join(arg) {
             Ok(path) => path,
             Err(e) => return Some(refusal(e)),
         };
@@ -302,85 +297,68 @@ impl Command<'_> {
             Ok(listener) => listener,
             Err(reply) => return Some(reply),
         };
-        let (verb_owned, read_only) = (verb.to_owned(), self.service.read_only);
+        match fs(jail, move |jail| prepare(jail, &path)).await {
+            Ok((payload, what)) => {
+                let opening = reply::line(150, format_args!("Opening BINARY mode data connection for {what}."));
+                let _ = self.handle.send(opening).await;
+                let transfer = Transfer {
+                    listener,
+                    peer: self.remote,
+                    payload,
+                    control: self.handle.clone(),
+                    idle: self.instance.config().idle_timeout.unwrap_or(DEFAULT_DATA_IDLE),
+                };
+                state.transfer = Some(transfer.spawn(self.instance));
+                None
+            }
+            Err(e) => Some(refusal(e)),
+        }
+    }
+
+    /// LIST, NLST, MLSD: the listing is made beforehand and sent over the data connection.
+    async fn listing(&self, state: &mut FtpSession, jail: Arc<Jail>, verb: &str, arg: &str) -> Outcome {
+        let (verb, read_only) = (verb.to_owned(), self.service.read_only);
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let listed = fs(jail, move |jail| {
-            let entries = jail.list(&path)?;
-            Ok(match verb_owned.as_str() {
+        let prepare = move |jail: &Jail, path: &VirtualPath| {
+            let entries = jail.list(path)?;
+            let listing = match verb.as_str() {
                 "NLST" => listing::names(&entries),
                 "MLSD" => listing::machine(&entries, read_only),
                 _ => listing::list(&entries, now),
-            })
-        })
-        .await;
-        match listed {
-            Ok(listing) => {
-                self.start_transfer(state, listener, Payload::Listing(listing), "the listing".into())
-                    .await;
-                None
-            }
-            Err(e) => Some(refusal(e)),
-        }
+            };
+            Ok((Payload::Listing(listing), "the listing".to_owned()))
+        };
+        self.transfer(state, jail, without_ls_options(arg), prepare).await
     }
 
+    /// RETR, from the REST offset.
     async fn retrieve(&self, state: &mut FtpSession, jail: Arc<Jail>, arg: &str, restart: u64) -> Outcome {
-        let path = match state.cwd.join(arg) {
-            Ok(path) if path.name().is_some() => path,
-            Ok(_) => return Some(reply::line(550, "Not a plain file.")),
-            Err(e) => return Some(refusal(e)),
+        let prepare = move |jail: &Jail, path: &VirtualPath| {
+            let mut file = jail.open_read(path)?;
+            let size = file.metadata()?.len();
+            file.seek(SeekFrom::Start(restart.min(size)))?;
+            let what = format!(
+                "{} ({} bytes)",
+                path.name().unwrap_or("/"),
+                size.saturating_sub(restart)
+            );
+            Ok((Payload::Download(file), what))
         };
-        let listener = match self.data_listener(state) {
-            Ok(listener) => listener,
-            Err(reply) => return Some(reply),
-        };
-        let what = format!("{} ", path.name().unwrap_or_default());
-        let opened = fs(jail, move |jail| {
-            let mut file = jail.open_read(&path)?;
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            file.seek(SeekFrom::Start(restart.min(size)))
-                .map_err(|e| JailError::Io(e.to_string()))?;
-            Ok((file, size))
-        })
-        .await;
-        match opened {
-            Ok((file, size)) => {
-                let what = format!("{what}({} bytes)", size.saturating_sub(restart));
-                self.start_transfer(state, listener, Payload::Download(file), what)
-                    .await;
-                None
-            }
-            Err(e) => Some(refusal(e)),
-        }
+        self.transfer(state, jail, arg, prepare).await
     }
 
+    /// STOR (from the REST offset, if one was given) and APPE.
     async fn store(&self, state: &mut FtpSession, jail: Arc<Jail>, arg: &str, mode: Upload, restart: u64) -> Outcome {
-        let path = match state.cwd.join(arg) {
-            Ok(path) => path,
-            Err(e) => return Some(refusal(e)),
-        };
-        let listener = match self.data_listener(state) {
-            Ok(listener) => listener,
-            Err(reply) => return Some(reply),
-        };
-        let what = path.name().unwrap_or_default().to_owned();
-        let opened = fs(jail, move |jail| {
-            let mut file = jail.open_write(&path, mode)?;
+        let prepare = move |jail: &Jail, path: &VirtualPath| {
+            let mut file = jail.open_write(path, mode)?;
             if mode == Upload::Resume {
-                file.seek(SeekFrom::Start(restart))
-                    .map_err(|e| JailError::Io(e.to_string()))?;
+                file.seek(SeekFrom::Start(restart))?;
             }
-            Ok(file)
-        })
-        .await;
-        match opened {
-            Ok(file) => {
-                self.start_transfer(state, listener, Payload::Upload(file), what).await;
-                None
-            }
-            Err(e) => Some(refusal(e)),
-        }
+            Ok((Payload::Upload(file), path.name().unwrap_or("/").to_owned()))
+        };
+        self.transfer(state, jail, arg, prepare).await
     }
 
     /// The commands that act on one path and answer on the control connection.

@@ -53,6 +53,15 @@ impl From<Errno> for JailError {
     }
 }
 
+impl From<std::io::Error> for JailError {
+    fn from(error: std::io::Error) -> Self {
+        match error.raw_os_error() {
+            Some(code) => Errno::from_raw(code).into(),
+            None => Self::Io(error.to_string()),
+        }
+    }
+}
+
 impl VirtualPath {
     /// Resolves `path` (absolute, or relative to `self`) as text; `..` above the root, NUL
     /// characters and empty paths are refused.

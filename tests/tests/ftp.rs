@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use supersocket_tests::HostProcess;
 use supersocket_tests::net::LineClient;
@@ -336,12 +336,14 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
     // buffers still hold (a few MiB) drains quickly once the data connection closes.
     std::fs::write(ftp.root().join("slow.bin"), pattern(100 << 20)).unwrap();
     let partial = ftp.host.scratch.path().join("partial.bin");
-    let mut download = Command::new("curl")
+    // Killed if the test fails before it ends.
+    let mut download = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "60", "--limit-rate", "10M", "-o"])
         .arg(&partial)
         .arg(ftp.url("slow.bin"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("curl runs");
     ftp.host
@@ -363,19 +365,12 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
         .unwrap_or_else(|| panic!("{epsv}"));
     let idle_closed = tokio::spawn(async move { idle.closes_within(Duration::from_secs(20)).await });
 
-    let began = Instant::now();
     let stop = ftp.host.ctl(&["stop", "FTPServer"]);
     assert_eq!(stop.code, 0, "{}", stop.stderr);
-    let status = loop {
-        if let Some(status) = download.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "curl still running after the stop"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling a child process
-    };
+    let status = tokio::time::timeout(Duration::from_secs(20), download.wait())
+        .await
+        .expect("curl still running after the stop")
+        .unwrap();
     assert!(!status.success(), "the transfer must end with the instance");
     assert!(std::fs::metadata(&partial).unwrap().len() < 100 << 20);
     assert!(curl(&["--max-time", "5", &ftp.url("")]).status.code() != Some(0));

@@ -92,8 +92,7 @@ fn features() -> Bytes {
         "SIZE",
         "UTF8",
     ];
-    let lines: Vec<String> = features.iter().map(|f| (*f).to_owned()).collect();
-    reply::multi(211, "Features:", &lines, "End.")
+    reply::multi(211, "Features:", &features, "End.")
 }
 
 /// LIST and NLST take `ls` options some clients send (`-la`); they are skipped.

@@ -10,11 +10,11 @@ pub fn line(code: u16, text: impl Display) -> Bytes {
 }
 
 /// `code-first\r\n`, each of `lines` indented by a space, then `code last\r\n` (RFC 959 §4.2).
-pub fn multi(code: u16, first: &str, lines: &[String], last: &str) -> Bytes {
+pub fn multi(code: u16, first: &str, lines: &[impl AsRef<str>], last: &str) -> Bytes {
     let mut text = format!("{code}-{first}\r\n");
     for line in lines {
         text.push(' ');
-        text.push_str(line);
+        text.push_str(line.as_ref());
         text.push_str("\r\n");
     }
     text.push_str(&format!("{code} {last}\r\n"));

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use super::{CloseReason, SessionRegistry};
 
 /// A session quiet for this long frees its read and write buffers.
-pub(crate) const BUFFER_RELEASE: Duration = Duration::from_secs(2);
+const BUFFER_RELEASE: Duration = Duration::from_secs(2);
 /// The shortest pause between sweeps.
 const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// How often to sweep: a quarter of the idle timeout (so a session closes at most a quarter
 /// late), and at least twice per [`BUFFER_RELEASE`].
-pub(crate) fn tick(idle_timeout: Option<Duration>) -> Duration {
+fn tick(idle_timeout: Option<Duration>) -> Duration {
     let release = BUFFER_RELEASE / 2;
     idle_timeout.map_or(release, |t| (t / 4).clamp(MIN_TICK, release))
 }

@@ -1,193 +1,166 @@
-//! The control channel between the host and an agent process (process isolation): JSON frames
-//! on a unix socket, each a `u32` big-endian length then the JSON of one message. The first
-//! frame from the host, [`ToAgent::Init`], carries the instance's listening sockets as
-//! SCM_RIGHTS ancillary data.
+//! The channel between the host and an agent process (process isolation): a unix stream socket
+//! carrying frames. A frame is a `u32` big-endian length of the rest, a `u32` big-endian length
+//! of its header, the header (the JSON of one [`Message`]), then its payload: the raw bytes of a
+//! send or a broadcast, which never pass through JSON.
 //!
-//! Both sides may ask the other something; a request carries an `id` that its reply repeats.
+//! The first frame, from the host, is an [`Init`] and carries the instance's listening sockets
+//! as SCM_RIGHTS ancillary data. After it either side may ask the other something ([`Op`], with
+//! an `id` that the [`Message::Reply`] repeats) or tell it something ([`Event`]).
+
+use std::ops::Add;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ListenerInfo, ServerInfo, SessionInfo};
+use crate::{ListenerInfo, ServerInfo};
 
-/// Longest control frame accepted (a call's JSON, a sessions list, bytes to send).
+/// Longest frame accepted (a call's JSON, a sessions list, bytes to send).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// A message from the host to an agent.
+/// The first frame from the host: what the agent runs. Its listening sockets arrive with it,
+/// in the order of the config's listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Init {
+    /// The instance's config (the host's `ServerConfig`, as JSON).
+    pub server: serde_json::Value,
+    /// Session ids this agent hands out start here, so they stay unique in the host.
+    pub session_ids_from: u64,
+    /// The host's instances as they are now.
+    pub view: View,
+}
+
+/// One frame's header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ToAgent {
-    /// The first frame: what to run. Its listening sockets arrive with it, in this order.
-    Init {
-        /// The instance's config (the host's `ServerConfig`, as JSON).
-        server: serde_json::Value,
-        /// Session ids this agent hands out start here, so they stay unique in the host.
-        session_ids_from: u64,
-        /// Every other instance of the host.
-        peers: Vec<Peer>,
-    },
-    /// Something the host asks of the agent.
+pub enum Message {
+    /// Something asked of the other side.
     Request {
         /// Repeated in the reply.
         id: u64,
-        /// What.
-        request: AgentRequest,
+        /// The operation.
+        op: Op,
     },
-    /// The answer to a request of the agent.
+    /// The outcome of a request of the other side.
     Reply {
         /// The request's id.
         id: u64,
-        /// The answer.
-        reply: Reply,
+        /// What it came to.
+        outcome: Outcome,
     },
-    /// The other instances changed (started, stopped, added, removed).
-    Peers {
-        /// Every other instance of the host.
-        peers: Vec<Peer>,
-    },
+    /// Something told, not asked.
+    Event(Event),
 }
 
-/// A message from an agent to the host.
+/// An operation on an instance that runs on the side asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum FromAgent {
-    /// The instance runs; these are its listeners.
-    Ready {
-        /// The listeners it serves.
-        listeners: Vec<ListenerInfo>,
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Queue the payload for one session → `null`.
+    Send {
+        /// The instance.
+        server: String,
+        /// The session id.
+        session: u64,
     },
-    /// The instance could not start; the agent exits after sending this.
-    Failed {
-        /// Why.
-        error: String,
+    /// Queue the payload for every session → how many took it.
+    Broadcast {
+        /// The instance.
+        server: String,
     },
-    /// Counters, sent a few times a second.
-    Stats(AgentStats),
-    /// The answer to a request of the host.
-    Reply {
-        /// The request's id.
-        id: u64,
-        /// The answer.
-        reply: Reply,
+    /// Ask the instance's service → its answer.
+    Call {
+        /// The instance.
+        server: String,
+        /// The request.
+        request: serde_json::Value,
     },
-    /// Something the agent asks of the host (on behalf of its instance's handlers).
-    Request {
-        /// Repeated in the reply.
-        id: u64,
-        /// What.
-        request: HostRequest,
+    /// Up to `limit` open sessions → `[SessionInfo]`.
+    Sessions {
+        /// The instance.
+        server: String,
+        /// Most sessions to list.
+        limit: usize,
     },
+    /// Close one session → `null`.
+    Kick {
+        /// The instance.
+        server: String,
+        /// The session id.
+        session: u64,
+    },
+    /// (Host to agent.) Stop gracefully, draining for at most `timeout_ms` → `null`; the agent
+    /// exits after answering.
+    Stop {
+        /// The drain bound.
+        timeout_ms: u64,
+    },
+    /// (Host to agent.) The host's instances changed → `null` once the agent routes by the new
+    /// view.
+    Sync(View),
 }
 
-/// The answer to a request: a JSON value, or why it failed.
-pub type Reply = Result<serde_json::Value, Failure>;
+/// What a request came to: a JSON answer, or why it failed.
+pub type Outcome = Result<serde_json::Value, Failure>;
 
-/// Why a request over the control channel failed, typed so that each side can act on it.
+/// Why a request failed, typed so that each side can act on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "failure", rename_all = "snake_case")]
 pub enum Failure {
-    /// No such instance or session.
+    /// No such session.
     NoSession,
     /// The session's queue stayed full: a slow reader, being closed.
     QueueFull,
     /// The instance is not running (stopped, or its agent went away).
     NotRunning,
-    /// Anything else: a handler's error, a malformed request.
-    Failed {
-        /// What went wrong.
+    /// The instance did not answer in time.
+    Unanswered,
+    /// The instance's handler refused the request.
+    Refused {
+        /// Its error answer.
         message: String,
     },
 }
 
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NoSession => f.write_str("no such session"),
-            Self::QueueFull => f.write_str("the session's send queue stayed full"),
-            Self::NotRunning => f.write_str("not running"),
-            Self::Failed { message } => f.write_str(message),
-        }
-    }
-}
-
-/// What the host asks of an agent.
+/// Something one side tells the other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum AgentRequest {
-    /// Up to `limit` open sessions → `[SessionInfo]`.
-    Sessions {
-        /// Most sessions to list.
-        limit: usize,
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// (Agent to host, first.) The instance runs; these are its listeners.
+    Ready {
+        /// The listeners it serves.
+        listeners: Vec<ListenerInfo>,
     },
-    /// Queue bytes for one session → `null`, or an error naming why.
-    Send {
-        /// The session id.
-        session: String,
-        /// The bytes, base64.
-        base64: String,
+    /// (Agent to host, first.) The instance could not start; the agent exits after this.
+    Failed {
+        /// The cause.
+        error: String,
     },
-    /// Queue bytes for every session → the count.
-    Broadcast {
-        /// The bytes, base64.
-        base64: String,
-    },
-    /// Close one session → `true` if it existed.
-    Kick {
-        /// The session id.
-        session: String,
-    },
-    /// A call to the instance's service → its answer.
-    Call {
-        /// The request.
-        request: serde_json::Value,
-    },
-    /// Stop gracefully within `timeout_ms`, answer, then exit.
-    Stop {
-        /// The drain bound.
-        timeout_ms: u64,
-    },
+    /// (Agent to host, every 200 ms.) Its counters; also the agent's sign of life.
+    Stats(Counters),
 }
 
-/// What an agent asks of the host, for another instance.
+/// The host's instances as an agent sees them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum HostRequest {
-    /// Queue bytes for a session of another instance.
-    Send {
-        /// The instance.
-        server: String,
-        /// The session id.
-        session: String,
-        /// The bytes, base64.
-        base64: String,
-    },
-    /// Queue bytes for every session of another instance → the count.
-    Broadcast {
-        /// The instance.
-        server: String,
-        /// The bytes, base64.
-        base64: String,
-    },
-    /// Call another instance → its answer.
-    Call {
-        /// The instance.
-        server: String,
-        /// The request.
-        request: serde_json::Value,
-    },
+pub struct View {
+    /// Grows with every change; an agent keeps the newest it was sent.
+    pub version: u64,
+    /// Every instance of the host, the agent's own included, in config order (the order the
+    /// dispatcher indexes).
+    pub instances: Vec<Peer>,
 }
 
-/// An instance as the agents of the host see it.
+/// One instance of the host, as agents see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Peer {
-    /// Its config (the host's `ServerConfig`, as JSON).
-    pub config: serde_json::Value,
     /// Its state, listeners and counters.
     pub info: ServerInfo,
+    /// Its config (the host's `ServerConfig`, as JSON) when the agent has not seen this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
 }
 
-/// An agent's counters.
+/// An instance's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentStats {
+pub struct Counters {
     /// Sessions open now.
     pub sessions: u64,
     /// Sessions accepted and served.
@@ -202,5 +175,17 @@ pub struct AgentStats {
     pub bytes_out: u64,
 }
 
-/// The reply of [`AgentRequest::Sessions`].
-pub type SessionList = Vec<SessionInfo>;
+impl Add for Counters {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            sessions: self.sessions + other.sessions,
+            total_sessions: self.total_sessions + other.total_sessions,
+            rejected: self.rejected + other.rejected,
+            total_packages: self.total_packages + other.total_packages,
+            bytes_in: self.bytes_in + other.bytes_in,
+            bytes_out: self.bytes_out + other.bytes_out,
+        }
+    }
+}

@@ -109,8 +109,8 @@ pub struct ServerInfo {
     pub isolation: Isolation,
     /// Whether the host starts it at boot.
     pub autostart: bool,
-    /// The agent's pid under process isolation, else the host's.
-    pub pid: u32,
+    /// The agent's pid under process isolation (`null` while no agent runs), else the host's.
+    pub pid: Option<u32>,
     /// Bound addresses while running, empty otherwise.
     pub listeners: Vec<ListenerInfo>,
     /// Sessions open now.
@@ -266,6 +266,8 @@ pub enum ErrorCode {
     StartFailed,
     /// 500
     Internal,
+    /// 503: the server did not answer in time (its agent is frozen or overloaded)
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -280,6 +282,7 @@ impl ErrorCode {
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::StartFailed | Self::Internal => 500,
+            Self::Unavailable => 503,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminListener};
 use crate::config::{AdminAddr, Config, ConfigErrors, TypeCatalog};
-use crate::host::{Host, HostBuilder};
+use crate::host::{Host, HostBuilder, ReloadError};
 
 /// Runs one host process with many named socket server instances and an admin API.
 #[derive(Debug, Parser)]
@@ -87,7 +87,7 @@ pub fn main(builder: HostBuilder) -> ExitCode {
     let agent_log = ["--log-format", format, "--log-level", &args.log_level]
         .map(String::from)
         .to_vec();
-    let _ = crate::isolation::supervisor::AGENT_LOG_ARGS.set(agent_log);
+    let _ = crate::isolation::spawn::AGENT_LOG_ARGS.set(agent_log);
     let config = match load_config(&args, builder.types()) {
         Ok(config) => config,
         Err(errors) => {
@@ -218,12 +218,24 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP: reloads the config; an invalid file changes nothing and is logged.
-async fn reload(host: &Host) {
+/// SIGHUP: reloads the config; what could not be applied is logged.
+async fn reload(host: Host) {
     tracing::info!("SIGHUP: reloading the config");
-    if let Err(errors) = host.reload().await {
-        for error in &errors.0 {
-            tracing::error!("reload refused, nothing changed: {error}");
+    match host.reload(false).await {
+        Ok(_) => {}
+        Err(ReloadError::Invalid(errors)) => {
+            for error in &errors.0 {
+                tracing::error!("reload refused, nothing changed: {error}");
+            }
+        }
+        Err(ReloadError::Empty) => {
+            tracing::error!("reload refused, nothing changed: the config has no servers");
+        }
+        Err(ReloadError::ShuttingDown) => {}
+        Err(ReloadError::Unapplied { failures, .. }) => {
+            for failure in &failures {
+                tracing::error!("reload could not apply a change: {failure}");
+            }
         }
     }
 }
@@ -245,13 +257,13 @@ impl Signals {
     }
 
     /// Waits for SIGTERM or SIGINT, then shuts the host down gracefully; a second SIGINT during
-    /// the shutdown exits at once.
+    /// the shutdown exits at once. A reload runs beside the signals, never in their way.
     async fn serve(mut self, host: &Host) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => reload(host).await,
+                _ = self.hup.recv() => drop(tokio::spawn(reload(host.clone()))),
             }
         }
         tracing::info!("shutting down (a second SIGINT exits at once)");

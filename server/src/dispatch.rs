@@ -36,8 +36,9 @@ pub(crate) struct Directory {
     instances: RwLock<Vec<Arc<Instance>>>,
     /// Custom routes by type.
     routes: HashMap<String, RouteFn>,
-    /// Bumped whenever an instance enters or leaves `running`, or the set of instances changes.
-    topology: watch::Sender<u64>,
+    /// Bumped whenever an instance enters or leaves `running` (the instances bump it), or the
+    /// set of instances changes.
+    topology: Arc<watch::Sender<u64>>,
 }
 
 impl Directory {
@@ -45,8 +46,13 @@ impl Directory {
         Self {
             instances: RwLock::default(),
             routes,
-            topology: watch::Sender::new(0),
+            topology: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// The topology version the instances of this directory bump.
+    pub(crate) fn topology(&self) -> Arc<watch::Sender<u64>> {
+        self.topology.clone()
     }
 
     pub(crate) fn instances(&self) -> Vec<Arc<Instance>> {
@@ -98,6 +104,11 @@ impl Directory {
 
     pub(crate) fn watch(&self) -> watch::Receiver<u64> {
         self.topology.subscribe()
+    }
+
+    /// The current topology version.
+    pub(crate) fn version(&self) -> u64 {
+        *self.topology.borrow()
     }
 }
 

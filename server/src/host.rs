@@ -1,21 +1,30 @@
 //! The host: the registry of instances built from one config, their coordinated start at boot
-//! and stop at shutdown, and the host-wide facts the admin API reports.
+//! and stop at shutdown, reload, and the host-wide facts the admin API reports. The builder
+//! chooses where each isolation level runs (the launchers) and registers the built-in types.
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ReloadReport, ServerState};
-
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ConfigErrors, ConfigSource};
+use crate::config::{Config, ConfigErrors, ConfigSource, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
-use crate::instance::Instance;
-use crate::service::{ServerTypes, Service, ServiceContext};
+use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
+use crate::isolation::spawn::Processes;
+use crate::isolation::supervisor::AgentLaunch;
+use crate::isolation::view::Views;
+use crate::runtime::LocalLaunch;
+use crate::runtime::types::ServerTypes;
+use crate::service::{Service, ServiceContext};
+use crate::services::{ChatService, CommandService, ConnectorService, EchoService, FtpService, GateService};
 use crate::timefmt::rfc3339;
+
+/// Bound on waiting for the agents to acknowledge a change before it is reported done.
+const SETTLE_BOUND: Duration = Duration::from_secs(2);
 
 /// Builds a host: the built-in server types plus the ones the user registers.
 #[derive(Clone)]
@@ -32,10 +41,17 @@ impl Default for HostBuilder {
 }
 
 impl HostBuilder {
-    /// A builder that knows the built-in types.
+    /// A builder that knows the built-in types of SPEC §5.
     pub fn new() -> Self {
+        let mut types = ServerTypes::default();
+        types.register("echo", |_: &_| Ok::<_, String>(EchoService));
+        types.register("command", |_: &_| Ok::<_, String>(CommandService));
+        types.register("gate", |_: &_| Ok::<_, String>(GateService));
+        types.register("connector", |_: &_| Ok::<_, String>(ConnectorService::default()));
+        types.register("chat", |_: &_| Ok::<_, String>(ChatService::default()));
+        types.register("ftp", FtpService::from_config);
         Self {
-            types: ServerTypes::builtin(),
+            types,
             routes: HashMap::new(),
             token_override: None,
         }
@@ -87,31 +103,66 @@ impl HostBuilder {
             config.admin.token.clone_from(&self.token_override);
         }
         let directory = Arc::new(Directory::new(self.routes));
+        let views = Arc::new(Views::new(Arc::downgrade(&directory)));
+        let life = HostLife::default();
+        let local: Arc<LocalLaunch> = Arc::new(LocalLaunch::new(
+            self.types.clone(),
+            HostHandle(Arc::downgrade(&directory)),
+        ));
+        let agents = AgentLaunch::new(
+            Arc::downgrade(&directory),
+            views.clone(),
+            Arc::new(Processes),
+            life.clone(),
+        );
+        let env = InstanceEnv {
+            launchers: Launchers {
+                none: Some(local.clone()),
+                runtime: Some(local),
+                process: Some(Arc::new(agents)),
+            },
+            topology: directory.topology(),
+            life,
+        };
         let instances = config
             .servers
             .iter()
-            .map(|server| {
-                Arc::new(Instance::new(
-                    server.clone(),
-                    self.types.clone(),
-                    Arc::downgrade(&directory),
-                ))
-            })
+            .map(|server| Arc::new(Instance::new(server.clone(), env.clone())))
             .collect();
         directory.replace(instances);
         Host {
             inner: Arc::new(HostInner {
                 types: self.types,
                 token_override: self.token_override,
+                env,
+                views,
                 reload: tokio::sync::Mutex::new(()),
                 config: RwLock::new(config),
                 directory,
                 started_at: SystemTime::now(),
                 started: Instant::now(),
-                stopping: AtomicBool::new(false),
             }),
         }
     }
+}
+
+/// Why a reload changed nothing, or not everything.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file is invalid; nothing changed.
+    Invalid(ConfigErrors),
+    /// The file has no servers; nothing changed (ask with `allow_empty` to remove them all).
+    Empty,
+    /// The host is shutting down; nothing changed.
+    ShuttingDown,
+    /// Some changes could not be applied: those instances keep their old config (and serve,
+    /// if they did). The rest was applied.
+    Unapplied {
+        /// What was applied.
+        report: ReloadReport,
+        /// One line per change not applied, naming the server and the cause.
+        failures: Vec<String>,
+    },
 }
 
 /// A running host; cheap to clone.
@@ -121,19 +172,21 @@ pub struct Host {
 }
 
 struct HostInner {
-    /// The server types, for instances created by a reload.
+    /// The server types, for checking configs a reload reads.
     types: ServerTypes,
     /// Admin token that wins over the config's.
     token_override: Option<String>,
-    /// Serialises reloads.
+    /// What instances are made with (for instances a reload adds).
+    env: InstanceEnv,
+    /// What the agents know of the instances.
+    views: Arc<Views>,
+    /// Serialises reloads, and a shutdown after them.
     reload: tokio::sync::Mutex<()>,
     config: RwLock<Config>,
     /// Every instance, by name and type.
     directory: Arc<Directory>,
     started_at: SystemTime,
     started: Instant,
-    /// Set once shutdown begins: readiness fails from then on.
-    stopping: AtomicBool,
 }
 
 impl Host {
@@ -171,17 +224,40 @@ impl Host {
         self.config().admin.token.clone()
     }
 
+    /// Waits (briefly) until every agent knows the instances as they are now: an operation is
+    /// reported done only once the agents route by its result.
+    pub async fn settle(&self) {
+        self.inner.views.settle(SETTLE_BOUND).await;
+    }
+
     /// Re-reads the config file and applies the difference: servers added are created (and
     /// started if autostart), removed ones stopped and dropped, changed ones restarted with
-    /// their new settings, unchanged ones left alone with their sessions. An invalid file
-    /// changes nothing.
-    pub async fn reload(&self) -> Result<ReloadReport, ConfigErrors> {
-        let _serialised = self.inner.reload.lock().await;
+    /// their new settings, unchanged ones left alone with their sessions. An invalid file, or
+    /// one with no servers (unless `allow_empty`), changes nothing. A change that cannot be
+    /// applied (a new port in use) leaves that instance with its old config and is reported.
+    pub async fn reload(&self, allow_empty: bool) -> Result<ReloadReport, ReloadError> {
+        if self.is_stopping() {
+            return Err(ReloadError::ShuttingDown);
+        }
         let source = self.config().source.clone();
-        let mut next = match &source {
-            ConfigSource::File(path) => Config::load(path, &self.inner.types)?,
-            ConfigSource::Embedded => Config::embedded(&self.inner.types)?,
+        let types = self.inner.types.clone();
+        // Reading the file and checking its TLS files and type options touch the disk.
+        let loaded = tokio::task::spawn_blocking(move || match &source {
+            ConfigSource::File(path) => Config::load(path, &types),
+            ConfigSource::Embedded => Config::embedded(&types),
+        })
+        .await;
+        let mut next = match loaded {
+            Ok(loaded) => loaded.map_err(ReloadError::Invalid)?,
+            Err(_) => return Err(ReloadError::ShuttingDown),
         };
+        if next.servers.is_empty() && !allow_empty {
+            return Err(ReloadError::Empty);
+        }
+        let _serialised = self.inner.reload.lock().await;
+        if self.is_stopping() {
+            return Err(ReloadError::ShuttingDown);
+        }
         if self.inner.token_override.is_some() {
             next.admin.token.clone_from(&self.inner.token_override);
         }
@@ -192,59 +268,97 @@ impl Host {
             );
         }
         let timeout = next.shutdown_timeout;
-        let current = self.instances();
-        let mut report = ReloadReport::default();
-        let mut instances = Vec::with_capacity(next.servers.len());
-        let mut changed = Vec::new();
-        let mut added = Vec::new();
-        for server in &next.servers {
-            match current.iter().find(|i| i.name() == server.name) {
-                Some(instance) if *instance.config() == *server => {
-                    report.unchanged.push(server.name.clone());
-                    instances.push(instance.clone());
-                }
-                Some(instance) => {
-                    report.changed.push(server.name.clone());
-                    changed.push((instance.clone(), server.clone()));
-                    instances.push(instance.clone());
-                }
-                None => {
-                    report.added.push(server.name.clone());
-                    let directory = Arc::downgrade(&self.inner.directory);
-                    let instance = Arc::new(Instance::new(server.clone(), self.inner.types.clone(), directory));
-                    added.push(instance.clone());
-                    instances.push(instance);
-                }
-            }
-        }
-        let removed: Vec<_> = current
-            .into_iter()
-            .filter(|i| next.server(i.name()).is_none())
-            .collect();
-        report.removed = removed.iter().map(|i| i.name().to_owned()).collect();
+        let plan = self.plan(&next).await;
+        let Plan {
+            mut report,
+            instances,
+            changed,
+            added,
+            removed,
+            mut failures,
+        } = plan;
         self.inner.directory.replace(instances);
         *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = next;
 
         let mut work = JoinSet::new();
         for instance in removed {
-            work.spawn(async move { instance.stop(timeout).await });
+            work.spawn(async move {
+                instance.stop(timeout).await;
+                Ok(())
+            });
         }
         for (instance, config) in changed {
-            work.spawn(async move { instance.reconfigure(config, timeout).await });
+            work.spawn(async move {
+                let applied = instance.reconfigure(config, timeout).await;
+                applied.map_err(|e| (instance.name().to_owned(), format!("{e}; its old config is kept")))
+            });
         }
         for instance in added.into_iter().filter(|i| i.config().autostart) {
-            work.spawn(start_recorded(instance));
+            work.spawn(async move {
+                let started = instance.start().await;
+                started.map_err(|e| (instance.name().to_owned(), e.to_string()))
+            });
         }
-        wait_for_all(work).await;
+        while let Some(done) = work.join_next().await {
+            failures.extend(done.ok().and_then(Result::err));
+        }
+        self.settle().await;
         tracing::info!(
             added = ?report.added, removed = ?report.removed, changed = ?report.changed,
-            unchanged = report.unchanged.len(), "config reloaded"
+            unchanged = report.unchanged.len(), failed = failures.len(), "config reloaded"
         );
-        Ok(report)
+        if failures.is_empty() {
+            return Ok(report);
+        }
+        // A changed server that kept its old config is not reported as changed.
+        report
+            .changed
+            .retain(|name| !failures.iter().any(|(failed, _)| failed == name));
+        let failures = failures
+            .iter()
+            .map(|(name, cause)| format!("{name}: {cause}"))
+            .collect();
+        Err(ReloadError::Unapplied { report, failures })
+    }
+
+    /// What a reload to `next` does to each instance. A changed instance whose new listeners
+    /// cannot be bound now keeps its old config (and its sessions), reported as a failure.
+    async fn plan(&self, next: &Config) -> Plan {
+        let current = self.instances();
+        let mut plan = Plan::default();
+        for server in &next.servers {
+            let Some(instance) = current.iter().find(|i| i.name() == server.name) else {
+                plan.report.added.push(server.name.clone());
+                let instance = Arc::new(Instance::new(server.clone(), self.inner.env.clone()));
+                plan.added.push(instance.clone());
+                plan.instances.push(instance);
+                continue;
+            };
+            plan.instances.push(instance.clone());
+            if *instance.config() == *server {
+                plan.report.unchanged.push(server.name.clone());
+                continue;
+            }
+            match probe(instance, server).await {
+                Ok(()) => {
+                    plan.report.changed.push(server.name.clone());
+                    plan.changed.push((instance.clone(), server.clone()));
+                }
+                Err(e) => plan
+                    .failures
+                    .push((server.name.clone(), format!("{e}; its old config is kept"))),
+            }
+        }
+        plan.removed = current
+            .into_iter()
+            .filter(|i| next.server(i.name()).is_none())
+            .collect();
+        plan.report.removed = plan.removed.iter().map(|i| i.name().to_owned()).collect();
+        plan
     }
 
     /// Starts every autostart instance, side by side; one that fails stays `failed` and does not
-    /// stop the others.
+    /// stop the others. Returns once the agents know the outcome.
     pub async fn start_autostart(&self) {
         let starts = self
             .instances()
@@ -252,13 +366,23 @@ impl Host {
             .filter(|i| i.config().autostart)
             .map(start_recorded);
         wait_for_all(starts.collect()).await;
+        self.settle().await;
     }
 
-    /// Graceful shutdown: readiness fails at once, then every instance stops side by side
-    /// within the shutdown timeout.
+    /// Graceful shutdown: readiness fails at once, no instance starts any more, then every
+    /// instance stops side by side; a stop still draining when the shutdown timeout has passed
+    /// (one asked with a longer timeout of its own) closes its sessions then.
     pub async fn shutdown(&self) {
-        self.inner.stopping.store(true, Ordering::SeqCst);
+        let life = &self.inner.env.life;
+        life.shutting_down.cancel();
         let timeout = self.shutdown_timeout();
+        let hurry = life.hurry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            hurry.cancel();
+        });
+        // A reload applying its changes finishes first (its stops hurry too).
+        let _serialised = self.inner.reload.lock().await;
         let stops = self
             .instances()
             .into_iter()
@@ -268,10 +392,11 @@ impl Host {
 
     /// Whether a shutdown has begun.
     pub fn is_stopping(&self) -> bool {
-        self.inner.stopping.load(Ordering::SeqCst)
+        self.inner.env.life.shutting_down.is_cancelled()
     }
 
-    /// Readiness: every autostart instance running and the host not shutting down.
+    /// Readiness: every autostart instance running (and answering) and the host not shutting
+    /// down.
     pub fn readiness(&self, verbose: bool) -> Readiness {
         let stopping = self.is_stopping();
         let mut checks = vec![ReadyCheck {
@@ -282,11 +407,13 @@ impl Host {
         }];
         for instance in self.instances().iter().filter(|i| i.config().autostart) {
             let info = instance.info();
-            let ok = info.state == ServerState::Running;
-            let detail = verbose.then(|| match (&info.last_error, ok) {
-                (_, true) => format!("running for {}s", info.uptime_secs),
-                (Some(error), false) => error.clone(),
-                (None, false) => format!("autostart server is {}", info.state),
+            let trouble = instance.trouble();
+            let ok = info.state == ServerState::Running && trouble.is_none();
+            let detail = verbose.then(|| match (&info.last_error, ok, trouble) {
+                (_, true, _) => format!("running for {}s", info.uptime_secs),
+                (_, false, Some(trouble)) => trouble,
+                (Some(error), false, None) => error.clone(),
+                (None, false, None) => format!("autostart server is {}", info.state),
             });
             checks.push(ReadyCheck {
                 name: info.name,
@@ -316,6 +443,33 @@ impl Host {
             state: if self.is_stopping() { "stopping" } else { "running" }.into(),
         }
     }
+}
+
+/// What a reload does.
+#[derive(Default)]
+struct Plan {
+    report: ReloadReport,
+    /// The instances after it, in the new config order.
+    instances: Vec<Arc<Instance>>,
+    changed: Vec<(Arc<Instance>, ServerConfig)>,
+    added: Vec<Arc<Instance>>,
+    removed: Vec<Arc<Instance>>,
+    /// Changes found impossible before anything was stopped: the server and why.
+    failures: Vec<(String, String)>,
+}
+
+/// Checks that the new listeners of a changed instance could be bound, beside those it holds.
+async fn probe(instance: &Instance, next: &ServerConfig) -> Result<(), String> {
+    let held: Vec<SocketAddr> = instance
+        .info()
+        .listeners
+        .iter()
+        .filter_map(|l| Some(SocketAddr::new(l.ip.parse().ok()?, l.port)))
+        .collect();
+    let next = next.clone();
+    tokio::task::spawn_blocking(move || crate::runtime::listener::probe(&next, &held))
+        .await
+        .map_err(|_| "the check was cut short".to_owned())?
 }
 
 /// Starts an instance; a failure needs no handling here, it is recorded in the instance

@@ -2,16 +2,21 @@
 //! side, controlled through an embedded HTTP admin API; and the framework to write their types.
 //!
 //! # Layout
+//! Each module imports only those listed before it (and leaf helpers):
 //! - [`config`]: the config file (TOML or JSON), validated with file, server, key and line.
-//! - [`host`]: the registry of instances, boot and shutdown.
-//! - [`instance`]: one instance's state machine, listeners and accept loop.
-//! - [`session`]: one task per connection (read, decode, handle, write) and what a handler sees.
 //! - [`filter`]: pipeline filters that cut bytes into packages.
-//! - [`service`]: the [`Service`] trait a server type implements, and the type catalog.
+//! - [`outcome`], [`session`]: what operations come to; sessions as the host keeps them (ids,
+//!   close reasons, outboxes, registries).
+//! - [`instance`]: one instance's state machine, and the traits of where it runs (`Backend`,
+//!   `Run`, `Launch`).
 //! - [`dispatch`]: instances finding each other by name and type; the crc32 dispatcher.
-//! - [`services`]: the built-in types (`echo`, `command`).
-//! - [`admin`]: the admin API (axum).
-//! - [`daemon`]: the `supersocketd` program around it all.
+//! - [`context`]: what handlers see ([`InstanceContext`], [`Session`], [`SessionHandle`]).
+//! - [`service`]: the [`Service`] trait a server type implements.
+//! - `runtime`: runs in this process (listeners, accept loops, session tasks, type catalog).
+//! - `isolation`: runs in agent processes (channel, supervisor, agent).
+//! - [`services`]: the built-in types, through the public API only.
+//! - [`host`]: the registry of instances, launchers, boot, reload and shutdown.
+//! - [`admin`]: the admin API (axum); [`daemon`]: the `supersocketd` program around it all.
 //!
 //! # A custom server type
 //! ```no_run
@@ -39,21 +44,26 @@
 
 pub mod admin;
 pub mod config;
+pub mod context;
 pub mod daemon;
 pub mod dispatch;
 pub mod filter;
 pub mod host;
 pub mod instance;
-pub(crate) mod isolation;
+mod isolation;
+pub mod outcome;
+mod runtime;
 mod secret;
 pub mod service;
 pub mod services;
 pub mod session;
 mod timefmt;
-pub mod tls;
 
+pub use context::{InstanceContext, Session, SessionHandle, Traffic};
 pub use dispatch::{HostHandle, Route};
 pub use host::{Host, HostBuilder};
-pub use instance::{CallError, Instance, InstanceContext};
+pub use instance::Instance;
+pub use outcome::{OpError, Pending};
+pub use runtime::types::ServerTypes;
 pub use service::{Service, ServiceContext};
-pub use session::{CloseReason, Session, SessionHandle, SessionId};
+pub use session::{CloseReason, SessionId};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use serde_json::{Value, json};
 use supersocket::filter::LineFilter;
-use supersocket::{CallError, HostBuilder, InstanceContext, Service, Session};
+use supersocket::{HostBuilder, InstanceContext, OpError, Service, Session};
 
 mod common;
 
@@ -71,16 +71,10 @@ async fn a_replaced_route_and_calls_between_instances() {
     let answer = route.instance.call(json!({ "ask": 1 })).await.unwrap();
     assert_eq!(answer, json!({ "from": "n-3", "echo": { "ask": 1 } }));
     let failed = route.instance.call(json!({ "fail": true })).await.unwrap_err();
-    assert_eq!(
-        failed,
-        CallError::Failed {
-            server: "n-3".into(),
-            message: "asked to fail".into()
-        }
-    );
+    assert_eq!(failed, OpError::Refused("asked to fail".into()));
     let plain = handle.instance("plain").unwrap();
     assert!(
-        matches!(plain.call(json!({})).await, Err(CallError::Failed { .. })),
+        matches!(plain.call(json!({})).await, Err(OpError::Refused(_))),
         "echo takes no calls"
     );
 
@@ -96,7 +90,7 @@ async fn a_replaced_route_and_calls_between_instances() {
         );
         tokio::task::yield_now().await;
     }
-    assert_eq!(plain.broadcast(bytes::Bytes::from_static(b"to all")).await, 1);
+    assert_eq!(plain.broadcast(bytes::Bytes::from_static(b"to all")).await, Ok(1));
     let mut got = [0u8; 6];
     tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
         .await
@@ -106,7 +100,7 @@ async fn a_replaced_route_and_calls_between_instances() {
     // A stopped instance takes no calls and leaves the running set; the route follows.
     let n2 = handle.instance("n-2").unwrap();
     n2.stop(std::time::Duration::from_millis(100)).await;
-    assert_eq!(n2.call(json!({})).await, Err(CallError::NotRunning("n-2".into())));
+    assert_eq!(n2.call(json!({})).await, Err(OpError::NotRunning));
     let names: Vec<String> = handle.running("named").iter().map(|i| i.name().to_owned()).collect();
     assert_eq!(names, ["n-1", "n-3"]);
     assert_eq!(handle.route("named", "1").unwrap().instance.name(), "n-3");

@@ -187,7 +187,7 @@ async fn replicas_expand_to_numbered_instances_on_consecutive_ports() {
 }
 
 #[tokio::test]
-async fn a_dispatch_to_a_stopped_server_finds_no_session() {
+async fn a_dispatch_to_a_stopped_server_is_refused_as_not_running() {
     let host = HostProcess::start(SEED);
     let mut a = LineClient::connect(host.port("ServerA", 0).await).await;
     let mut b = LineClient::connect(host.port("ServerB", 0).await).await;
@@ -196,6 +196,6 @@ async fn a_dispatch_to_a_stopped_server_finds_no_session() {
     assert!(b.closes_within(Duration::from_secs(5)).await);
     assert_eq!(
         a.request(&format!("DISPATCH ServerB {b_id} x")).await,
-        format!("ERR no session {b_id}")
+        "ERR server ServerB is not running"
     );
 }

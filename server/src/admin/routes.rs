@@ -17,8 +17,10 @@ use supersocket_proto::{
 use super::AdminState;
 use super::error::ApiError;
 use crate::config::parse_duration;
+use crate::host::ReloadError;
 use crate::instance::Instance;
-use crate::session::{SendError, SessionId};
+use crate::outcome::OpError;
+use crate::session::SessionId;
 
 /// Sessions listed when no `limit` is given.
 const DEFAULT_SESSION_LIMIT: usize = 1000;
@@ -94,10 +96,9 @@ impl StopQuery {
 /// `POST /api/v1/servers/{name}/start`: the server once running, or `start_failed`.
 pub async fn start(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Json<ServerInfo>, ApiError> {
     let instance = operable(&state, &name)?;
-    instance
-        .start()
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
+    let started = instance.start().await;
+    state.host.settle().await;
+    started.map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
     Ok(Json(instance.info()))
 }
 
@@ -109,6 +110,7 @@ pub async fn stop(
 ) -> Result<Json<ServerInfo>, ApiError> {
     let instance = operable(&state, &name)?;
     instance.stop(query.timeout(&state)?).await;
+    state.host.settle().await;
     Ok(Json(instance.info()))
 }
 
@@ -120,10 +122,9 @@ pub async fn restart(
 ) -> Result<Json<ServerInfo>, ApiError> {
     let instance = operable(&state, &name)?;
     let timeout = query.timeout(&state)?;
-    instance
-        .restart(timeout)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
+    let restarted = instance.restart(timeout).await;
+    state.host.settle().await;
+    restarted.map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
     Ok(Json(instance.info()))
 }
 
@@ -146,7 +147,8 @@ pub async fn sessions(
             .map_err(|_| ApiError::bad_request(format!("limit {text:?} is not a count")))?,
         None => DEFAULT_SESSION_LIMIT,
     };
-    Ok(Json(instance.sessions(limit).await))
+    let sessions = instance.sessions(limit).await;
+    Ok(Json(sessions.map_err(|e| op_error(&name, None, e))?))
 }
 
 fn session_id(name: &str, id: &str) -> Result<SessionId, ApiError> {
@@ -171,16 +173,28 @@ pub async fn send(
         _ => return Err(ApiError::bad_request("give exactly one of `text` and `base64`")),
     };
     let length = bytes.len();
-    match instance.send_to(session, bytes.into()).await {
-        Ok(()) => Ok((
-            StatusCode::ACCEPTED,
-            Json(SendReceipt {
-                session: id,
-                bytes: length,
-            }),
-        )),
-        Err(SendError::NoSession) => Err(ApiError::no_session(&name, &id)),
-        Err(e @ SendError::QueueFull) => Err(ApiError::new(ErrorCode::Conflict, e.to_string())),
+    let sent = instance.send_to(session, bytes.into()).await;
+    sent.map_err(|e| op_error(&name, Some(&id), e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SendReceipt {
+            session: id,
+            bytes: length,
+        }),
+    ))
+}
+
+/// The answer to an operation on a server that did not succeed.
+fn op_error(server: &str, session: Option<&str>, error: OpError) -> ApiError {
+    match error {
+        OpError::NoSession => ApiError::no_session(server, session.unwrap_or_default()),
+        OpError::NotRunning => ApiError::new(ErrorCode::Conflict, format!("server {server:?} is not running")),
+        OpError::Unanswered => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("server {server:?} did not answer in time (its agent is frozen or overloaded)"),
+        ),
+        e @ OpError::QueueFull => ApiError::new(ErrorCode::Conflict, e.to_string()),
+        OpError::Refused(message) => ApiError::new(ErrorCode::Internal, format!("server {server:?}: {message}")),
     }
 }
 
@@ -190,11 +204,9 @@ pub async fn kick(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let instance = instance(&state, &name)?;
-    if instance.kick(session_id(&name, &id)?).await {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::no_session(&name, &id))
-    }
+    let kicked = instance.kick(session_id(&name, &id)?).await;
+    kicked.map_err(|e| op_error(&name, Some(&id), e))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Query of `GET /api/v1/route/{type}`.
@@ -227,18 +239,58 @@ pub async fn route(
     }))
 }
 
-/// `POST /api/v1/reload`: what changed, or 400 with every error (and nothing changed).
-pub async fn reload(State(state): State<AdminState>) -> Result<Json<ReloadReport>, ApiError> {
-    if state.host.is_stopping() {
-        return Err(ApiError::new(ErrorCode::Conflict, "the host is shutting down"));
-    }
-    match state.host.reload().await {
+/// Query of `POST /api/v1/reload`.
+#[derive(Debug, Deserialize)]
+pub struct ReloadQuery {
+    allow_empty: Option<bool>,
+}
+
+/// `POST /api/v1/reload`: what changed; 400 with every error of an invalid file (nothing
+/// changed); 400 for a file without servers unless `?allow_empty=true`; 500 `start_failed`
+/// listing each change that could not be applied (those servers keep their old config).
+pub async fn reload(
+    State(state): State<AdminState>,
+    Query(query): Query<ReloadQuery>,
+) -> Result<Json<ReloadReport>, ApiError> {
+    match state.host.reload(query.allow_empty.unwrap_or(false)).await {
         Ok(report) => Ok(Json(report)),
-        Err(errors) => Err(ApiError::with_details(
+        Err(ReloadError::Invalid(errors)) => Err(ApiError::with_details(
             ErrorCode::BadRequest,
             format!("the config has {} error(s); nothing was changed", errors.0.len()),
             errors.0.iter().map(ToString::to_string).collect(),
         )),
+        Err(ReloadError::Empty) => Err(ApiError::bad_request(
+            "the config has no servers; nothing was changed (reload with ?allow_empty=true to remove them all)",
+        )),
+        Err(ReloadError::ShuttingDown) => Err(ApiError::new(ErrorCode::Conflict, "the host is shutting down")),
+        Err(ReloadError::Unapplied { report, failures }) => Err(ApiError::with_details(
+            ErrorCode::StartFailed,
+            format!(
+                "{} change(s) could not be applied and were left as they were; applied: {}",
+                failures.len(),
+                applied(&report)
+            ),
+            failures,
+        )),
+    }
+}
+
+/// What a partly applied reload did, in a few words.
+fn applied(report: &ReloadReport) -> String {
+    let groups = [
+        ("added", &report.added),
+        ("removed", &report.removed),
+        ("changed", &report.changed),
+    ];
+    let done: Vec<String> = groups
+        .iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| format!("{what} {}", names.join(", ")))
+        .collect();
+    if done.is_empty() {
+        "nothing".into()
+    } else {
+        done.join("; ")
     }
 }
 

@@ -8,6 +8,7 @@
 mod error;
 mod node;
 mod schema;
+pub mod tls;
 mod validate;
 
 use std::net::{IpAddr, SocketAddr};
@@ -143,6 +144,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// Outbound messages queued per session before it counts as a slow reader.
     pub send_queue: usize,
+    /// Bytes queued per session before it counts as a slow reader (one bigger message passes
+    /// an empty queue).
+    pub send_queue_bytes: usize,
     /// TLS on every listener of the server.
     pub tls: Option<TlsConfig>,
     /// Restart policy of the agent (process isolation).
@@ -209,7 +213,7 @@ impl Default for RestartConfig {
         Self {
             policy: RestartPolicy::OnFailure,
             max_retries: 5,
-            backoff: Duration::from_secs(1),
+            backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
         }
     }

@@ -127,7 +127,7 @@ fn nonempty_token(token: &str, field: &Field<'_>, errs: &mut Errors) -> bool {
 }
 
 const SERVER_KEYS: &str = "name, type, autostart, isolation, threads, replicas, listeners, port_fallback, \
-    max_connections, max_package_length, idle_timeout, send_queue, tls, restart, advertise, options";
+    max_connections, max_package_length, idle_timeout, send_queue, send_queue_bytes, tls, restart, advertise, options";
 
 fn read_server(
     node: &Node,
@@ -175,6 +175,7 @@ fn read_server(
         max_package_length: 1024 * 1024,
         idle_timeout: Some(Duration::from_secs(300)),
         send_queue: 256,
+        send_queue_bytes: 1024 * 1024,
         tls: None,
         restart: RestartConfig::default(),
         advertise: None,
@@ -216,6 +217,9 @@ fn read_server(
     }
     if let Some(f) = table.take("send_queue") {
         server.send_queue = f.integer(1, 1_000_000, errs).unwrap_or(1) as usize;
+    }
+    if let Some(f) = table.take("send_queue_bytes") {
+        server.send_queue_bytes = f.integer(1, 1 << 30, errs).unwrap_or(1) as usize;
     }
     if let Some(f) = table.take("tls") {
         spots.tls = f.node.line;

@@ -36,7 +36,7 @@ pub(super) fn check(draft: &Draft, types: &dyn TypeCatalog) -> Vec<ConfigError> 
             push(server, spots, "options", spots.options.or(spots.server_type), message);
         }
         if let Some(TlsConfig::Files { cert, key }) = &server.tls
-            && let Err(message) = crate::tls::check_files(cert, key)
+            && let Err(message) = super::tls::check_files(cert, key)
         {
             push(server, spots, "tls", spots.tls, message);
         }

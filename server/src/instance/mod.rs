@@ -1,31 +1,29 @@
-//! One named server instance and its state machine (SPEC §4): start binds every listener or
-//! none, stop closes the listeners then drains the sessions within a timeout. Start and stop
-//! of one instance are serialised; reading its state never waits for them.
+//! One named server instance and its state machine (SPEC §4): start launches a run (binding
+//! every listener or none), stop ends it (listeners first, then a bounded drain). Start and
+//! stop of one instance are serialised; reading its state never waits for them. Where a run
+//! happens is not known here: a [`Launch`] of the instance's isolation level starts it, and a
+//! [`Backend`] carries out operations on it.
 
-mod accept;
-mod context;
-mod listener;
-mod local;
+mod backend;
 mod stats;
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use supersocket_proto::agent::{AgentRequest, FromAgent, HostRequest, ToAgent};
+use supersocket_proto::agent::Counters;
 use supersocket_proto::{Isolation, ListenerInfo, ServerInfo, ServerState, SessionInfo};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use backend::StartError;
+pub(crate) use backend::{Backend, Launch, Launchers, Run};
+pub(crate) use stats::InstanceStats;
 
 use crate::config::ServerConfig;
-use crate::dispatch::Directory;
-use crate::isolation::channel::{self, Link};
-use crate::isolation::supervisor::AgentRun;
-use crate::service::{ErasedService, ServerTypes};
-use crate::session::{CloseReason, SendError, SessionId, SessionRegistry};
+use crate::outcome::{OpError, Pending};
+use crate::session::SessionId;
 use crate::timefmt::rfc3339;
-pub use context::InstanceContext;
-pub(crate) use listener::bind_all;
-pub(crate) use stats::InstanceStats;
 
 /// Runs `operation` on its own task so that it completes even if the caller's future is
 /// dropped, and waits for it.
@@ -39,26 +37,37 @@ async fn finish_detached<T: Send + 'static>(operation: impl Future<Output = T> +
     }
 }
 
-/// Why a call to another instance failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// The instance is not running.
-    #[error("server {0:?} is not running")]
-    NotRunning(String),
-    /// The instance's handler answered with an error (or panicked).
-    #[error("server {server:?}: {message}")]
-    Failed {
-        /// The instance called.
-        server: String,
-        /// What went wrong.
-        message: String,
-    },
+/// What an instance needs of the host it lives in.
+#[derive(Clone)]
+pub(crate) struct InstanceEnv {
+    /// How runs of each isolation level start.
+    pub launchers: Launchers,
+    /// Bumped whenever an instance enters or leaves `running`: the dispatcher's routes and the
+    /// agents' views follow it.
+    pub topology: Arc<watch::Sender<u64>>,
+    pub life: HostLife,
 }
 
-/// Why an instance could not start.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
+/// The host's life as instances see it.
+#[derive(Clone, Default)]
+pub(crate) struct HostLife {
+    /// Cancelled when the host begins to shut down: no instance starts any more.
+    pub shutting_down: CancellationToken,
+    /// Cancelled when the host's shutdown bound has passed: every stop still draining closes
+    /// its sessions at once, whatever timeout it was given.
+    pub hurry: CancellationToken,
+}
+
+/// How a run ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// It exited cleanly and is not restarted: `stopped`.
+    Stopped,
+    /// It crashed and waits to be restarted: `backoff`, one more restart.
+    Crashed,
+    /// It is not restarted any more: `failed`.
+    GaveUp,
+}
 
 /// What the API shows of the instance's life.
 #[derive(Debug, Clone)]
@@ -72,52 +81,28 @@ struct Status {
     pid: Option<u32>,
 }
 
-/// The handles of a running instance.
-enum Running {
-    /// In this process.
-    Local(local::LocalRun),
-    /// In a supervised agent process.
-    Agent(AgentRun),
-}
-
-/// How operations reach the current run of an instance.
-#[derive(Clone)]
-pub(crate) enum Live {
-    /// In this process: its service and context.
-    Local {
-        service: Arc<dyn ErasedService>,
-        context: Arc<InstanceContext>,
-    },
-    /// In an agent process, over its control channel (host side).
-    Agent(Arc<Link<ToAgent>>),
-    /// Another instance of the host, seen from an agent: through the host.
-    Remote(Arc<Link<FromAgent>>),
-}
-
 /// A named server instance.
 pub struct Instance {
     name: String,
     config: RwLock<Arc<ServerConfig>>,
-    types: ServerTypes,
+    /// Bumped at every change of `config` (agents are sent a config only when it changed).
+    config_version: std::sync::atomic::AtomicU64,
     status: Mutex<Status>,
-    /// Serialises start and stop; holds the running handles.
-    run: tokio::sync::Mutex<Option<Running>>,
-    stats: Arc<InstanceStats>,
-    sessions: Arc<SessionRegistry>,
-    /// The host's instances, for dispatch and to announce state changes.
-    directory: Weak<Directory>,
-    /// How operations reach the current run, while running.
-    live: RwLock<Option<Live>>,
-    /// Listening sockets handed over by the host, in an agent.
-    handed_over: Mutex<Option<Vec<std::net::TcpListener>>>,
+    /// Serialises start and stop; holds the current run.
+    run: tokio::sync::Mutex<Option<Box<dyn Run>>>,
+    /// Carries out operations on the current run; set from its start until its stop ends.
+    backend: RwLock<Option<Arc<dyn Backend>>>,
+    /// Counters of the runs that ended.
+    totals: Mutex<Counters>,
+    env: InstanceEnv,
 }
 
 impl Instance {
-    pub(crate) fn new(config: ServerConfig, types: ServerTypes, directory: Weak<Directory>) -> Self {
+    pub(crate) fn new(config: ServerConfig, env: InstanceEnv) -> Self {
         Self {
             name: config.name.clone(),
             config: RwLock::new(Arc::new(config)),
-            types,
+            config_version: std::sync::atomic::AtomicU64::new(1),
             status: Mutex::new(Status {
                 state: ServerState::Stopped,
                 last_error: None,
@@ -127,12 +112,31 @@ impl Instance {
                 pid: None,
             }),
             run: tokio::sync::Mutex::new(None),
-            stats: Arc::default(),
-            sessions: Arc::default(),
-            directory,
-            live: RwLock::new(None),
-            handed_over: Mutex::new(None),
+            backend: RwLock::new(None),
+            totals: Mutex::default(),
+            env,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn config_version(&self) -> u64 {
+        self.config_version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_config(&self, config: Arc<ServerConfig>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        self.config_version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn state(&self) -> ServerState {
+        self.status().state
     }
 
     /// Whether it is `running` (the dispatcher routes only to running instances).
@@ -140,74 +144,18 @@ impl Instance {
         self.state() == ServerState::Running
     }
 
-    fn topology_changed(&self) {
-        if let Some(directory) = self.directory.upgrade() {
-            directory.topology_changed();
-        }
-    }
-
-    fn live(&self) -> Option<Live> {
-        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Sends a request to its service's `call` handler and waits for the answer. The message
-    /// is JSON so that the same call works whatever the instance's isolation.
-    pub async fn call(&self, request: serde_json::Value) -> Result<serde_json::Value, CallError> {
-        match self.live().ok_or_else(|| CallError::NotRunning(self.name.clone()))? {
-            Live::Local { service, context } => {
-                let runtime = context.runtime.clone();
-                // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
-                let failed = |message| CallError::Failed {
-                    server: self.name.clone(),
-                    message,
-                };
-                match runtime.spawn(service.call(context, request)).await {
-                    Ok(answer) => answer.map_err(failed),
-                    Err(_) => Err(failed("the handler panicked".into())),
-                }
-            }
-            Live::Agent(link) => {
-                let asked = link
-                    .request(|id| ToAgent::Request {
-                        id,
-                        request: AgentRequest::Call { request },
-                    })
-                    .await;
-                asked.map_err(|f| channel::call_error(&self.name, f))
-            }
-            Live::Remote(link) => {
-                let server = self.name.clone();
-                let asked = link.request(|id| FromAgent::Request {
-                    id,
-                    request: HostRequest::Call { server, request },
-                });
-                asked.await.map_err(|f| channel::call_error(&self.name, f))
-            }
-        }
-    }
-
-    /// The instance's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Its current config.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Its current state.
-    pub fn state(&self) -> ServerState {
-        self.status().state
-    }
-
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.backend.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Starts it: binds every listener or none. Starting a running instance does nothing; a
-    /// start during a stop waits for the stop. The operation runs to its end even if the
-    /// caller stops waiting (an HTTP client that hangs up cannot leave a half-started instance).
+    /// start during a stop waits for the stop; a `failed` one starts afresh. The operation runs
+    /// to its end even if the caller stops waiting (an HTTP client that hangs up cannot leave a
+    /// half-started instance).
     pub async fn start(self: &Arc<Self>) -> Result<(), StartError> {
         let this = self.clone();
         finish_detached(async move {
@@ -217,9 +165,9 @@ impl Instance {
         .await
     }
 
-    /// Stops it: closes the listeners, lets sessions drain for at most `timeout`, then closes
-    /// the rest. Stopping a stopped or failed instance does nothing. Runs to its end even if the
-    /// caller stops waiting.
+    /// Stops it: closes the listeners, lets sessions drain for at most `timeout` (less if the
+    /// host's shutdown bound passes first), then closes the rest. Stopping a stopped or failed
+    /// instance does nothing. Runs to its end even if the caller stops waiting.
     pub async fn stop(self: &Arc<Self>, timeout: Duration) {
         let this = self.clone();
         finish_detached(async move {
@@ -241,62 +189,117 @@ impl Instance {
     }
 
     /// Takes a changed config (reload): stops the instance, swaps the config, and starts it
-    /// again if it was running or is autostart.
-    pub(crate) async fn reconfigure(self: &Arc<Self>, config: ServerConfig, timeout: Duration) {
+    /// again if it was running or is autostart. If the new config cannot start, the old one
+    /// is put back (and started again if it was running) and the error returned.
+    pub(crate) async fn reconfigure(
+        self: &Arc<Self>,
+        config: ServerConfig,
+        timeout: Duration,
+    ) -> Result<(), StartError> {
         let this = self.clone();
         finish_detached(async move {
             let mut run = this.run.lock().await;
-            let was_running = run.is_some();
+            let was_running = run.as_ref().is_some_and(|r| !r.ended());
             this.stop_locked(&mut run, timeout).await;
             let autostart = config.autostart;
-            *this.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-            if was_running || autostart {
-                // A failure is recorded in the status and logged.
+            let old = this.config();
+            this.set_config(Arc::new(config));
+            if !(was_running || autostart) {
+                return Ok(());
+            }
+            let Err(error) = this.start_locked(&mut run).await else {
+                return Ok(());
+            };
+            this.set_config(old);
+            if was_running {
+                // The old config served a moment ago; if it cannot now, its own error shows.
                 let _ = this.start_locked(&mut run).await;
             }
+            Err(error)
         })
         .await
     }
 
-    async fn start_locked(self: &Arc<Self>, run: &mut Option<Running>) -> Result<(), StartError> {
-        if run.is_some() {
-            return Ok(());
+    async fn start_locked(self: &Arc<Self>, run: &mut Option<Box<dyn Run>>) -> Result<(), StartError> {
+        match run.take() {
+            Some(current) if !current.ended() => {
+                *run = Some(current);
+                return Ok(());
+            }
+            // A run that ended on its own (a supervisor that gave up) is cleared; an explicit
+            // start begins afresh.
+            Some(ended) => self.finish_run(ended, Duration::ZERO).await,
+            None => {}
         }
+        let failed = |this: &Self, message: String| {
+            let mut status = this.status();
+            status.state = ServerState::Failed;
+            status.last_error = Some(message.clone());
+            tracing::error!(server = %this.name, "start failed: {message}");
+            Err(StartError(message))
+        };
+        if self.env.life.shutting_down.is_cancelled() {
+            return failed(self, "the host is shutting down".into());
+        }
+        let isolation = self.config().isolation;
+        let Some(launcher) = self.env.launchers.get(isolation).cloned() else {
+            return Err(StartError(format!(
+                "{} is managed by the host (isolation {isolation})",
+                self.name
+            )));
+        };
         {
-            // An explicit start begins afresh; a supervised restart keeps what killed the agent.
             let mut status = self.status();
             status.state = ServerState::Starting;
             status.last_error = None;
         }
-        let started = if self.config().isolation == Isolation::Process {
-            // The supervisor reports the agent's states itself, restarts included.
-            AgentRun::start(self.clone()).await.map(Running::Agent)
-        } else {
-            local::launch(self).map(|(local, live, listeners)| {
-                if let Live::Local { service, context } = &live {
-                    service.started(context);
-                }
-                self.mark_running(None, listeners, live);
-                Running::Local(local)
-            })
-        };
-        match started {
-            Ok(running) => {
-                *run = Some(running);
+        match launcher.launch(self).await {
+            Ok(started) => {
+                *run = Some(started);
                 Ok(())
             }
-            Err(message) => {
-                let mut status = self.status();
-                status.state = ServerState::Failed;
-                status.last_error = Some(message.clone());
-                tracing::error!(server = %self.name, "start failed: {message}");
-                Err(StartError(message))
+            Err(StartError(message)) => {
+                self.set_backend(None);
+                failed(self, message)
             }
         }
     }
 
+    async fn stop_locked(&self, run: &mut Option<Box<dyn Run>>, timeout: Duration) {
+        let Some(current) = run.take() else { return };
+        if current.ended() {
+            return self.finish_run(current, Duration::ZERO).await;
+        }
+        self.status().state = ServerState::Stopping;
+        self.topology_changed();
+        let began = Instant::now();
+        self.finish_run(current, timeout).await;
+        let mut status = self.status();
+        status.state = ServerState::Stopped;
+        status.started = None;
+        status.listeners.clear();
+        status.pid = None;
+        drop(status);
+        self.topology_changed();
+        tracing::info!(server = %self.name, elapsed = ?began.elapsed(), "stopped");
+    }
+
+    /// Stops a run and keeps its counters.
+    async fn finish_run(&self, run: Box<dyn Run>, timeout: Duration) {
+        run.stop(timeout, self.env.life.hurry.clone()).await;
+        if let Some(backend) = self.set_backend(None) {
+            let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+            *totals = *totals
+                + Counters {
+                    sessions: 0,
+                    ..backend.stats()
+                };
+        }
+    }
+
     /// Records a run that now serves: its process, its listeners, how to reach it.
-    pub(crate) fn mark_running(&self, pid: Option<u32>, listeners: Vec<ListenerInfo>, live: Live) {
+    pub(crate) fn mark_running(&self, pid: Option<u32>, listeners: Vec<ListenerInfo>, backend: Arc<dyn Backend>) {
+        self.set_backend(Some(backend));
         {
             let mut status = self.status();
             status.state = ServerState::Running;
@@ -306,103 +309,86 @@ impl Instance {
             tracing::info!(server = %self.name, listeners = ?bound, pid, "started");
             status.listeners = listeners;
         }
-        self.set_live(Some(live));
-    }
-
-    /// Records a run that ended on its own (an agent that died): `state` and why.
-    pub(crate) fn mark_down(&self, state: ServerState, error: Option<String>, restart: bool) {
-        self.set_live(None);
-        let mut status = self.status();
-        status.state = state;
-        status.started = None;
-        status.pid = None;
-        status.listeners.clear();
-        if error.is_some() {
-            status.last_error = error;
-        }
-        status.restarts += u64::from(restart);
-    }
-
-    /// Sets how calls reach the current run, and tells the host's instances.
-    fn set_live(&self, live: Option<Live>) {
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
         self.topology_changed();
     }
 
-    /// The instance's counters, for an agent's reports.
-    pub(crate) fn stats(&self) -> &InstanceStats {
-        &self.stats
-    }
-
-    /// Listening sockets handed over by the host (in an agent): used instead of binding.
-    pub(crate) fn hand_over(&self, listeners: Vec<std::net::TcpListener>) {
-        *self.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(listeners);
-    }
-
-    fn take_handed_over(&self) -> Option<Vec<std::net::TcpListener>> {
-        self.handed_over.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    /// The host's instances this one belongs to.
-    pub(crate) fn directory(&self) -> Option<Arc<Directory>> {
-        self.directory.upgrade()
-    }
-
-    /// A weak reference to the directory, for instances made beside this one.
-    pub(crate) fn directory_handle(&self) -> Weak<Directory> {
-        self.directory.clone()
-    }
-
-    /// Takes the state the host reports for an instance of it, in an agent: operations on the
-    /// instance go through `live` (the host) while it runs.
-    pub(crate) fn mirror(&self, info: &ServerInfo, live: Live) {
+    /// Records a run that ended on its own (an agent that died), and why.
+    pub(crate) fn mark_down(&self, ending: Ending, error: Option<String>) {
         {
             let mut status = self.status();
-            status.state = info.state;
-            status.listeners.clone_from(&info.listeners);
-            status.pid = Some(info.pid);
-            status.restarts = info.restarts;
-            status.last_error.clone_from(&info.last_error);
+            status.state = match ending {
+                Ending::Stopped => ServerState::Stopped,
+                Ending::Crashed => ServerState::Backoff,
+                Ending::GaveUp => ServerState::Failed,
+            };
+            status.started = None;
+            status.pid = None;
+            status.listeners.clear();
+            if error.is_some() {
+                status.last_error = error;
+            }
+            status.restarts += u64::from(ending == Ending::Crashed);
         }
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = (info.state == ServerState::Running).then_some(live);
+        self.topology_changed();
     }
 
-    async fn stop_locked(&self, run: &mut Option<Running>, timeout: Duration) {
-        let Some(running) = run.take() else { return };
-        self.status().state = ServerState::Stopping;
-        self.set_live(None);
-        let began = Instant::now();
-        match running {
-            Running::Local(local) => local.stop(timeout).await,
-            Running::Agent(agent) => agent.stop(timeout).await,
+    /// Takes the state the host reports for an instance it runs elsewhere (an agent's view of
+    /// the host's other instances); operations go through `backend` while it runs.
+    pub(crate) fn observe(&self, info: &ServerInfo, config: Option<ServerConfig>, backend: Arc<dyn Backend>) {
+        if let Some(config) = config {
+            self.set_config(Arc::new(config));
         }
+        let running = info.state == ServerState::Running;
+        self.set_backend(running.then_some(backend));
         let mut status = self.status();
-        status.state = ServerState::Stopped;
-        status.started = None;
-        status.listeners.clear();
-        status.pid = None;
-        tracing::info!(server = %self.name, elapsed = ?began.elapsed(), "stopped");
+        status.state = info.state;
+        status.listeners.clone_from(&info.listeners);
+        status.pid = info.pid;
+        status.restarts = info.restarts;
+        status.last_error.clone_from(&info.last_error);
+    }
+
+    /// Sets how operations reach the current run; returns the one before.
+    fn set_backend(&self, backend: Option<Arc<dyn Backend>>) -> Option<Arc<dyn Backend>> {
+        std::mem::replace(&mut *self.backend.write().unwrap_or_else(|e| e.into_inner()), backend)
+    }
+
+    fn topology_changed(&self) {
+        self.env.topology.send_modify(|version| *version += 1);
+    }
+
+    /// Its counters since the host started: the runs that ended, and the current one.
+    pub(crate) fn counters(&self) -> Counters {
+        let totals = *self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        match self.backend() {
+            Some(backend) => totals + backend.stats(),
+            None => totals,
+        }
     }
 
     /// The `Server` JSON of the admin API.
     pub fn info(&self) -> ServerInfo {
         let config = self.config();
         let status = self.status().clone();
-        let stats = &self.stats;
+        let counters = self.counters();
+        let pid = match config.isolation {
+            Isolation::Process => status.pid,
+            _ => Some(std::process::id()),
+        };
         ServerInfo {
             name: self.name.clone(),
             server_type: config.server_type.clone(),
             state: status.state,
             isolation: config.isolation,
             autostart: config.autostart,
-            pid: status.pid.unwrap_or_else(std::process::id),
+            pid,
             listeners: status.listeners,
-            sessions: stats.sessions.load(Ordering::Relaxed),
+            sessions: counters.sessions,
             max_connections: config.max_connections as u64,
-            total_sessions: stats.total_sessions.load(Ordering::Relaxed),
-            total_packages: stats.total_packages.load(Ordering::Relaxed),
-            bytes_in: stats.bytes_in.load(Ordering::Relaxed),
-            bytes_out: stats.bytes_out.load(Ordering::Relaxed),
+            total_sessions: counters.total_sessions,
+            total_packages: counters.total_packages,
+            bytes_in: counters.bytes_in,
+            bytes_out: counters.bytes_out,
             started_at: status.started.map(|(at, _)| rfc3339(at)),
             uptime_secs: status.started.map_or(0, |(_, since)| since.elapsed().as_secs()),
             restarts: status.restarts,
@@ -412,96 +398,56 @@ impl Instance {
 
     /// Connections closed at once over `max_connections` since the host started.
     pub fn rejected(&self) -> u64 {
-        self.stats.rejected.load(Ordering::Relaxed)
+        self.counters().rejected
     }
 
-    /// Up to `limit` open sessions, oldest first.
-    pub async fn sessions(&self, limit: usize) -> Vec<SessionInfo> {
-        if let Some(Live::Agent(link)) = self.live() {
-            let asked = link
-                .request(|id| ToAgent::Request {
-                    id,
-                    request: AgentRequest::Sessions { limit },
-                })
-                .await;
-            return asked
-                .ok()
-                .and_then(|list| serde_json::from_value(list).ok())
-                .unwrap_or_default();
+    /// Why it is running but not answering, if it is not (a frozen agent).
+    pub fn trouble(&self) -> Option<String> {
+        self.backend()?.trouble()
+    }
+
+    fn not_running<T>() -> Pending<T> {
+        Pending::ready(Err(OpError::NotRunning))
+    }
+
+    /// Queues bytes for one of its sessions. The bytes are submitted now, in order with what
+    /// this caller submitted before; awaiting the result tells whether they were queued for the
+    /// session, or why not (no such session, a slow reader, the instance not running or not
+    /// answering in time).
+    pub fn send_to(&self, session: SessionId, bytes: Bytes) -> Pending<()> {
+        match self.backend() {
+            Some(backend) => backend.send_to(session, bytes),
+            None => Self::not_running(),
         }
-        self.sessions
-            .list(limit)
-            .iter()
-            .map(|s| SessionInfo {
-                id: s.id.to_string(),
-                remote: s.remote.to_string(),
-                local: s.local.to_string(),
-                started_at: rfc3339(s.started_at),
-                last_active_at: rfc3339(s.last_active_at()),
-                bytes_in: s.bytes_in.load(Ordering::Relaxed),
-                bytes_out: s.bytes_out.load(Ordering::Relaxed),
-            })
-            .collect()
     }
 
-    /// Queues bytes for one of its sessions.
-    pub async fn send_to(&self, session: SessionId, bytes: Bytes) -> Result<(), SendError> {
-        // Encoded only for another process: the in-process path is the hot one.
-        let reply = match self.live() {
-            Some(Live::Agent(link)) => {
-                let request = AgentRequest::Send {
-                    session: session.to_string(),
-                    base64: channel::encode(&bytes),
-                };
-                link.request(|id| ToAgent::Request { id, request }).await
-            }
-            Some(Live::Remote(link)) => {
-                let (server, session, base64) = (self.name.clone(), session.to_string(), channel::encode(&bytes));
-                let request = HostRequest::Send {
-                    server,
-                    session,
-                    base64,
-                };
-                link.request(|id| FromAgent::Request { id, request }).await
-            }
-            _ => return self.sessions.send(session, bytes).await,
-        };
-        reply.map(drop).map_err(channel::send_error)
-    }
-
-    /// Queues bytes for every one of its sessions; returns how many took them.
-    pub async fn broadcast(&self, bytes: Bytes) -> usize {
-        let reply = match self.live() {
-            Some(Live::Agent(link)) => {
-                let request = AgentRequest::Broadcast {
-                    base64: channel::encode(&bytes),
-                };
-                link.request(|id| ToAgent::Request { id, request }).await
-            }
-            Some(Live::Remote(link)) => {
-                let request = HostRequest::Broadcast {
-                    server: self.name.clone(),
-                    base64: channel::encode(&bytes),
-                };
-                link.request(|id| FromAgent::Request { id, request }).await
-            }
-            _ => return self.sessions.broadcast(&bytes).await,
-        };
-        reply.ok().and_then(|count| count.as_u64()).unwrap_or(0) as usize
-    }
-
-    /// Closes one of its sessions (`local_closing`); false if there is no such session.
-    pub async fn kick(&self, session: SessionId) -> bool {
-        if let Some(Live::Agent(link)) = self.live() {
-            let session = session.to_string();
-            let asked = link
-                .request(|id| ToAgent::Request {
-                    id,
-                    request: AgentRequest::Kick { session },
-                })
-                .await;
-            return asked.ok().and_then(|closed| closed.as_bool()).unwrap_or(false);
+    /// Queues bytes for every one of its sessions; the outcome is how many took them.
+    pub fn broadcast(&self, bytes: Bytes) -> Pending<usize> {
+        match self.backend() {
+            Some(backend) => backend.broadcast(bytes),
+            None => Self::not_running(),
         }
-        self.sessions.close(session, CloseReason::LocalClosing)
+    }
+
+    /// Sends a request to its service's `call` handler and waits for the answer. The message
+    /// is JSON so that the same call works whatever the instance's isolation.
+    pub async fn call(&self, request: serde_json::Value) -> Result<serde_json::Value, OpError> {
+        self.backend().ok_or(OpError::NotRunning)?.call(request).await
+    }
+
+    /// Up to `limit` open sessions, oldest first (none while it is not running).
+    pub async fn sessions(&self, limit: usize) -> Result<Vec<SessionInfo>, OpError> {
+        let Some(backend) = self.backend() else {
+            return Ok(Vec::new());
+        };
+        match backend.sessions(limit).await {
+            Err(OpError::NotRunning) => Ok(Vec::new()),
+            listed => listed,
+        }
+    }
+
+    /// Closes one of its sessions (`local_closing`).
+    pub async fn kick(&self, session: SessionId) -> Result<(), OpError> {
+        self.backend().ok_or(OpError::NotRunning)?.kick(session).await
     }
 }

@@ -1,20 +1,32 @@
-//! Counters of one instance, kept across its runs for the host's lifetime.
+//! Counters of one run of an instance, updated by its accept loops and session tasks.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Per-instance counters, updated by the accept loop and the session tasks.
+use supersocket_proto::agent::Counters;
+
+/// Per-run counters.
 #[derive(Debug, Default)]
 pub(crate) struct InstanceStats {
     /// Sessions open now (counted at accept, so the limit holds across listeners).
     pub sessions: AtomicU64,
-    /// Sessions accepted and served.
     pub total_sessions: AtomicU64,
     /// Connections accepted beyond `max_connections` and closed at once.
     pub rejected: AtomicU64,
-    /// Packages decoded.
     pub total_packages: AtomicU64,
-    /// Bytes received.
     pub bytes_in: AtomicU64,
-    /// Bytes sent.
     pub bytes_out: AtomicU64,
+}
+
+impl InstanceStats {
+    pub(crate) fn snapshot(&self) -> Counters {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Counters {
+            sessions: read(&self.sessions),
+            total_sessions: read(&self.total_sessions),
+            rejected: read(&self.rejected),
+            total_packages: read(&self.total_packages),
+            bytes_in: read(&self.bytes_in),
+            bytes_out: read(&self.bytes_out),
+        }
+    }
 }

@@ -1,49 +1,46 @@
 //! The agent process (`supersocketd agent --name NAME`, started by the host, never by hand):
 //! runs one instance on the listening sockets the host hands over, answers the host's requests
-//! over the control channel (descriptor 3), and reaches the host's other instances through it.
-//! It ends when the host hangs up or dies.
+//! over the channel at descriptor 3, reports its counters, and reaches the host's other
+//! instances through the host. It ends when the host hangs up or dies.
 
+use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use supersocket_proto::agent::{AgentRequest, AgentStats, Failure, FromAgent, Peer, Reply, ToAgent};
+use bytes::Bytes;
+use supersocket_proto::agent::{Event, Init, Op, View};
 use tokio::net::UnixStream;
 
-use super::channel::{self, Link};
-use super::supervisor::{STATS_EVERY, server_config};
+use super::link::{Link, Serve};
+use super::remote::Remote;
+use super::serve::{serve, server_of};
+use super::supervisor::STATS_EVERY;
 use crate::config::{Isolation, ServerConfig};
-use crate::dispatch::Directory;
+use crate::dispatch::{Directory, HostHandle};
 use crate::host::HostBuilder;
-use crate::instance::{Instance, Live};
+use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
+use crate::runtime::LocalLaunch;
 use crate::session::SessionId;
 
 /// The descriptor the host puts the control socket at.
 const CONTROL_FD: i32 = 3;
+/// How long an agent that is done waits for the host to end it.
+const LAST_WORD: Duration = Duration::from_secs(5);
 
 /// Runs the agent of instance `name` until the host hangs up.
 pub(crate) fn main(builder: HostBuilder, name: &str) -> ExitCode {
     // SAFETY: the host placed the control socket at descriptor 3 for this process before exec,
     // and nothing else in the process uses that descriptor.
     let control = unsafe { StdUnixStream::from(OwnedFd::from_raw_fd(CONTROL_FD)) };
-    let (init, fds) = match channel::recv_with_fds::<ToAgent>(&control) {
+    let (init, fds) = match super::frame::recv_with_fds::<Init>(&control) {
         Ok(received) => received,
         Err(e) => {
             eprintln!("supersocketd agent {name}: no instructions from the host: {e}");
             return ExitCode::from(1);
         }
-    };
-    let ToAgent::Init {
-        server,
-        session_ids_from,
-        peers,
-    } = init
-    else {
-        eprintln!("supersocketd agent {name}: the host did not begin with Init");
-        return ExitCode::from(1);
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -52,141 +49,183 @@ pub(crate) fn main(builder: HostBuilder, name: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    SessionId::start_at(session_ids_from);
-    let listeners: Vec<std::net::TcpListener> = fds.into_iter().map(std::net::TcpListener::from).collect();
-    runtime.block_on(run(builder, control, server, peers, listeners));
+    SessionId::start_at(init.session_ids_from);
+    let listeners = fds.into_iter().map(std::net::TcpListener::from).collect();
+    runtime.block_on(run(builder, control, init, listeners));
     runtime.shutdown_background();
     ExitCode::SUCCESS
 }
 
-async fn run(
-    builder: HostBuilder,
-    control: StdUnixStream,
-    server: serde_json::Value,
-    peers: Vec<Peer>,
-    listeners: Vec<std::net::TcpListener>,
-) {
-    if control.set_nonblocking(true).is_err() {
-        return;
-    }
-    let Ok(stream) = UnixStream::from_std(control) else {
+async fn run(builder: HostBuilder, control: StdUnixStream, init: Init, listeners: Vec<std::net::TcpListener>) {
+    let Ok(stream) = control
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(control))
+    else {
         return;
     };
-    let (link, mut incoming) = Link::<FromAgent>::start::<ToAgent>(stream);
-    let config = match server_config(server) {
+    let config = serde_json::from_value::<ServerConfig>(init.server).map(|config| ServerConfig {
         // In its agent the instance runs in-process: the agent is its isolation.
-        Ok(config) => ServerConfig {
-            isolation: Isolation::None,
-            ..config
-        },
-        Err(error) => {
-            link.send(FromAgent::Failed { error }).await;
-            return wait_for_hang_up(&mut incoming).await;
-        }
-    };
+        isolation: Isolation::None,
+        ..config
+    });
     let (types, routes) = builder.into_parts();
     let directory = Arc::new(Directory::new(routes));
-    let local = Arc::new(Instance::new(config, types.clone(), Arc::downgrade(&directory)));
-    local.hand_over(listeners);
-    let mut proxies = Vec::new();
-    mirror(&directory, &local, &mut proxies, peers, &types, &link);
+    let env = |launchers| InstanceEnv {
+        launchers,
+        topology: directory.topology(),
+        life: HostLife::default(),
+    };
+    let agent = Arc::new(Agent {
+        local: OnceLock::new(),
+        directory: directory.clone(),
+        peers: Mutex::default(),
+        link: OnceLock::new(),
+        env: env(Launchers::default()),
+    });
+    let link = Link::start(stream, agent.clone());
+    let _ = agent.link.set(link.clone());
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => return agent.fail(&link, format!("bad server config from the host: {e}")).await,
+    };
+    let host = HostHandle(Arc::downgrade(&directory));
+    let launch = LocalLaunch::with_listeners(types, host, listeners);
+    let local = Arc::new(Instance::new(
+        config,
+        env(Launchers {
+            none: Some(Arc::new(launch)),
+            ..Launchers::default()
+        }),
+    ));
+    let _ = agent.local.set(local.clone());
+    // The host's instances are known before the service starts.
+    agent.mirror(init.view);
     if let Err(e) = local.start().await {
-        link.send(FromAgent::Failed { error: e.0 }).await;
-        return wait_for_hang_up(&mut incoming).await;
+        return agent.fail(&link, e.0).await;
     }
-    link.send(FromAgent::Ready {
+    link.event(Event::Ready {
         listeners: local.info().listeners,
-    })
-    .await;
-    tokio::spawn(report_stats(local.clone(), link.clone()));
-    while let Some(message) = incoming.recv().await {
-        match message {
-            ToAgent::Request { id, request } => {
-                let (local, link) = (local.clone(), link.clone());
-                tokio::spawn(async move {
-                    let reply = answer(&local, request).await;
-                    link.send(FromAgent::Reply { id, reply }).await;
-                });
-            }
-            ToAgent::Peers { peers } => mirror(&directory, &local, &mut proxies, peers, &types, &link),
-            ToAgent::Init { .. } | ToAgent::Reply { .. } => {}
+    });
+    let mut every = tokio::time::interval(STATS_EVERY);
+    loop {
+        tokio::select! {
+            () = link.ended() => break,
+            _ = every.tick() => link.event(Event::Stats(local.counters())),
         }
     }
     // The host hung up (or died): nothing is left to serve for.
 }
 
-async fn wait_for_hang_up(incoming: &mut tokio::sync::mpsc::Receiver<ToAgent>) {
-    while incoming.recv().await.is_some() {}
+/// One of the host's other instances, and the way to it (through the host).
+type Peer = (Arc<Instance>, Arc<Remote>);
+
+/// The agent: its instance, its view of the host's others, and its link to the host.
+struct Agent {
+    local: OnceLock<Arc<Instance>>,
+    directory: Arc<Directory>,
+    /// The host's other instances, by name.
+    peers: Mutex<HashMap<String, Peer>>,
+    link: OnceLock<Link>,
+    /// What the views of the host's other instances are made with: no launchers (the host
+    /// runs them).
+    env: InstanceEnv,
 }
 
-/// Makes the agent's directory: its own instance and a proxy of every other instance of the
-/// host, in the host's order (the dispatcher indexes it), mirroring the host's view;
-/// operations on a proxy go through the host.
-fn mirror(
-    directory: &Directory,
-    local: &Arc<Instance>,
-    proxies: &mut Vec<Arc<Instance>>,
-    peers: Vec<Peer>,
-    types: &crate::service::ServerTypes,
-    link: &Arc<Link<FromAgent>>,
-) {
-    let mut ordered = Vec::with_capacity(peers.len());
-    let mut next = Vec::with_capacity(peers.len());
-    for peer in peers {
-        // Its own place in the host's order is taken by the instance itself.
-        if peer.info.name == local.name() {
-            ordered.push(local.clone());
-            continue;
-        }
-        let Ok(config) = server_config(peer.config) else {
-            continue;
-        };
-        let proxy = match proxies.iter().find(|p| p.name() == config.name) {
-            Some(proxy) => proxy.clone(),
-            None => Arc::new(Instance::new(config, types.clone(), local.directory_handle())),
-        };
-        proxy.mirror(&peer.info, Live::Remote(link.clone()));
-        ordered.push(proxy.clone());
-        next.push(proxy);
+impl Agent {
+    /// Tells the host why the instance cannot run, and waits for the host to end the agent.
+    async fn fail(&self, link: &Link, error: String) {
+        link.event(Event::Failed { error });
+        let _ = tokio::time::timeout(LAST_WORD, link.ended()).await;
     }
-    *proxies = next;
-    directory.replace(ordered);
-}
 
-/// Sends the instance's counters to the host a few times a second.
-async fn report_stats(local: Arc<Instance>, link: Arc<Link<FromAgent>>) {
-    let mut every = tokio::time::interval(STATS_EVERY);
-    loop {
-        every.tick().await;
-        let stats = local.stats();
-        let report = AgentStats {
-            sessions: stats.sessions.load(Ordering::Relaxed),
-            total_sessions: stats.total_sessions.load(Ordering::Relaxed),
-            rejected: stats.rejected.load(Ordering::Relaxed),
-            total_packages: stats.total_packages.load(Ordering::Relaxed),
-            bytes_in: stats.bytes_in.load(Ordering::Relaxed),
-            bytes_out: stats.bytes_out.load(Ordering::Relaxed),
-        };
-        if !link.send(FromAgent::Stats(report)).await {
+    /// Takes the host's view: its own instance keeps its place in the host's order (the
+    /// dispatcher indexes it), every other one is a view of the host's whose operations go
+    /// through the host.
+    fn mirror(&self, view: View) {
+        let (Some(local), Some(link)) = (self.local.get(), self.link.get()) else {
             return;
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ordered = Vec::with_capacity(view.instances.len());
+        let mut next = HashMap::with_capacity(view.instances.len());
+        for peer in view.instances {
+            let name = peer.info.name.clone();
+            if name == local.name() {
+                ordered.push(local.clone());
+                continue;
+            }
+            let config = match peer.config.map(serde_json::from_value::<ServerConfig>) {
+                Some(Ok(config)) => Some(config),
+                Some(Err(e)) => {
+                    tracing::error!(server = %name, "unreadable config from the host: {e}");
+                    continue;
+                }
+                None => None,
+            };
+            let known = peers.remove(&name);
+            let (instance, remote) = match (known, config) {
+                (Some(known), config) => {
+                    known.0.observe(&peer.info, config, known.1.clone());
+                    known
+                }
+                (None, Some(config)) => {
+                    let remote = Arc::new(Remote::new(&name));
+                    remote.attach(Some(link.clone()));
+                    let instance = Arc::new(Instance::new(config, self.env.clone()));
+                    instance.observe(&peer.info, None, remote.clone());
+                    (instance, remote)
+                }
+                (None, None) => {
+                    tracing::error!(server = %name, "the host named an instance without its config");
+                    continue;
+                }
+            };
+            remote.set_counters(counters_of(&peer.info));
+            ordered.push(instance.clone());
+            next.insert(name, (instance, remote));
         }
+        *peers = next;
+        drop(peers);
+        self.directory.replace(ordered);
     }
 }
 
-/// Answers one request of the host.
-async fn answer(local: &Arc<Instance>, request: AgentRequest) -> Reply {
-    match request {
-        AgentRequest::Sessions { limit } => Ok(serde_json::to_value(local.sessions(limit).await).unwrap_or_default()),
-        AgentRequest::Send { session, base64 } => channel::send(local, &session, &base64).await,
-        AgentRequest::Broadcast { base64 } => channel::broadcast(local, &base64).await,
-        AgentRequest::Kick { session } => {
-            let id: SessionId = session.parse().map_err(|_| Failure::NoSession)?;
-            Ok(local.kick(id).await.into())
-        }
-        AgentRequest::Call { request } => channel::call(local, request).await,
-        AgentRequest::Stop { timeout_ms } => {
-            local.stop(Duration::from_millis(timeout_ms)).await;
-            Ok(serde_json::Value::Null)
+/// The counters in a `Server` report.
+fn counters_of(info: &supersocket_proto::ServerInfo) -> supersocket_proto::agent::Counters {
+    supersocket_proto::agent::Counters {
+        sessions: info.sessions,
+        total_sessions: info.total_sessions,
+        rejected: 0,
+        total_packages: info.total_packages,
+        bytes_in: info.bytes_in,
+        bytes_out: info.bytes_out,
+    }
+}
+
+impl Serve for Agent {
+    fn request(&self, link: &Link, id: u64, op: Op, payload: Bytes) {
+        let Some(local) = self.local.get().cloned() else {
+            return link.reply(id, Err(crate::outcome::OpError::NotRunning));
+        };
+        match op {
+            Op::Stop { timeout_ms } => {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    local.stop(Duration::from_millis(timeout_ms)).await;
+                    link.reply(id, Ok(serde_json::Value::Null));
+                });
+            }
+            Op::Sync(view) => {
+                self.mirror(view);
+                link.reply(id, Ok(serde_json::Value::Null));
+            }
+            op => {
+                // Only its own instance is served here; the host reaches the others itself.
+                let target = (server_of(&op) == Some(local.name())).then_some(local);
+                serve(link, id, op, payload, target);
+            }
         }
     }
+
+    fn event(&self, _: &Link, _: Event) {}
 }

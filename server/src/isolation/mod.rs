@@ -1,10 +1,20 @@
 //! Process isolation: an instance run by a child agent process (`supersocketd agent`),
-//! supervised and restarted by the host, driven over a unix control channel.
+//! supervised and restarted by the host, driven over a unix stream channel.
 //!
-//! Layout: `channel` frames messages and passes listening sockets; `supervisor` is the host
-//! side (spawn, hand over the sockets, restart with back-off, stop); `agent` is the child's
-//! main.
+//! Layout: `frame` encodes the channel's frames; `link` is one end of a channel (requests with
+//! deadlines, batched writes); `remote` carries out an instance's operations across a link;
+//! `serve` answers the other side's operations; `view` keeps agents told of the host's
+//! instances; `spawn` starts agent processes; `supervisor` is the host side (the launcher of
+//! `process` instances); `agent` is the child's main.
+//!
+//! Every operation crosses at most two links (agent, host, agent), is submitted in the order
+//! its sender made it, and ends within a deadline: done, or an error the sender sees.
 
 pub(crate) mod agent;
-pub(crate) mod channel;
+mod frame;
+mod link;
+mod remote;
+mod serve;
+pub(crate) mod spawn;
 pub(crate) mod supervisor;
+pub(crate) mod view;

@@ -8,18 +8,19 @@
 //! A room that no longer routes here is dropped.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use super::{line_bytes, split_command};
+use crate::context::{InstanceContext, Session};
 use crate::filter::LineFilter;
-use crate::instance::{Instance, InstanceContext};
+use crate::instance::Instance;
+use crate::outcome::{OpError, Pending};
 use crate::service::Service;
-use crate::session::Session;
 
 /// The server type of the backends.
 pub(crate) const CHAT_TYPE: &str = "chat";
@@ -58,94 +59,162 @@ pub(crate) const NOT_IN_ROOM: &str = "not in room";
 /// Answer of `Enter` when the uid is already in the room from another session.
 pub(crate) const DUPLICATE_UID: &str = "duplicate uid";
 
-type Rooms = HashMap<String, Vec<Member>>;
+/// A room and its members, in the order they entered.
+#[derive(Default)]
+struct Room {
+    /// Set when the room was dropped from this instance (it moved, or emptied): whoever still
+    /// holds it takes the room afresh.
+    gone: AtomicBool,
+    /// `None` until gathered from the connectors.
+    members: Arc<tokio::sync::Mutex<Option<Vec<Member>>>>,
+}
 
-/// Rooms and their members, in the order they entered.
+/// What a request came to, before its lines are delivered.
+enum Answer {
+    Members(Vec<String>),
+    Said,
+    Left(bool),
+}
+
+/// The rooms routed to this instance. Each room has a lock of its own: a room's messages
+/// reach its members in one order, and a slow room holds up no other.
 #[derive(Default)]
 pub struct ChatService {
-    /// One lock for every room: a room's messages reach all members in one order.
-    rooms: Arc<Mutex<Rooms>>,
+    rooms: Arc<Mutex<HashMap<String, Arc<Room>>>>,
 }
 
 impl ChatService {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Room>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn handle(&self, instance: &InstanceContext, request: ChatRequest) -> Result<Value, String> {
-        let mut rooms = self.rooms.lock().await;
-        match request {
+        let name = request.room().to_owned();
+        let (held, mut guard) = loop {
+            let room = self.rooms().entry(name.clone()).or_default().clone();
+            let guard = room.members.clone().lock_owned().await;
+            if !room.gone.load(Ordering::Acquire) {
+                break (room, guard);
+            }
+        };
+        let members = match &mut *guard {
+            Some(members) => members,
+            missing => missing.insert(gather(instance, &name).await?),
+        };
+        // Lines are queued for the members under the room's lock, so they keep one order;
+        // their delivery is awaited after it.
+        let (answer, deliveries) = match request {
             ChatRequest::Enter { room, member, silent } => {
-                let members = room_members(&mut rooms, instance, &room).await;
-                if let Some(existing) = members.iter().find(|m| m.uid == member.uid) {
-                    if *existing != member {
-                        return Err(DUPLICATE_UID.into());
+                let mut joined = Vec::new();
+                match members.iter().find(|m| m.uid == member.uid) {
+                    Some(existing) if *existing != member => return Err(DUPLICATE_UID.into()),
+                    Some(_) => {}
+                    None => {
+                        if !silent {
+                            joined = push(instance, members, &format!("JOIN {room} {}", member.uid));
+                        }
+                        members.push(member);
                     }
-                } else {
-                    if !silent {
-                        push(instance, members, &format!("JOIN {room} {}", member.uid)).await;
-                    }
-                    members.push(member);
                 }
-                Ok(json!({ "members": members.iter().map(|m| m.uid.as_str()).collect::<Vec<_>>() }))
+                (Answer::Members(members.iter().map(|m| m.uid.clone()).collect()), joined)
             }
             ChatRequest::Say { room, uid, text } => {
-                let members = room_members(&mut rooms, instance, &room).await;
                 if !members.iter().any(|m| m.uid == uid) {
                     return Err(NOT_IN_ROOM.into());
                 }
-                let delivered = push(instance, members, &format!("MSG {room} {uid} {text}")).await;
-                Ok(json!({ "delivered": delivered }))
+                (
+                    Answer::Said,
+                    push(instance, members, &format!("MSG {room} {uid} {text}")),
+                )
             }
             ChatRequest::Leave { room, uid, session } => {
-                let members = room_members(&mut rooms, instance, &room).await;
                 let before = members.len();
                 members.retain(|m| !(m.uid == uid && m.session == session));
                 let left = members.len() < before;
-                if left {
-                    push(instance, members, &format!("LEAVE {room} {uid}")).await;
-                }
+                let told = if left {
+                    push(instance, members, &format!("LEAVE {room} {uid}"))
+                } else {
+                    Vec::new()
+                };
                 if members.is_empty() {
-                    rooms.remove(&room);
+                    self.forget(&name, &held);
                 }
-                Ok(json!({ "left": left }))
+                (Answer::Left(left), told)
             }
+        };
+        drop(guard);
+        let mut delivered = 0;
+        for delivery in deliveries {
+            delivered += usize::from(delivery.await.is_ok());
+        }
+        Ok(match answer {
+            Answer::Members(uids) => json!({ "members": uids }),
+            Answer::Said => json!({ "delivered": delivered }),
+            Answer::Left(left) => json!({ "left": left }),
+        })
+    }
+
+    /// Drops `room` from this instance, if it is still the one known by `name`.
+    fn forget(&self, name: &str, room: &Arc<Room>) {
+        let mut rooms = self.rooms();
+        if rooms.get(name).is_some_and(|known| Arc::ptr_eq(known, room)) {
+            room.gone.store(true, Ordering::Release);
+            rooms.remove(name);
         }
     }
 }
 
-/// The members of `room`, gathered from every running connector when the room is new here.
-async fn room_members<'r>(rooms: &'r mut Rooms, instance: &InstanceContext, room: &str) -> &'r mut Vec<Member> {
-    if !rooms.contains_key(room) {
-        let mut members = Vec::new();
-        let request = serde_json::to_value(ConnectorRequest::Members { room: room.to_owned() }).unwrap_or_default();
-        for connector in instance.host().running(CONNECTOR_TYPE) {
-            if let Ok(answer) = connector.call(request.clone()).await {
-                members.extend(serde_json::from_value::<Vec<Member>>(answer["members"].clone()).unwrap_or_default());
-            }
+impl ChatRequest {
+    fn room(&self) -> &str {
+        match self {
+            Self::Enter { room, .. } | Self::Say { room, .. } | Self::Leave { room, .. } => room,
         }
-        rooms.insert(room.to_owned(), members);
     }
-    rooms.entry(room.to_owned()).or_default()
 }
 
-/// Queues `line` for every member, in the order they entered; returns how many took it.
-async fn push(instance: &InstanceContext, members: &[Member], line: &str) -> usize {
+/// The members of `room` among the sessions of every running connector. A connector that is
+/// not running has no members; one that does not answer fails the gathering (a room must not
+/// start with members missing).
+async fn gather(instance: &InstanceContext, room: &str) -> Result<Vec<Member>, String> {
+    let request =
+        serde_json::to_value(ConnectorRequest::Members { room: room.to_owned() }).map_err(|e| e.to_string())?;
+    let mut members = Vec::new();
+    for connector in instance.host().running(CONNECTOR_TYPE) {
+        let answer = match connector.call(request.clone()).await {
+            Ok(answer) => answer,
+            Err(OpError::NotRunning) => continue,
+            Err(e) => return Err(format!("cannot gather room {room} from {}: {e}", connector.name())),
+        };
+        let found: Vec<Member> = serde_json::from_value(answer["members"].clone())
+            .map_err(|e| format!("unreadable members from {}: {e}", connector.name()))?;
+        members.extend(found);
+    }
+    Ok(members)
+}
+
+/// Queues `line` for every member, in the order they entered; the outcomes come later.
+fn push(instance: &InstanceContext, members: &[Member], line: &str) -> Vec<Pending<()>> {
     let bytes = line_bytes(line);
     // Members of a room share a few connectors: look each up once.
     let mut connectors: Vec<(&str, Option<Arc<Instance>>)> = Vec::new();
-    let mut delivered = 0;
-    for member in members {
-        let known = connectors
-            .iter()
-            .find(|(name, _)| *name == member.connector)
-            .map(|(_, c)| c.clone());
-        let connector = known.unwrap_or_else(|| {
-            let connector = instance.host().instance(&member.connector);
-            connectors.push((&member.connector, connector.clone()));
-            connector
-        });
-        if let (Some(connector), Ok(session)) = (connector, member.session.parse()) {
-            delivered += usize::from(connector.send_to(session, bytes.clone()).await.is_ok());
-        }
-    }
-    delivered
+    members
+        .iter()
+        .map(|member| {
+            let known = connectors
+                .iter()
+                .find(|(name, _)| *name == member.connector)
+                .map(|(_, c)| c.clone());
+            let connector = known.unwrap_or_else(|| {
+                let connector = instance.host().instance(&member.connector);
+                connectors.push((&member.connector, connector.clone()));
+                connector
+            });
+            match (connector, member.session.parse()) {
+                (Some(connector), Ok(session)) => connector.send_to(session, bytes.clone()),
+                _ => Pending::ready(Err(OpError::NoSession)),
+            }
+        })
+        .collect()
 }
 
 impl Service for ChatService {
@@ -162,16 +231,24 @@ impl Service for ChatService {
             session.reply_line("ERR invalid UTF-8");
             return;
         };
-        let rooms = self.rooms.lock().await;
         if key.eq_ignore_ascii_case("ROOMS") {
-            let mut names: Vec<&str> = rooms.keys().map(String::as_str).collect();
+            let mut names: Vec<String> = self.rooms().keys().cloned().collect();
             names.sort_unstable();
             session.reply_line(format_args!("OK {}", names.join(",")));
         } else if key.eq_ignore_ascii_case("MEMBERS") {
-            let members = rooms
-                .get(rest.trim())
-                .map(|m| m.iter().map(|m| m.uid.as_str()).collect::<Vec<_>>());
-            session.reply_line(format_args!("OK {}", members.unwrap_or_default().join(",")));
+            let room = self.rooms().get(rest.trim()).cloned();
+            let uids = match room {
+                Some(room) => room
+                    .members
+                    .lock()
+                    .await
+                    .iter()
+                    .flatten()
+                    .map(|m| m.uid.clone())
+                    .collect::<Vec<_>>(),
+                None => Vec::new(),
+            };
+            session.reply_line(format_args!("OK {}", uids.join(",")));
         } else if !key.is_empty() {
             session.reply_line(format_args!("ERR unknown command {key}"));
         }
@@ -191,12 +268,16 @@ impl Service for ChatService {
         let (rooms, context) = (self.rooms.clone(), instance.clone());
         instance.spawn(async move {
             while topology.changed().await.is_ok() {
-                let mut rooms = rooms.lock().await;
-                rooms.retain(|room, _| {
-                    context
-                        .host()
-                        .route(CHAT_TYPE, room)
-                        .is_some_and(|r| r.instance.name() == context.name())
+                let routes_here = |room: &str| {
+                    let route = context.host().route(CHAT_TYPE, room);
+                    route.is_some_and(|r| r.instance.name() == context.name())
+                };
+                rooms.lock().unwrap_or_else(|e| e.into_inner()).retain(|name, room| {
+                    let keep = routes_here(name);
+                    if !keep {
+                        room.gone.store(true, Ordering::Release);
+                    }
+                    keep
                 });
             }
         });

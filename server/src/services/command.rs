@@ -2,12 +2,16 @@
 //! one line per request and one `\r\n`-terminated line per reply. `DISPATCH` and `BROADCAST`
 //! reach sessions of another instance and of this one.
 
-use bytes::BytesMut;
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
 
 use super::{line_bytes, split_command};
+use crate::context::Session;
 use crate::filter::LineFilter;
+use crate::outcome::OpError;
 use crate::service::Service;
-use crate::session::{SendError, Session};
+use crate::session::SessionId;
 
 /// The command-line protocol of SPEC §5.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,10 +47,12 @@ impl Service for CommandService {
             let instance = session.instance();
             session.reply_line(instance.name());
         } else if is("DISPATCH") {
-            dispatch(session, rest).await;
+            dispatch(session, rest);
         } else if is("BROADCAST") {
-            let count = session.instance().broadcast(line_bytes(rest)).await;
-            session.reply_line(format_args!("OK {count}"));
+            match session.instance().broadcast(line_bytes(rest)).await {
+                Ok(count) => session.reply_line(format_args!("OK {count}")),
+                Err(e) => session.reply_line(format_args!("ERR {e}")),
+            }
         } else if is("QUIT") {
             session.close();
         } else {
@@ -56,8 +62,10 @@ impl Service for CommandService {
 }
 
 /// `DISPATCH <server> <session-id> <text>`: delivers `<text>` as one line to that session of
-/// that instance (SuperSocket's `IDespatchServer` example, over the wire).
-async fn dispatch(session: &mut Session<'_>, args: &str) {
+/// that instance (SuperSocket's `IDespatchServer` example, over the wire). The line is on its
+/// way when this returns; the answer takes its place among the replies once the outcome is
+/// known, so a client may pipeline many without waiting for each round trip.
+fn dispatch(session: &mut Session<'_>, args: &str) {
     let mut parts = args.splitn(3, ' ');
     let (Some(server), Some(id), text) = (parts.next(), parts.next(), parts.next().unwrap_or("")) else {
         session.reply_line("ERR usage: DISPATCH <server> <session-id> <text>");
@@ -67,14 +75,47 @@ async fn dispatch(session: &mut Session<'_>, args: &str) {
         session.reply_line(format_args!("ERR no server {server}"));
         return;
     };
-    let sent = match id.parse() {
-        Ok(id) => target.send_to(id, line_bytes(text)).await,
-        Err(_) => Err(SendError::NoSession),
+    let Ok(session_id) = id.parse::<SessionId>() else {
+        session.reply_line(DispatchAnswer::new(server, id, Err(OpError::NoSession)));
+        return;
     };
-    match sent {
-        Ok(()) => session.reply_line("OK"),
-        Err(SendError::NoSession) => session.reply_line(format_args!("ERR no session {id}")),
-        Err(SendError::QueueFull) => session.reply_line(format_args!("ERR session {id} is not reading")),
+    let mut sent = target.send_to(session_id, line_bytes(text));
+    match sent.now() {
+        Some(outcome) => session.reply_line(DispatchAnswer::new(server, id, outcome)),
+        None => {
+            let (server, id) = (server.to_owned(), id.to_owned());
+            session.reply_later(async move {
+                let answer = DispatchAnswer::new(&server, &id, sent.await);
+                Bytes::from(format!("{answer}\r\n"))
+            });
+        }
+    }
+}
+
+/// The answer to a `DISPATCH`.
+struct DispatchAnswer<'a> {
+    server: &'a str,
+    id: &'a str,
+    outcome: Result<(), OpError>,
+}
+
+impl<'a> DispatchAnswer<'a> {
+    fn new(server: &'a str, id: &'a str, outcome: Result<(), OpError>) -> Self {
+        Self { server, id, outcome }
+    }
+}
+
+impl fmt::Display for DispatchAnswer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (server, id) = (self.server, self.id);
+        match &self.outcome {
+            Ok(()) => f.write_str("OK"),
+            Err(OpError::NoSession) => write!(f, "ERR no session {id}"),
+            Err(OpError::QueueFull) => write!(f, "ERR session {id} is not reading"),
+            Err(OpError::NotRunning) => write!(f, "ERR server {server} is not running"),
+            Err(OpError::Unanswered) => write!(f, "ERR server {server} did not answer in time"),
+            Err(OpError::Refused(message)) => write!(f, "ERR {message}"),
+        }
     }
 }
 

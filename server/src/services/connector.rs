@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 
 use super::chat::{CHAT_TYPE, ChatRequest, ConnectorRequest, DUPLICATE_UID, Member, NOT_IN_ROOM};
 use super::split_command;
-use crate::CallError;
+use crate::context::{InstanceContext, Session};
 use crate::dispatch::HostHandle;
 use crate::filter::LineFilter;
-use crate::instance::InstanceContext;
+use crate::outcome::OpError;
 use crate::service::Service;
-use crate::session::{CloseReason, Session, SessionId};
+use crate::session::{CloseReason, SessionId};
 
 /// A session that entered a room.
 #[derive(Debug, Clone)]
@@ -68,9 +68,7 @@ impl ConnectorService {
                     .collect();
                 session.reply_line(format_args!("OK {}", uids.join(",")));
             }
-            Err(CallError::Failed { message, .. }) if message == DUPLICATE_UID => {
-                session.reply_line("ERR duplicate uid")
-            }
+            Err(OpError::Refused(message)) if message == DUPLICATE_UID => session.reply_line("ERR duplicate uid"),
             Err(e) => session.reply_line(format_args!("ERR {e}")),
         }
     }
@@ -88,7 +86,7 @@ impl ConnectorService {
             text: text.to_owned(),
         };
         let mut answer = call_chat(host, room, &say).await;
-        if matches!(&answer, Err(CallError::Failed { message, .. }) if message == NOT_IN_ROOM) {
+        if matches!(&answer, Err(OpError::Refused(message)) if message == NOT_IN_ROOM) {
             // The room's chat instance gathered its members before this one was recorded.
             let enter = ChatRequest::Enter {
                 room: room.clone(),
@@ -115,19 +113,18 @@ fn member(session: &Session<'_>, uid: &str) -> Member {
 }
 
 /// Calls the chat instance the room routes to; if it stopped on the way, routes once more.
-async fn call_chat(host: &HostHandle, room: &str, request: &ChatRequest) -> Result<Value, CallError> {
-    let request = serde_json::to_value(request).unwrap_or_default();
-    let mut last = CallError::NotRunning(CHAT_TYPE.into());
+async fn call_chat(host: &HostHandle, room: &str, request: &ChatRequest) -> Result<Value, OpError> {
+    let request = serde_json::to_value(request).map_err(|e| OpError::Refused(e.to_string()))?;
     for _ in 0..2 {
         let Some(route) = host.route(CHAT_TYPE, room) else {
             break;
         };
         match route.instance.call(request.clone()).await {
-            Err(e @ CallError::NotRunning(_)) => last = e,
+            Err(OpError::NotRunning) => continue,
             answer => return answer,
         }
     }
-    Err(last)
+    Err(OpError::Refused(format!("no {CHAT_TYPE} server is running")))
 }
 
 impl Service for ConnectorService {

@@ -2,9 +2,9 @@
 
 use bytes::BytesMut;
 
+use crate::context::Session;
 use crate::filter::PassthroughFilter;
 use crate::service::Service;
-use crate::session::Session;
 
 /// Sends back whatever arrives.
 #[derive(Debug, Clone, Copy, Default)]

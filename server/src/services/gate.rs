@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use bytes::BytesMut;
 
 use super::split_command;
+use crate::context::Session;
 use crate::filter::LineFilter;
 use crate::service::Service;
-use crate::session::Session;
 
 /// The server type clients are sent to.
 const CONNECTOR_TYPE: &str = "connector";

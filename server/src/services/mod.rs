@@ -15,18 +15,6 @@ pub use echo::EchoService;
 pub use ftp::FtpService;
 pub use gate::GateService;
 
-use crate::service::ServerTypes;
-
-/// Registers every built-in type.
-pub(crate) fn register_builtin(types: &mut ServerTypes) {
-    types.register("echo", |_: &_| Ok::<_, String>(EchoService));
-    types.register("command", |_: &_| Ok::<_, String>(CommandService));
-    types.register("gate", |_: &_| Ok::<_, String>(GateService));
-    types.register("connector", |_: &_| Ok::<_, String>(ConnectorService::default()));
-    types.register("chat", |_: &_| Ok::<_, String>(ChatService::default()));
-    types.register("ftp", FtpService::from_config);
-}
-
 /// `KEY rest` of a line protocol request; `None` if the line is not UTF-8.
 fn split_command(line: &[u8]) -> Option<(&str, &str)> {
     let line = std::str::from_utf8(line).ok()?;

@@ -1,10 +1,12 @@
 //! A session's outbox: messages other tasks send to it (dispatch, broadcast, the admin API),
-//! bounded by `send_queue` so that a slow reader can hold only that much memory, close
-//! requests (kick, slow reader, idle timeout) and requests to give idle buffers back.
+//! bounded by `send_queue` messages and `send_queue_bytes` bytes so that a slow reader holds
+//! only that much; close requests (kick, slow reader, idle timeout); requests to give idle
+//! buffers back.
 //!
-//! A sender that finds the queue full waits for room (backpressure: a burst, or a session task
-//! that has not been scheduled yet); a queue that stays full for [`SEND_PATIENCE`] belongs to a
-//! slow reader, which is closed.
+//! Messages that do not fit wait in line, first come first served: every message keeps the
+//! place it was given when it was submitted, whoever sent it and whenever its sender awaits
+//! the outcome. A message that waits longer than [`SEND_PATIENCE`] marks a slow reader, which
+//! is closed.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -12,34 +14,62 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::CloseReason;
+use crate::outcome::OpError;
 
-/// Why a message could not be queued for a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// No such session (or it has closed).
-    #[error("no such session")]
-    NoSession,
-    /// Its queue stayed full: the session is a slow reader and is being closed.
-    #[error("the session's send queue stayed full (slow reader); it is being closed")]
-    QueueFull,
+/// How long a message may wait for room before its session counts as a slow reader.
+pub const SEND_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How much an outbox queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueLimits {
+    /// Messages queued.
+    pub messages: usize,
+    /// Bytes queued (one message larger than this still passes an empty queue).
+    pub bytes: usize,
 }
 
-/// Bounded queue of outbound messages plus a close request, with one waker.
+/// Bounded queue of outbound messages, the line of messages waiting for room, a close request,
+/// and the waker of the session.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    queue: Mutex<VecDeque<Bytes>>,
-    capacity: usize,
-    /// Wakes the session when a message or a close request arrives.
+    queue: Mutex<Queue>,
+    limits: QueueLimits,
+    /// Wakes the session when a message or a request arrives.
     notify: Notify,
-    /// Wakes senders waiting for room when the session empties the queue.
-    room: Notify,
-    /// 0, or 1 + the index of the requested close reason.
+    /// 0, or the code of the requested close reason.
     close: AtomicU8,
     /// Whether the session holds buffers, and whether it was asked to release them.
     buffers: AtomicU8,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    ready: VecDeque<Bytes>,
+    /// Bytes in `ready`.
+    bytes: usize,
+    /// Messages that did not fit, in the order they came.
+    waiting: VecDeque<Waiter>,
+    /// Set when the session writes its last: nothing more is taken.
+    sealed: bool,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    message: Bytes,
+    admitted: oneshot::Sender<Result<(), OpError>>,
+}
+
+/// Where [`Outbox::queue`] put a message.
+pub(super) enum Queued {
+    /// In the queue.
+    Now,
+    /// In line for room; the receiver learns when it gets in (or why not).
+    Later(oneshot::Receiver<Result<(), OpError>>),
+    /// Not taken.
+    Refused(OpError),
 }
 
 /// `Outbox::buffers`: the session holds buffers.
@@ -47,82 +77,103 @@ const HOLDING: u8 = 1;
 /// `Outbox::buffers`: the session was asked to release its buffers.
 const RELEASE: u8 = 2;
 
-/// How long a sender waits for room in a full queue before the session counts as a slow
-/// reader.
-pub const SEND_PATIENCE: Duration = Duration::from_secs(1);
+impl Queue {
+    fn fits(&self, message: &Bytes, limits: QueueLimits) -> bool {
+        self.ready.is_empty() || (self.ready.len() < limits.messages && self.bytes + message.len() <= limits.bytes)
+    }
 
-const REASONS: [CloseReason; 8] = [
-    CloseReason::RemoteClosing,
-    CloseReason::LocalClosing,
-    CloseReason::ServerShutdown,
-    CloseReason::Timeout,
-    CloseReason::ProtocolError,
-    CloseReason::Rejected,
-    CloseReason::ApplicationError,
-    CloseReason::SocketError,
-];
+    fn push(&mut self, message: Bytes) {
+        self.bytes += message.len();
+        self.ready.push_back(message);
+    }
+
+    /// Lets waiting messages in, first come first served, while they fit; true if any did.
+    fn admit(&mut self, limits: QueueLimits) -> bool {
+        let mut admitted = false;
+        while let Some(waiter) = self.waiting.front() {
+            if !self.fits(&waiter.message, limits) {
+                break;
+            }
+            let Some(waiter) = self.waiting.pop_front() else { break };
+            // A sender that stopped waiting still gets its message delivered: it was submitted.
+            let _ = waiter.admitted.send(Ok(()));
+            self.push(waiter.message);
+            admitted = true;
+        }
+        admitted
+    }
+}
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(limits: QueueLimits) -> Self {
         Self {
-            queue: Mutex::new(VecDeque::new()),
-            capacity,
+            queue: Mutex::new(Queue::default()),
+            limits,
             notify: Notify::new(),
-            room: Notify::new(),
             close: AtomicU8::new(0),
             buffers: AtomicU8::new(0),
         }
     }
 
-    /// Queues a message, waiting up to [`SEND_PATIENCE`] for room; a queue that stays full
-    /// closes the session as a slow reader.
-    pub(crate) async fn push(&self, message: Bytes) -> Result<(), SendError> {
-        let deadline = tokio::time::Instant::now() + SEND_PATIENCE;
-        loop {
-            // Registered before the attempt, so room made in between is not missed.
-            let room = self.room.notified();
-            let mut room = std::pin::pin!(room);
-            room.as_mut().enable();
-            match self.try_push(&message) {
-                Err(SendError::QueueFull) => {}
-                done => return done,
-            }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                self.request_close(CloseReason::Timeout);
-                return Err(SendError::QueueFull);
-            }
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn try_push(&self, message: &Bytes) -> Result<(), SendError> {
-        if self.close_requested().is_some() {
-            return Err(SendError::NoSession);
+    /// Places a message: in the queue if nothing waits before it and it fits, else in line.
+    /// A line as long as the queue itself marks a slow reader.
+    pub(super) fn queue(&self, message: Bytes) -> Queued {
+        let mut queue = self.lock();
+        // Under the lock: `close` and `seal` refuse what waits under it too.
+        if queue.sealed || self.close_requested().is_some() {
+            return Queued::Refused(OpError::NoSession);
         }
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.len() >= self.capacity {
-            return Err(SendError::QueueFull);
+        if queue.waiting.is_empty() && queue.fits(&message, self.limits) {
+            queue.push(message);
+            drop(queue);
+            self.notify.notify_one();
+            return Queued::Now;
         }
-        queue.push_back(message.clone());
-        drop(queue);
-        self.notify.notify_one();
-        Ok(())
+        if queue.waiting.len() >= self.limits.messages {
+            drop(queue);
+            self.close(CloseReason::Timeout);
+            return Queued::Refused(OpError::QueueFull);
+        }
+        let (admitted, outcome) = oneshot::channel();
+        queue.waiting.push_back(Waiter { message, admitted });
+        Queued::Later(outcome)
     }
 
-    /// Asks the session to close; the first reason asked wins.
-    pub(crate) fn request_close(&self, reason: CloseReason) {
-        let code = REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8 + 1;
+    /// Asks the session to close (the first reason asked wins); messages still in line are
+    /// refused.
+    pub(crate) fn close(&self, reason: CloseReason) {
         let _ = self
             .close
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        let refusal = match self.close_requested() {
+            Some(CloseReason::Timeout) => OpError::QueueFull,
+            _ => OpError::NoSession,
+        };
+        self.refuse_waiting(refusal);
         self.notify.notify_one();
+    }
+
+    /// Takes nothing more (the session is writing its last), without asking it to close;
+    /// messages still in line are refused.
+    pub(crate) fn seal(&self) {
+        self.lock().sealed = true;
+        self.refuse_waiting(OpError::NoSession);
+    }
+
+    fn refuse_waiting(&self, refusal: OpError) {
+        let waiting = std::mem::take(&mut self.lock().waiting);
+        for waiter in waiting {
+            let _ = waiter.admitted.send(Err(refusal.clone()));
+        }
     }
 
     /// The close reason asked for, if any.
     pub(crate) fn close_requested(&self) -> Option<CloseReason> {
-        match self.close.load(Ordering::Acquire) {
-            0 => None,
-            code => Some(REASONS[usize::from(code - 1)]),
-        }
+        CloseReason::from_code(self.close.load(Ordering::Acquire))
     }
 
     /// Resolves when a message or a request may be waiting.
@@ -159,16 +210,19 @@ impl Outbox {
             .is_ok()
     }
 
-    /// Moves every queued message into `out`; returns how many there were.
+    /// Moves every queued message into `out` and lets waiting ones into the queue; returns
+    /// how many moved.
     pub(crate) fn drain_into(&self, out: &mut BytesMut) -> usize {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let count = queue.len();
-        for message in queue.drain(..) {
+        let mut queue = self.lock();
+        let count = queue.ready.len();
+        for message in queue.ready.drain(..) {
             out.extend_from_slice(&message);
         }
+        queue.bytes = 0;
+        let admitted = queue.admit(self.limits);
         drop(queue);
-        if count > 0 {
-            self.room.notify_waiters();
+        if admitted {
+            self.notify.notify_one();
         }
         count
     }
@@ -176,48 +230,69 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
 
-    fn tokio_test_block_on<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(future)
+    use super::*;
+    use crate::session::SessionEntry;
+
+    fn entry(messages: usize, bytes: usize) -> Arc<SessionEntry> {
+        let address = "127.0.0.1:1".parse().unwrap();
+        Arc::new(SessionEntry::new(address, address, QueueLimits { messages, bytes }))
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_full_queue_waits_for_room_then_closes_a_slow_reader() {
-        let outbox = std::sync::Arc::new(Outbox::new(2));
-        assert_eq!(outbox.push(Bytes::from_static(b"a")).await, Ok(()));
-        assert_eq!(outbox.push(Bytes::from_static(b"b")).await, Ok(()));
-        // The session drains while a third sender waits: the sender gets in.
-        let waiting = tokio::spawn({
-            let outbox = outbox.clone();
-            async move { outbox.push(Bytes::from_static(b"c")).await }
-        });
+    async fn a_full_queue_keeps_the_order_of_submission_then_closes_a_slow_reader() {
+        let session = entry(2, 1024);
+        assert_eq!(session.submit(Bytes::from_static(b"a")).await, Ok(()));
+        assert_eq!(session.submit(Bytes::from_static(b"b")).await, Ok(()));
+        // Two more wait in line, in the order they were submitted, whoever awaits first.
+        let c = session.submit(Bytes::from_static(b"c"));
+        let d = session.submit(Bytes::from_static(b"d"));
+        let d = tokio::spawn(d);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut out = BytesMut::new();
-        assert_eq!(outbox.drain_into(&mut out), 2);
-        assert_eq!(waiting.await.unwrap(), Ok(()));
-        assert_eq!(outbox.close_requested(), None);
-        // Nobody drains: after the patience, the session is closed as a slow reader.
-        assert_eq!(outbox.push(Bytes::from_static(b"d")).await, Ok(()));
+        assert_eq!(session.outbox.drain_into(&mut out), 2);
+        assert_eq!((d.await.unwrap(), c.await), (Ok(()), Ok(())));
+        assert_eq!(session.outbox.close_requested(), None);
+        // Nobody drains: after the patience the session is closed as a slow reader, and what
+        // still waits is refused.
+        let e = session.submit(Bytes::from_static(b"e"));
         let began = tokio::time::Instant::now();
-        assert_eq!(outbox.push(Bytes::from_static(b"e")).await, Err(SendError::QueueFull));
+        assert_eq!(e.await, Err(OpError::QueueFull));
         assert_eq!(began.elapsed(), SEND_PATIENCE);
-        assert_eq!(outbox.close_requested(), Some(CloseReason::Timeout));
-        outbox.drain_into(&mut out);
+        assert_eq!(session.outbox.close_requested(), Some(CloseReason::Timeout));
+        session.outbox.drain_into(&mut out);
         assert_eq!(&out[..], b"abcd");
     }
 
-    #[test]
-    fn the_first_close_reason_wins() {
-        let outbox = Outbox::new(1);
-        outbox.request_close(CloseReason::LocalClosing);
-        outbox.request_close(CloseReason::Timeout);
-        assert_eq!(outbox.close_requested(), Some(CloseReason::LocalClosing));
-        let late = tokio_test_block_on(outbox.push(Bytes::from_static(b"late")));
-        assert_eq!(late, Err(SendError::NoSession));
+    #[tokio::test]
+    async fn bytes_are_bounded_as_well_as_messages() {
+        let session = entry(100, 4);
+        assert_eq!(session.submit(Bytes::from_static(b"abc")).await, Ok(()));
+        let mut second = session.submit(Bytes::from_static(b"de"));
+        assert_eq!(second.now(), None, "over the byte bound: it waits");
+        let mut out = BytesMut::new();
+        session.outbox.drain_into(&mut out);
+        assert_eq!(second.await, Ok(()));
+        // A message bigger than the bound still passes an empty queue.
+        session.outbox.drain_into(&mut out);
+        assert_eq!(session.submit(Bytes::from_static(b"0123456789")).await, Ok(()));
+        session.outbox.drain_into(&mut out);
+        assert_eq!(&out[..], b"abcde0123456789");
+    }
+
+    #[tokio::test]
+    async fn the_first_close_reason_wins_and_later_messages_are_refused() {
+        let session = entry(1, 1024);
+        assert_eq!(session.submit(Bytes::from_static(b"a")).await, Ok(()));
+        let waiting = session.submit(Bytes::from_static(b"b"));
+        session.outbox.close(CloseReason::LocalClosing);
+        session.outbox.close(CloseReason::Timeout);
+        assert_eq!(session.outbox.close_requested(), Some(CloseReason::LocalClosing));
+        assert_eq!(waiting.await, Err(OpError::NoSession));
+        assert_eq!(
+            session.submit(Bytes::from_static(b"late")).await,
+            Err(OpError::NoSession)
+        );
     }
 }

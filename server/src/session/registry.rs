@@ -1,24 +1,26 @@
-//! The open sessions of one instance, by id.
+//! The open sessions of one run of an instance, by id.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use supersocket_proto::SessionInfo;
 
-use super::{CloseReason, SendError, SessionId, SessionShared};
+use super::{CloseReason, SessionEntry, SessionId};
+use crate::outcome::{OpError, Pending};
 
-/// Open sessions of an instance; the session tasks add and remove themselves.
+/// Open sessions of a run; the session tasks add and remove themselves.
 #[derive(Debug, Default)]
 pub(crate) struct SessionRegistry {
-    sessions: Mutex<HashMap<SessionId, Arc<SessionShared>>>,
+    sessions: Mutex<HashMap<SessionId, Arc<SessionEntry>>>,
 }
 
 impl SessionRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<SessionShared>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<SessionEntry>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn insert(&self, session: Arc<SessionShared>) {
+    pub(crate) fn insert(&self, session: Arc<SessionEntry>) {
         self.lock().insert(session.id, session);
     }
 
@@ -26,43 +28,57 @@ impl SessionRegistry {
         self.lock().remove(&id);
     }
 
-    pub(crate) fn get(&self, id: SessionId) -> Option<Arc<SessionShared>> {
+    fn get(&self, id: SessionId) -> Option<Arc<SessionEntry>> {
         self.lock().get(&id).cloned()
     }
 
     /// Calls `f` on every session, holding the registry's lock (so `f` must be quick).
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&SessionShared)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&SessionEntry)) {
         self.lock().values().for_each(|session| f(session));
     }
 
     /// Up to `limit` sessions, oldest first.
-    pub(crate) fn list(&self, limit: usize) -> Vec<Arc<SessionShared>> {
+    pub(crate) fn list(&self, limit: usize) -> Vec<SessionInfo> {
         let mut all: Vec<_> = self.lock().values().cloned().collect();
         all.sort_by_key(|s| s.id);
-        all.truncate(limit);
-        all
+        all.iter().take(limit).map(|s| s.info()).collect()
     }
 
-    /// Queues a message for one session (waiting for room, see [`Outbox::push`]).
-    ///
-    /// [`Outbox::push`]: super::Outbox::push
-    pub(crate) async fn send(&self, id: SessionId, message: Bytes) -> Result<(), SendError> {
-        let session = self.get(id).ok_or(SendError::NoSession)?;
-        session.outbox.push(message).await
+    /// Submits a message to one session (see [`SessionEntry::submit`]).
+    pub(crate) fn send(&self, id: SessionId, message: Bytes) -> Pending<()> {
+        match self.get(id) {
+            Some(session) => session.submit(message),
+            None => Pending::ready(Err(OpError::NoSession)),
+        }
     }
 
-    /// Queues a message for every session; returns how many accepted it.
-    pub(crate) async fn broadcast(&self, message: &Bytes) -> usize {
+    /// Submits a message to every session; the outcome is how many took it.
+    pub(crate) fn broadcast(&self, message: &Bytes) -> Pending<usize> {
         let all: Vec<_> = self.lock().values().cloned().collect();
         let mut accepted = 0;
+        let mut waiting = Vec::new();
         for session in all {
-            accepted += usize::from(session.outbox.push(message.clone()).await.is_ok());
+            let mut submitted = session.submit(message.clone());
+            match submitted.now() {
+                Some(outcome) => accepted += usize::from(outcome.is_ok()),
+                None => waiting.push(submitted),
+            }
         }
-        accepted
+        if waiting.is_empty() {
+            return Pending::ready(Ok(accepted));
+        }
+        Pending::waiting(async move {
+            for submitted in waiting {
+                accepted += usize::from(submitted.await.is_ok());
+            }
+            Ok(accepted)
+        })
     }
 
     /// Asks one session to close.
-    pub(crate) fn close(&self, id: SessionId, reason: CloseReason) -> bool {
-        self.get(id).map(|s| s.outbox.request_close(reason)).is_some()
+    pub(crate) fn close(&self, id: SessionId, reason: CloseReason) -> Result<(), OpError> {
+        let session = self.get(id).ok_or(OpError::NoSession)?;
+        session.outbox.close(reason);
+        Ok(())
     }
 }

@@ -37,7 +37,7 @@ fn sweep(sessions: &SessionRegistry, idle_timeout: Option<Duration>, now: Instan
     sessions.for_each(|session| {
         let quiet = now.saturating_duration_since(session.last_active());
         if idle_timeout.is_some_and(|t| quiet >= t) {
-            session.outbox.request_close(CloseReason::Timeout);
+            session.outbox.close(CloseReason::Timeout);
         } else if quiet >= BUFFER_RELEASE {
             session.outbox.request_release();
         }
@@ -47,7 +47,7 @@ fn sweep(sessions: &SessionRegistry, idle_timeout: Option<Duration>, now: Instan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionShared;
+    use crate::session::{QueueLimits, SessionEntry};
 
     #[test]
     fn the_tick_follows_the_idle_timeout_within_bounds() {
@@ -61,7 +61,11 @@ mod tests {
     fn a_sweep_closes_the_idle_and_asks_the_quiet_to_release() {
         let registry = SessionRegistry::default();
         let address = "127.0.0.1:1".parse().unwrap();
-        let session = Arc::new(SessionShared::new(address, address, 4));
+        let limits = QueueLimits {
+            messages: 4,
+            bytes: 1024,
+        };
+        let session = Arc::new(SessionEntry::new(address, address, limits));
         registry.insert(session.clone());
         let born = Instant::now();
         session.outbox.note_buffers_held();

@@ -14,8 +14,7 @@ use tokio::net::TcpListener;
 use super::jail::{Jail, JailError, Upload, VirtualPath, is_kind};
 use super::transfer::{Payload, Running, Transfer};
 use super::{FtpService, FtpSession, Login, is_anonymous, listing, passive, reply};
-use crate::instance::InstanceContext;
-use crate::session::SessionHandle;
+use crate::context::{InstanceContext, SessionHandle};
 
 /// Failed logins after which the control connection is closed.
 const MAX_LOGIN_FAILURES: u32 = 3;

@@ -27,9 +27,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use transfer::Running;
 
-use crate::instance::InstanceContext;
+use crate::context::{InstanceContext, Session};
 use crate::service::{Service, ServiceContext};
-use crate::session::{CloseReason, Session, SessionId};
+use crate::session::{CloseReason, SessionId};
 
 /// The `options` of an `ftp` server.
 #[derive(Debug, Deserialize)]
@@ -88,7 +88,7 @@ pub struct FtpService {
     /// The address PASV announces instead of the control connection's.
     passive_address: Option<IpAddr>,
     /// The state of every control connection.
-    sessions: Arc<Mutex<HashMap<SessionId, FtpSession>>>,
+    sessions: Mutex<HashMap<SessionId, FtpSession>>,
 }
 
 /// Where a control connection is in logging in.
@@ -141,7 +141,7 @@ impl FtpService {
             read_only: options.read_only,
             ports: PortRange::parse(options.passive_ports.as_deref()).map_err(|e| format!("options.{e}"))?,
             passive_address: options.passive_address,
-            sessions: Arc::default(),
+            sessions: Mutex::default(),
         })
     }
 
@@ -184,15 +184,17 @@ impl Service for FtpService {
 
     async fn connected(&self, session: &mut Session<'_>) {
         let handle = session.handle();
-        let greeting = match self.jail() {
-            Ok(_) => reply::line(220, "SuperSocket FTP server ready."),
+        match self.jail() {
+            Ok(_) => {
+                let _ = handle.send(reply::line(220, "SuperSocket FTP server ready.")).await;
+            }
             Err(e) => {
                 tracing::error!(server = %session.instance().name(), "{e}");
+                let refusal = reply::line(421, "Service not available: the served folder cannot be opened.");
+                let _ = handle.send(refusal).await;
                 handle.close();
-                reply::line(421, "Service not available: the served folder cannot be opened.")
             }
-        };
-        let _ = handle.send(greeting).await;
+        }
     }
 
     async fn received(&self, session: &mut Session<'_>, line: BytesMut) {
@@ -210,7 +212,7 @@ impl Service for FtpService {
             let _ = handle.send(reply).await;
         }
         // A stop clears every session's state (passive listeners included); keep it cleared.
-        if !session.instance().stopping.is_cancelled() {
+        if !session.instance().is_stopping() {
             self.sessions().insert(id, state);
         }
     }
@@ -224,13 +226,11 @@ impl Service for FtpService {
         if let Err(e) = self.jail() {
             tracing::error!(server = %instance.name(), "{e}");
         }
-        // At a stop, passive listeners and transfers close with the instance, not only as each
-        // control connection finishes draining.
-        let sessions = self.sessions.clone();
-        let stopping = instance.stopping.clone();
-        instance.runtime.spawn(async move {
-            stopping.cancelled().await;
-            sessions.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        });
+    }
+
+    /// Passive listeners and transfers close with the instance, not only as each control
+    /// connection finishes draining.
+    fn stopping(&self, _: &InstanceContext) {
+        self.sessions().clear();
     }
 }

@@ -4,7 +4,6 @@
 //! ends it and closes the data connection.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,8 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::passive;
 use super::reply;
-use crate::instance::{InstanceContext, InstanceStats};
-use crate::session::SessionHandle;
+use crate::context::{InstanceContext, SessionHandle, Traffic};
 
 /// Bytes moved per read and write. A transfer holds two such buffers: its own, and the file's
 /// read-ahead or write-behind.
@@ -65,13 +63,13 @@ impl Transfer {
         let abort = CancellationToken::new();
         let ended = CancellationToken::new();
         let finished = ended.clone();
-        let stats = instance.stats.clone();
+        let traffic = instance.traffic();
         let cancelled = abort.clone();
         instance.spawn(async move {
             let control = self.control.clone();
             let ending = tokio::select! {
                 () = cancelled.cancelled() => reply::line(426, "Connection closed; transfer aborted."),
-                ending = self.run(&stats) => ending,
+                ending = self.run(&traffic) => ending,
             };
             // The control connection may be gone already; there is no one else to tell.
             let _ = control.send(ending).await;
@@ -80,14 +78,14 @@ impl Transfer {
         Running { abort, ended }
     }
 
-    async fn run(self, stats: &InstanceStats) -> bytes::Bytes {
+    async fn run(self, traffic: &Traffic) -> bytes::Bytes {
         let Some(stream) = passive::accept(self.listener, self.peer).await else {
             return reply::line(425, "Can't open data connection.");
         };
         let mut data = DataConnection {
             stream,
             control: &self.control,
-            stats,
+            traffic,
             idle: self.idle,
         };
         let moved = match self.payload {
@@ -111,21 +109,21 @@ impl Transfer {
 struct DataConnection<'a> {
     stream: TcpStream,
     control: &'a SessionHandle,
-    stats: &'a InstanceStats,
+    traffic: &'a Traffic,
     idle: Duration,
 }
 
 impl DataConnection<'_> {
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         with_idle(self.idle, self.stream.write_all(bytes)).await?;
-        self.stats.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.traffic.count_out(bytes.len() as u64);
         self.control.touch();
         Ok(())
     }
 
     async fn receive(&mut self, buffer: &mut [u8]) -> Result<usize, Failure> {
         let n = with_idle(self.idle, self.stream.read(buffer)).await?;
-        self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.traffic.count_in(n as u64);
         self.control.touch();
         Ok(n)
     }

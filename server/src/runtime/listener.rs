@@ -1,21 +1,51 @@
 //! Binding an instance's listeners: backlog, port 0, `port_fallback`, IPv6 sockets bound
 //! v6-only (so `Any` and `IPv6Any` can share a port), and all-or-nothing.
+//!
+//! A process being spawned holds a copy of every descriptor of the host from its fork until
+//! its exec closes them, the listeners of instances just stopped included; binding their ports
+//! again in that window would fail. So binding waits for spawns under way ([`spawning`]).
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{ListenerConfig, ServerConfig};
 
+/// Held for reading by every spawn of a child process from before its fork until its exec,
+/// and for writing while listeners are bound.
+static SPAWN_GATE: RwLock<()> = RwLock::new(());
+
+/// Hold this while spawning a child process: no listener is bound meanwhile. Blocks; call it
+/// off the runtime's workers or for a moment only.
+pub(crate) fn spawning() -> RwLockReadGuard<'static, ()> {
+    SPAWN_GATE.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Binds every listener of `server`, or none: on the first failure the ones bound are
-/// released and the error names the address, the port(s) and the server.
+/// released and the error names the address, the port(s) and the server. Blocks while a
+/// child process is being spawned.
 pub(crate) fn bind_all(server: &ServerConfig) -> Result<Vec<TcpListener>, String> {
+    let _no_spawn_under_way = SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner());
     server
         .listeners
         .iter()
         .map(|listener| bind_one(listener, server.port_fallback, &server.name))
         .collect()
+}
+
+/// Checks that the listeners of `next` that `current` does not already hold could be bound
+/// now, without keeping them: a reload uses it before it stops what serves.
+pub(crate) fn probe(next: &ServerConfig, current: &[SocketAddr]) -> Result<(), String> {
+    let _no_spawn_under_way = SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner());
+    for listener in &next.listeners {
+        let held = current.contains(&SocketAddr::new(listener.ip, listener.port));
+        if listener.port != 0 && !held {
+            bind_one(listener, next.port_fallback, &next.name)?;
+        }
+    }
+    Ok(())
 }
 
 fn bind_one(listener: &ListenerConfig, fallback: u16, server: &str) -> Result<TcpListener, String> {

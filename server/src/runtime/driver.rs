@@ -1,7 +1,7 @@
 //! The per-connection loop: read, decode every package, hand each to the service, write all
-//! replies of that read at once; meanwhile deliver the outbox and its requests (close,
-//! release buffers), and on stop drain gracefully (handle what was sent, flush, FIN, wait for
-//! the peer to close).
+//! replies of that read at once; write replies that waited for an outcome as they settle, in
+//! their order; meanwhile deliver the outbox and its requests (close, release buffers), and on
+//! stop drain gracefully (handle what was sent, flush, FIN, wait for the peer to close).
 //!
 //! Steady state allocates nothing per package: the read buffer is reused (packages are split
 //! off it and handed back when dropped), replies go into one reused output buffer. Sessions
@@ -25,10 +25,10 @@ use tokio_util::codec::Decoder;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-use super::{CloseReason, Session, SessionShared};
+use crate::context::{InstanceContext, Replies, Session};
 use crate::filter::FilterError;
-use crate::instance::InstanceContext;
 use crate::service::Service;
+use crate::session::{CloseReason, SessionEntry};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -50,7 +50,7 @@ pub(crate) struct SessionSetup {
     /// The instance it belongs to.
     pub instance: Arc<InstanceContext>,
     /// Its registry entry.
-    pub shared: Arc<SessionShared>,
+    pub entry: Arc<SessionEntry>,
     /// Cancelled when the instance stops: drain gracefully.
     pub drain: CancellationToken,
     /// Cancelled when the stop's timeout passes: close at once.
@@ -75,40 +75,48 @@ pub(crate) async fn serve<S: Service>(
     }))
     .await
     .unwrap_or(CloseReason::ApplicationError);
-    let shared = &setup.shared;
-    setup.instance.sessions.remove(shared.id);
+    let entry = &setup.entry;
+    setup.instance.sessions.remove(entry.id);
+    // Senders still waiting for room learn that the session is gone.
+    entry.outbox.close(reason);
     setup.instance.stats.sessions.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(
-        server = %setup.instance.name, session = %shared.id, remote = %shared.remote, %reason,
+        server = %setup.instance.name, session = %entry.id, remote = %entry.remote, %reason,
         "session closed"
     );
-    let (mut out, mut close) = (BytesMut::new(), None);
+    let (mut replies, mut close) = (Replies::default(), None);
     let mut session = Session {
-        shared,
+        entry,
         instance: &setup.instance,
-        out: &mut out,
+        replies: &mut replies,
         close: &mut close,
     };
     if catch_panic(pin!(service.closed(&mut session, reason))).await.is_none() {
-        tracing::error!(server = %setup.instance.name, session = %shared.id, "closed handler panicked");
+        tracing::error!(server = %setup.instance.name, session = %entry.id, "closed handler panicked");
     }
 }
 
-/// A TLS session: the handshake (bounded), then the same loop as plain TCP.
+/// A TLS session: the handshake (bounded, by the idle timeout when that is shorter: a
+/// handshake holds a `max_connections` slot), then the same loop as plain TCP.
 async fn run_tls<S: Service>(
     service: &S,
     acceptor: TlsAcceptor,
     stream: TcpStream,
     setup: &SessionSetup,
 ) -> CloseReason {
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let bound = setup
+        .instance
+        .config
+        .idle_timeout
+        .map_or(HANDSHAKE_TIMEOUT, |idle| idle.min(HANDSHAKE_TIMEOUT));
+    let handshake = tokio::time::timeout(bound, acceptor.accept(stream));
     tokio::select! {
         biased;
         () = setup.drain.cancelled() => CloseReason::ServerShutdown,
         result = handshake => match result {
             Ok(Ok(tls)) => Driver::new(service, tls, setup).run().await,
             Ok(Err(e)) => {
-                tracing::debug!(session = %setup.shared.id, "TLS handshake failed: {e}");
+                tracing::debug!(session = %setup.entry.id, "TLS handshake failed: {e}");
                 CloseReason::SocketError
             }
             Err(_) => CloseReason::Timeout,
@@ -136,8 +144,9 @@ struct Driver<'a, S: Service, IO> {
     setup: &'a SessionSetup,
     /// Bytes read and not yet decoded.
     rbuf: BytesMut,
-    /// Replies and outbox messages not yet written.
-    out: BytesMut,
+    /// Replies and outbox messages not yet written (`replies.now`), and replies waiting for
+    /// an outcome.
+    replies: Replies,
     /// Outbox messages taken while a handler was waiting; written before `out`.
     side: BytesMut,
     /// Set by a handler (or the filter) to close after the pending writes.
@@ -215,7 +224,7 @@ where
             filter: service.filter(config.max_package_length),
             setup,
             rbuf: BytesMut::new(),
-            out: BytesMut::new(),
+            replies: Replies::default(),
             side: BytesMut::new(),
             close: None,
         }
@@ -223,11 +232,11 @@ where
 
     async fn run(&mut self) -> CloseReason {
         let setup = self.setup;
-        let shared = &setup.shared;
+        let entry = &setup.entry;
         let mut session = Session {
-            shared,
+            entry,
             instance: &setup.instance,
-            out: &mut self.out,
+            replies: &mut self.replies,
             close: &mut self.close,
         };
         self.service.connected(&mut session).await;
@@ -243,15 +252,16 @@ where
                 // Boxed: the drain runs once, at a stop, and every idle session would otherwise
                 // carry its state.
                 () = setup.drain.cancelled() => return Box::pin(self.drain()).await,
-                () = shared.outbox.wait() => self.deliver_outbox().await,
-                read = read_some(&mut self.io, &mut self.rbuf) => match read {
+                () = entry.outbox.wait() => self.deliver_outbox().await,
+                () = poll_fn(|cx| self.replies.poll_settled(cx)), if self.replies.waiting() => self.on_settled().await,
+                read = read_some(&mut self.io, &mut self.rbuf), if !self.replies.full() => match read {
                     Ok(0) => return CloseReason::RemoteClosing,
                     Ok(n) => self.on_read(n).await,
                     Err(_) => return CloseReason::SocketError,
                 },
             };
             match result.and_then(|()| self.close.map_or(Ok(()), Err)) {
-                Ok(()) if self.holds_buffers() => shared.outbox.note_buffers_held(),
+                Ok(()) if self.holds_buffers() => entry.outbox.note_buffers_held(),
                 Ok(()) => {}
                 Err(CloseReason::LocalClosing) => {
                     return self.close_politely(CloseReason::LocalClosing).await;
@@ -262,7 +272,7 @@ where
     }
 
     fn holds_buffers(&self) -> bool {
-        self.rbuf.capacity() > 0 || self.out.capacity() > 0 || self.side.capacity() > 0
+        self.rbuf.capacity() > 0 || self.replies.now.capacity() > 0 || self.side.capacity() > 0
     }
 
     /// Frees the buffers that hold nothing.
@@ -270,8 +280,8 @@ where
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
-        if self.out.is_empty() {
-            self.out = BytesMut::new();
+        if self.replies.now.is_empty() {
+            self.replies.now = BytesMut::new();
         }
         if self.side.is_empty() {
             self.side = BytesMut::new();
@@ -281,9 +291,9 @@ where
     /// Decodes and handles every complete package read so far, then writes the replies.
     async fn on_read(&mut self, n: usize) -> Result<(), CloseReason> {
         let setup = self.setup;
-        let shared = &setup.shared;
-        shared.touch(Instant::now());
-        shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        let entry = &setup.entry;
+        entry.touch(Instant::now());
+        entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         setup.instance.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         let result = self.handle_packages().await;
         self.flush().await?;
@@ -298,9 +308,9 @@ where
                 Ok(Some(package)) => {
                     packages += 1;
                     let mut session = Session {
-                        shared: &setup.shared,
+                        entry: &setup.entry,
                         instance: &setup.instance,
-                        out: &mut self.out,
+                        replies: &mut self.replies,
                         close: &mut self.close,
                     };
                     let stuck = {
@@ -310,13 +320,14 @@ where
                     if stuck {
                         break Err(CloseReason::SocketError);
                     }
-                    if self.close.is_some() {
+                    // With too many replies waiting, the rest waits in `rbuf` until they settle.
+                    if self.close.is_some() || self.replies.full() {
                         break Ok(());
                     }
                 }
                 Ok(None) => break Ok(()),
                 Err(e) => {
-                    tracing::debug!(server = %setup.instance.name, session = %setup.shared.id, "protocol error: {e}");
+                    tracing::debug!(server = %setup.instance.name, session = %setup.entry.id, "protocol error: {e}");
                     // Drop what cannot be decoded; it must not be kept in memory.
                     self.rbuf = BytesMut::new();
                     break Err(match e {
@@ -334,13 +345,24 @@ where
         result
     }
 
+    /// Writes the replies that settled; then handles the packages that waited for them.
+    async fn on_settled(&mut self) -> Result<(), CloseReason> {
+        self.flush().await?;
+        if self.rbuf.is_empty() || self.replies.full() {
+            return Ok(());
+        }
+        let result = self.handle_packages().await;
+        self.flush().await?;
+        result
+    }
+
     /// Writes every queued outbox message in one go; honours a close request after that.
     async fn deliver_outbox(&mut self) -> Result<(), CloseReason> {
-        let outbox = &self.setup.shared.outbox;
+        let outbox = &self.setup.entry.outbox;
         if outbox.take_release() {
             self.release_buffers();
         }
-        outbox.drain_into(&mut self.out);
+        outbox.drain_into(&mut self.replies.now);
         match outbox.close_requested() {
             // A slow reader is closed without writing more to it.
             Some(CloseReason::Timeout) => Err(CloseReason::Timeout),
@@ -352,11 +374,11 @@ where
         }
     }
 
-    /// Writes `side` and `out` completely, unless the stop's deadline passes or a close is
-    /// requested meanwhile (a peer that stops reading is closed by the idle timeout).
+    /// Writes `side` and the replies ready completely, unless the stop's deadline passes or a
+    /// close is requested meanwhile (a peer that stops reading is closed by the idle timeout).
     async fn flush(&mut self) -> Result<(), CloseReason> {
         write_all(&mut self.io, &mut self.side, self.setup).await?;
-        write_all(&mut self.io, &mut self.out, self.setup).await?;
+        write_all(&mut self.io, &mut self.replies.now, self.setup).await?;
         let hard = &self.setup.hard;
         tokio::select! {
             biased;
@@ -369,6 +391,19 @@ where
     async fn close_politely(&mut self, reason: CloseReason) -> CloseReason {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
         reason
+    }
+
+    /// Writes replies as they settle, and handles the packages that waited for them, until no
+    /// reply waits (or the stop's deadline passes).
+    async fn settle_all(&mut self) -> Result<(), CloseReason> {
+        while self.replies.waiting() {
+            tokio::select! {
+                biased;
+                () = self.setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
+                () = poll_fn(|cx| self.replies.poll_settled(cx)) => self.on_settled().await?,
+            }
+        }
+        Ok(())
     }
 
     /// Graceful stop: handle what the peer already sent, write everything queued, half-close,
@@ -394,14 +429,22 @@ where
                     break;
                 }
                 Ok(n) => {
-                    if self.on_read(n).await.is_err() || self.close.is_some() {
+                    let handled = self.on_read(n).await;
+                    if handled.and(self.settle_all().await).is_err() || self.close.is_some() {
                         break;
                     }
                 }
                 Err(_) => return CloseReason::SocketError,
             }
         }
-        self.setup.shared.outbox.drain_into(&mut self.out);
+        if let Err(reason) = self.settle_all().await {
+            return reason;
+        }
+        // Every handler is done: what is queued now is the last the peer gets, and senders
+        // from now on are refused rather than accepted and dropped.
+        let outbox = &self.setup.entry.outbox;
+        outbox.seal();
+        outbox.drain_into(&mut self.replies.now);
         if let Err(reason) = self.flush().await {
             return reason;
         }
@@ -426,15 +469,15 @@ where
 
 /// Counts bytes written to the peer.
 fn count_out(setup: &SessionSetup, n: usize) {
-    setup.shared.touch(Instant::now());
-    setup.shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    setup.entry.touch(Instant::now());
+    setup.entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     setup.instance.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// Writes `buffer` completely, unless the stop's deadline passes or a close is requested (by
 /// the idle sweeper, a kick) while the peer is not reading.
 async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut BytesMut, setup: &SessionSetup) -> Result<(), CloseReason> {
-    let outbox = &setup.shared.outbox;
+    let outbox = &setup.entry.outbox;
     let mut woken = false;
     let result = loop {
         if buffer.is_empty() {
@@ -473,7 +516,7 @@ async fn keep_outbox_moving<IO: SessionIo>(
     side: &mut BytesMut,
     setup: &SessionSetup,
 ) -> bool {
-    let outbox = &setup.shared.outbox;
+    let outbox = &setup.entry.outbox;
     let mut failed = false;
     loop {
         tokio::select! {

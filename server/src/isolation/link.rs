@@ -1,0 +1,452 @@
+//! One end of the channel between two processes of the host: it sends requests and matches
+//! their replies, answers the other side's requests through a [`Serve`], and hears its events.
+//!
+//! - Frames queue in one buffer that a writer task writes whenever it wakes, so many messages
+//!   cost one write; a reader task takes whole frames out of large reads.
+//! - Every request has a deadline. Requests in flight are bounded in number and bytes; beyond
+//!   that they wait in line, first come first served, so a stalled peer makes its senders wait
+//!   (and then fail), never the process grow.
+//! - When the channel ends (the peer died or hung up, or a frame broke the format), every
+//!   request still open fails at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use supersocket_proto::agent::{Event, Failure, Message, Op, Outcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::frame;
+use crate::outcome::{OpError, Pending};
+
+/// Most requests in flight on one link.
+const MAX_IN_FLIGHT: usize = 4096;
+/// Most payload bytes in flight on one link (one bigger request still passes an idle link).
+const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
+/// Most requests waiting for room; beyond it a request fails at once.
+const MAX_WAITING: usize = 64 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a link does with what the other side asks and tells.
+pub(crate) trait Serve: Send + Sync + 'static {
+    /// Answers request `id` (with [`Link::reply`], now or later).
+    fn request(&self, link: &Link, id: u64, op: Op, payload: Bytes);
+    /// Takes an event.
+    fn event(&self, link: &Link, event: Event);
+}
+
+/// One end of a channel; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Link(Arc<Shared>);
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer when frames are queued.
+    written: Notify,
+    ids: AtomicU64,
+    /// Cancelled when the channel ends.
+    closed: CancellationToken,
+    /// When the other side was last heard from, in milliseconds after `born`.
+    heard_ms: AtomicU64,
+    born: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Frames to write, in order.
+    outgoing: Vec<u8>,
+    /// Requests sent, by id: who waits for the reply, and the payload bytes they hold.
+    in_flight: HashMap<u64, (oneshot::Sender<Outcome>, usize)>,
+    in_flight_bytes: usize,
+    /// Requests not sent yet for want of room, in order.
+    waiting: VecDeque<Waiting>,
+    /// The channel has ended: nothing more is sent.
+    ended: bool,
+}
+
+struct Waiting {
+    id: u64,
+    frame: Vec<u8>,
+    bytes: usize,
+    reply: oneshot::Sender<Outcome>,
+}
+
+impl State {
+    fn has_room(&self, bytes: usize) -> bool {
+        self.in_flight.is_empty()
+            || (self.in_flight.len() < MAX_IN_FLIGHT && self.in_flight_bytes + bytes <= MAX_IN_FLIGHT_BYTES)
+    }
+
+    fn send(&mut self, id: u64, frame: &[u8], bytes: usize, reply: oneshot::Sender<Outcome>) {
+        self.outgoing.extend_from_slice(frame);
+        self.in_flight.insert(id, (reply, bytes));
+        self.in_flight_bytes += bytes;
+    }
+
+    /// Sends waiting requests while there is room; those whose sender stopped waiting are
+    /// dropped. True if any was sent.
+    fn admit(&mut self) -> bool {
+        let mut sent = false;
+        while let Some(next) = self.waiting.front() {
+            if next.reply.is_closed() {
+                self.waiting.pop_front();
+                continue;
+            }
+            if !self.has_room(next.bytes) {
+                break;
+            }
+            let Some(next) = self.waiting.pop_front() else { break };
+            self.send(next.id, &next.frame, next.bytes, next.reply);
+            sent = true;
+        }
+        sent
+    }
+
+    /// The reply to `id` has come (or its sender gave up): its room is free again.
+    fn settle(&mut self, id: u64) -> Option<oneshot::Sender<Outcome>> {
+        let (reply, bytes) = self.in_flight.remove(&id)?;
+        self.in_flight_bytes -= bytes;
+        Some(reply)
+    }
+}
+
+impl Link {
+    /// Runs a channel on `stream`; `serve` answers the other side. The tasks end with the
+    /// channel.
+    pub(crate) fn start(stream: UnixStream, serve: Arc<dyn Serve>) -> Self {
+        let link = Self(Arc::new(Shared {
+            state: Mutex::default(),
+            written: Notify::new(),
+            ids: AtomicU64::new(1),
+            closed: CancellationToken::new(),
+            heard_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }));
+        let (reader, writer) = stream.into_split();
+        tokio::spawn(link.clone().write(writer));
+        tokio::spawn(link.clone().read(reader, serve));
+        link
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the other side; the outcome comes within `deadline` or is [`OpError::Unanswered`].
+    pub(crate) fn request(&self, op: Op, payload: Bytes, deadline: Duration) -> Pending<serde_json::Value> {
+        let id = self.0.ids.fetch_add(1, Ordering::Relaxed);
+        let frame = match frame::encode(&Message::Request { id, op }, &payload) {
+            Ok(frame) => frame,
+            Err(e) => return Pending::ready(Err(OpError::Refused(e.to_string()))),
+        };
+        let (reply, outcome) = oneshot::channel();
+        let bytes = payload.len();
+        {
+            let mut state = self.state();
+            if state.ended {
+                return Pending::ready(Err(OpError::NotRunning));
+            }
+            if state.waiting.is_empty() && state.has_room(bytes) {
+                state.send(id, &frame, bytes, reply);
+                drop(state);
+                self.0.written.notify_one();
+            } else if state.waiting.len() >= MAX_WAITING {
+                return Pending::ready(Err(OpError::Unanswered));
+            } else {
+                state.waiting.push_back(Waiting {
+                    id,
+                    frame,
+                    bytes,
+                    reply,
+                });
+            }
+        }
+        let guard = Unsettled { link: self.clone(), id };
+        Pending::waiting(async move {
+            let outcome = tokio::time::timeout(deadline, outcome).await;
+            drop(guard);
+            match outcome {
+                Ok(Ok(outcome)) => outcome.map_err(op_error),
+                // The channel ended before the reply came.
+                Ok(Err(_)) => Err(OpError::NotRunning),
+                Err(_) => Err(OpError::Unanswered),
+            }
+        })
+    }
+
+    /// Answers request `id` of the other side.
+    pub(crate) fn reply(&self, id: u64, outcome: Result<serde_json::Value, OpError>) {
+        let message = Message::Reply {
+            id,
+            outcome: outcome.map_err(failure),
+        };
+        self.queue(&message);
+    }
+
+    /// Tells the other side something.
+    pub(crate) fn event(&self, event: Event) {
+        self.queue(&Message::Event(event));
+    }
+
+    fn queue(&self, message: &Message) {
+        let Ok(frame) = frame::encode(message, &[]) else {
+            tracing::error!("a message too large for the agent channel was dropped: {message:?}");
+            return;
+        };
+        let mut state = self.state();
+        if state.ended {
+            return;
+        }
+        state.outgoing.extend_from_slice(&frame);
+        drop(state);
+        self.0.written.notify_one();
+    }
+
+    /// How long since the other side was last heard from.
+    pub(crate) fn silent_for(&self) -> Duration {
+        let heard = Duration::from_millis(self.0.heard_ms.load(Ordering::Relaxed));
+        (Instant::now() - self.0.born).saturating_sub(heard)
+    }
+
+    /// Ends the channel: requests still open fail, nothing more is sent.
+    pub(crate) fn close(&self) {
+        self.0.closed.cancel();
+        let (in_flight, waiting) = {
+            let mut state = self.state();
+            state.ended = true;
+            state.outgoing = Vec::new();
+            (std::mem::take(&mut state.in_flight), std::mem::take(&mut state.waiting))
+        };
+        // Dropping the senders tells every waiter.
+        drop((in_flight, waiting));
+    }
+
+    /// Resolves when the channel has ended.
+    pub(crate) async fn ended(&self) {
+        self.0.closed.cancelled().await;
+    }
+
+    async fn write(self, mut writer: tokio::net::unix::OwnedWriteHalf) {
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                () = self.0.closed.cancelled() => return,
+                () = self.0.written.notified() => {}
+            }
+            std::mem::swap(&mut batch, &mut self.state().outgoing);
+            if batch.is_empty() {
+                continue;
+            }
+            let written = tokio::select! {
+                () = self.0.closed.cancelled() => return,
+                written = writer.write_all(&batch) => written,
+            };
+            if written.is_err() {
+                return self.close();
+            }
+            batch.clear();
+            // A batch that grew large once does not stay large.
+            batch.shrink_to(READ_CHUNK);
+        }
+    }
+
+    async fn read(self, mut reader: tokio::net::unix::OwnedReadHalf, serve: Arc<dyn Serve>) {
+        let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            loop {
+                match frame::split(&mut buffer) {
+                    Ok(Some((header, payload))) => {
+                        if let Err(e) = self.take(&header, payload, &*serve) {
+                            tracing::error!("agent channel: {e}; closing it");
+                            return self.close();
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("agent channel: {e}; closing it");
+                        return self.close();
+                    }
+                }
+            }
+            buffer.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                () = self.0.closed.cancelled() => return,
+                read = reader.read_buf(&mut buffer) => read,
+            };
+            match read {
+                Ok(n) if n > 0 => {
+                    let heard = (Instant::now() - self.0.born).as_millis() as u64;
+                    self.0.heard_ms.store(heard, Ordering::Relaxed);
+                }
+                _ => return self.close(),
+            }
+        }
+    }
+
+    /// Handles one frame.
+    fn take(&self, header: &[u8], payload: Bytes, serve: &dyn Serve) -> Result<(), String> {
+        let message: Message = serde_json::from_slice(header).map_err(|e| format!("unreadable frame header: {e}"))?;
+        match message {
+            Message::Reply { id, outcome } => {
+                let (reply, sent) = {
+                    let mut state = self.state();
+                    let reply = state.settle(id);
+                    (reply, state.admit())
+                };
+                if sent {
+                    self.0.written.notify_one();
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Message::Request { id, op } => serve.request(self, id, op, payload),
+            Message::Event(event) => serve.event(self, event),
+        }
+        Ok(())
+    }
+}
+
+/// A request whose reply has not been taken: dropped, it frees the request's room (its sender
+/// gave up at the deadline, or stopped waiting).
+struct Unsettled {
+    link: Link,
+    id: u64,
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        let sent = {
+            let mut state = self.link.state();
+            state.settle(self.id);
+            state.admit()
+        };
+        if sent {
+            self.link.0.written.notify_one();
+        }
+    }
+}
+
+/// The error a failure of the other side stands for.
+pub(crate) fn op_error(failure: Failure) -> OpError {
+    match failure {
+        Failure::NoSession => OpError::NoSession,
+        Failure::QueueFull => OpError::QueueFull,
+        Failure::NotRunning => OpError::NotRunning,
+        Failure::Unanswered => OpError::Unanswered,
+        Failure::Refused { message } => OpError::Refused(message),
+    }
+}
+
+/// How an error travels to the other side.
+pub(crate) fn failure(error: OpError) -> Failure {
+    match error {
+        OpError::NoSession => Failure::NoSession,
+        OpError::QueueFull => Failure::QueueFull,
+        OpError::NotRunning => Failure::NotRunning,
+        OpError::Unanswered => Failure::Unanswered,
+        OpError::Refused(message) => Failure::Refused { message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Answers each Send with the session it named, in the order received; counts events.
+    struct Answers {
+        events: AtomicUsize,
+    }
+
+    impl Serve for Answers {
+        fn request(&self, link: &Link, id: u64, op: Op, payload: Bytes) {
+            if let Op::Send { session, .. } = op {
+                let text = String::from_utf8_lossy(&payload).into_owned();
+                link.reply(id, Ok(serde_json::json!([session, text])));
+            }
+        }
+
+        fn event(&self, _: &Link, _: Event) {
+            self.events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Never answers.
+    struct Silent;
+
+    impl Serve for Silent {
+        fn request(&self, _: &Link, _: u64, _: Op, _: Bytes) {}
+        fn event(&self, _: &Link, _: Event) {}
+    }
+
+    fn pair(a: Arc<dyn Serve>, b: Arc<dyn Serve>) -> (Link, Link) {
+        let (x, y) = UnixStream::pair().unwrap();
+        (Link::start(x, a), Link::start(y, b))
+    }
+
+    fn send(link: &Link, session: u64, text: &'static str, deadline: Duration) -> Pending<serde_json::Value> {
+        let op = Op::Send {
+            server: "s".into(),
+            session,
+        };
+        link.request(op, Bytes::from_static(text.as_bytes()), deadline)
+    }
+
+    #[tokio::test]
+    async fn requests_get_their_own_replies_with_raw_payloads() {
+        let answers = Arc::new(Answers {
+            events: AtomicUsize::new(0),
+        });
+        let (host, _agent) = pair(Arc::new(Silent), answers.clone());
+        let many: Vec<_> = (0..10_000)
+            .map(|i| send(&host, i, "bytes \u{0}\r\n", Duration::from_secs(10)))
+            .collect();
+        for (i, pending) in many.into_iter().enumerate() {
+            assert_eq!(pending.await, Ok(serde_json::json!([i, "bytes \u{0}\r\n"])));
+        }
+        host.event(Event::Failed { error: "x".into() });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while answers.events.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the event arrives");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_fails_at_its_deadline_and_frees_its_room() {
+        let (host, _agent) = pair(Arc::new(Silent), Arc::new(Silent));
+        let began = Instant::now();
+        let unanswered = send(&host, 1, "x", Duration::from_secs(2)).await;
+        assert_eq!(unanswered, Err(OpError::Unanswered));
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
+        assert!(host.state().in_flight.is_empty(), "its room is free again");
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_bound_wait_in_line_and_all_fail_when_the_channel_ends() {
+        let (host, agent) = pair(Arc::new(Silent), Arc::new(Silent));
+        let many: Vec<_> = (0..MAX_IN_FLIGHT as u64 + 10)
+            .map(|i| send(&host, i, "x", Duration::from_secs(60)))
+            .collect();
+        assert_eq!(host.state().in_flight.len(), MAX_IN_FLIGHT);
+        assert_eq!(host.state().waiting.len(), 10);
+        agent.close();
+        drop(agent);
+        for pending in many {
+            assert_eq!(pending.await, Err(OpError::NotRunning));
+        }
+        assert_eq!(
+            send(&host, 0, "late", Duration::from_secs(1)).await,
+            Err(OpError::NotRunning)
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Starting agent processes: the same binary as `supersocketd agent --name NAME`, with the
+//! control socket at descriptor 3, killed by the kernel if the host dies, and handed its
+//! listening sockets with the first frame. Behind [`Spawn`], so that the supervisor's policy
+//! can be tested with fake agents.
+
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+
+use supersocket_proto::agent::Init;
+use tokio::net::UnixStream;
+use tokio::sync::{Notify, watch};
+
+use super::frame;
+use crate::outcome::BoxFuture;
+use crate::runtime::listener;
+
+/// Log settings agents inherit from the host (`--log-format`, `--log-level`).
+pub(crate) static AGENT_LOG_ARGS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Set in every agent's environment; an agent never starts agents of its own.
+const AGENT_MARKER: &str = "SUPERSOCKET_AGENT_OF";
+
+/// Starts agents.
+pub(crate) trait Spawn: Send + Sync {
+    /// Starts the agent of `server`, sends it `init` with `listeners`, and returns the process
+    /// and the host's end of its channel.
+    fn spawn<'a>(
+        &'a self,
+        server: &'a str,
+        init: Init,
+        listeners: &'a [TcpListener],
+    ) -> BoxFuture<'a, Result<(AgentProcess, UnixStream), String>>;
+}
+
+/// How an agent process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// The host lost track of it.
+    Unknown(String),
+}
+
+impl Exit {
+    /// Exited with code 0.
+    pub(crate) fn is_clean(&self) -> bool {
+        *self == Self::Code(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    /// `exited with code 3`, `killed by signal 9 (SIGKILL)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exited with code {code}"),
+            Self::Signal(signal) => {
+                let name = nix::sys::signal::Signal::try_from(*signal).map_or("?", |s| s.as_str());
+                write!(f, "killed by signal {signal} ({name})")
+            }
+            Self::Unknown(why) => write!(f, "ended ({why})"),
+        }
+    }
+}
+
+/// A running agent: its pid, its exit once it comes, and a way to kill it.
+pub(crate) struct AgentProcess {
+    pid: u32,
+    exit: watch::Receiver<Option<Exit>>,
+    kill: Arc<Notify>,
+}
+
+impl AgentProcess {
+    /// A process whose exit `exit` will tell, and that `kill` kills.
+    pub(crate) fn new(pid: u32, exit: watch::Receiver<Option<Exit>>, kill: Arc<Notify>) -> Self {
+        Self { pid, exit, kill }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves with its exit (borrowing nothing, so it can wait beside other work).
+    pub(crate) fn exited(&self) -> impl Future<Output = Exit> + Send + 'static {
+        let mut exit = self.exit.clone();
+        async move {
+            match exit.wait_for(Option::is_some).await {
+                Ok(exit) => exit.clone().unwrap_or_else(|| Exit::Unknown("no status".into())),
+                Err(_) => Exit::Unknown("its watcher ended".into()),
+            }
+        }
+    }
+
+    /// Kills it (SIGKILL) and waits until it is gone.
+    pub(crate) async fn kill(&self) -> Exit {
+        self.kill.notify_one();
+        self.exited().await
+    }
+}
+
+/// Starts real agent processes: this binary, as `agent --name NAME`.
+pub(crate) struct Processes;
+
+impl Spawn for Processes {
+    fn spawn<'a>(
+        &'a self,
+        server: &'a str,
+        init: Init,
+        listeners: &'a [TcpListener],
+    ) -> BoxFuture<'a, Result<(AgentProcess, UnixStream), String>> {
+        Box::pin(async move {
+            if std::env::var_os(AGENT_MARKER).is_some() {
+                return Err("an agent does not start agents".into());
+            }
+            let listeners: Vec<TcpListener> = listeners
+                .iter()
+                .map(TcpListener::try_clone)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("cannot share the listeners: {e}"))?;
+            let server = server.to_owned();
+            // Fork, exec and the first frame block: off the runtime's workers.
+            let (child, host_end) = tokio::task::spawn_blocking(move || start(&server, &init, &listeners))
+                .await
+                .map_err(|_| "the agent's start was cut short".to_owned())??;
+            let stream = UnixStream::from_std(host_end).map_err(|e| e.to_string())?;
+            Ok((watch(child), stream))
+        })
+    }
+}
+
+/// Forks and executes the agent, then sends it `init` with the listeners.
+fn start(
+    server: &str,
+    init: &Init,
+    listeners: &[TcpListener],
+) -> Result<(tokio::process::Child, StdUnixStream), String> {
+    let (host_end, agent_end) = StdUnixStream::pair().map_err(|e| format!("cannot make a control socket: {e}"))?;
+    let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(AGENT_LOG_ARGS.get().into_iter().flatten())
+        .arg("agent")
+        .arg("--name")
+        .arg(server)
+        .env(AGENT_MARKER, server)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let control = agent_end.as_raw_fd();
+    // SAFETY: runs in the child between fork and exec and only makes async-signal-safe system
+    // calls: dup2 puts the control socket at descriptor 3 (without close-on-exec) and prctl
+    // asks the kernel to kill the child when the host dies, so no agent outlives it.
+    unsafe {
+        command.pre_exec(move || {
+            // Already at 3, it only needs close-on-exec cleared.
+            let placed = if control == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(control, 3)
+            };
+            if placed == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            Ok(())
+        });
+    }
+    let child = {
+        // Every descriptor of the host is copied into the child until its exec closes them;
+        // no listener is bound meanwhile (see `listener::spawning`).
+        let _gate = listener::spawning();
+        command.spawn().map_err(|e| format!("cannot start the agent: {e}"))?
+    };
+    drop(agent_end);
+    let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
+    frame::send_with_fds(&host_end, init, &fds).map_err(|e| format!("cannot hand over the listeners: {e}"))?;
+    host_end.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok((child, host_end))
+}
+
+/// Watches a child for its exit, and kills it when asked.
+fn watch(mut child: tokio::process::Child) -> AgentProcess {
+    let pid = child.id().unwrap_or(0);
+    let (exit, exited) = watch::channel(None);
+    let kill = Arc::new(Notify::new());
+    let killed = kill.clone();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = killed.notified() => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        exit.send_replace(Some(match status {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(signal)) => Exit::Signal(signal),
+                    _ => Exit::Unknown(status.to_string()),
+                }
+            }
+            Err(e) => Exit::Unknown(format!("cannot wait for it: {e}")),
+        }));
+    });
+    AgentProcess::new(pid, exited, kill)
+}

@@ -1,0 +1,280 @@
+//! Runs of an instance inside this process — on the host's runtime (isolation `none`), on a
+//! runtime of its own (`runtime`), or inside an agent, on the sockets the host handed over:
+//! binding, accept loops, one task per session, and the graceful stop.
+//!
+//! Layout: `listener` binds, `accept` takes connections (and, at a stop, the backlog),
+//! `driver` runs a session, `types` is the catalog of server types.
+
+pub(crate) mod accept;
+pub(crate) mod driver;
+pub(crate) mod listener;
+pub(crate) mod types;
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use supersocket_proto::ListenerInfo;
+use supersocket_proto::agent::Counters;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::accept::{AcceptLoop, Admission};
+use self::types::{ErasedService, ServerTypes};
+use crate::config::ServerConfig;
+use crate::context::InstanceContext;
+use crate::dispatch::HostHandle;
+use crate::instance::{Backend, Instance, Launch, Run, StartError};
+use crate::outcome::{BoxFuture, OpError, Pending};
+use crate::session::{CloseReason, QueueLimits, SessionId};
+
+/// Starts runs in this process.
+pub(crate) struct LocalLaunch {
+    types: ServerTypes,
+    host: HostHandle,
+    /// Listening sockets the host handed over (in an agent), used instead of binding.
+    handed_over: Mutex<Option<Vec<TcpListener>>>,
+}
+
+impl LocalLaunch {
+    pub(crate) fn new(types: ServerTypes, host: HostHandle) -> Self {
+        Self {
+            types,
+            host,
+            handed_over: Mutex::new(None),
+        }
+    }
+
+    /// A launcher whose first run serves `listeners` instead of binding its own.
+    pub(crate) fn with_listeners(types: ServerTypes, host: HostHandle, listeners: Vec<TcpListener>) -> Self {
+        let launch = Self::new(types, host);
+        *launch.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(listeners);
+        launch
+    }
+}
+
+impl Launch for LocalLaunch {
+    fn launch<'a>(&'a self, instance: &'a Arc<Instance>) -> BoxFuture<'a, Result<Box<dyn Run>, StartError>> {
+        Box::pin(async move {
+            let config = instance.config();
+            let handed_over = self.handed_over.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let types = self.types.clone();
+            // Making the service, reading (or making) TLS material and binding all touch the
+            // system: off the runtime's workers.
+            let prepared = tokio::task::spawn_blocking({
+                let config = config.clone();
+                move || prepare(&types, &config, handed_over)
+            })
+            .await
+            .map_err(|_| StartError("the start was cut short".into()))?
+            .map_err(StartError)?;
+            let (run, listeners, backend) = prepared.start(instance.name(), config, self.host.clone())?;
+            instance.mark_running(None, listeners, backend.clone());
+            backend.service.started(&backend.context);
+            Ok(Box::new(run) as Box<dyn Run>)
+        })
+    }
+}
+
+/// What a run needs that is made off the runtime.
+struct Prepared {
+    service: Arc<dyn ErasedService>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    listeners: Vec<TcpListener>,
+    /// The runtime of its own under isolation `runtime`.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn prepare(
+    types: &ServerTypes,
+    config: &ServerConfig,
+    handed_over: Option<Vec<TcpListener>>,
+) -> Result<Prepared, String> {
+    let service = types.make(config)?;
+    let tls = config.tls.as_ref().map(crate::config::tls::acceptor).transpose()?;
+    let listeners = match handed_over {
+        Some(listeners) => listeners,
+        None => listener::bind_all(config)?,
+    };
+    let runtime = match config.isolation {
+        supersocket_proto::Isolation::Runtime => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.threads)
+                .thread_name(format!("ss-{}", config.name))
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot create the runtime of {}: {e}", config.name))?,
+        ),
+        _ => None,
+    };
+    Ok(Prepared {
+        service,
+        tls,
+        listeners,
+        runtime,
+    })
+}
+
+impl Prepared {
+    /// Starts accepting on every listener.
+    fn start(
+        self,
+        name: &str,
+        config: Arc<ServerConfig>,
+        host: HostHandle,
+    ) -> Result<(LocalRun, Vec<ListenerInfo>, Arc<LocalBackend>), StartError> {
+        let handle = self
+            .runtime
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
+        let (listen, drain, hard) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let sessions = TaskTracker::new();
+        let context = Arc::new(InstanceContext {
+            name: name.to_owned(),
+            config: config.clone(),
+            sessions: Arc::default(),
+            stats: Arc::default(),
+            host,
+            tasks: sessions.clone(),
+            stopping: drain.clone(),
+            runtime: handle.clone(),
+        });
+        context.spawn(crate::session::sweeper::run(
+            context.sessions.clone(),
+            config.idle_timeout,
+        ));
+        let limits = QueueLimits {
+            messages: config.send_queue,
+            bytes: config.send_queue_bytes,
+        };
+        let mut infos = Vec::new();
+        let mut accept_loops = Vec::new();
+        for std_listener in self.listeners {
+            let addr = std_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+            infos.push(ListenerInfo {
+                ip: addr.ip().to_string(),
+                port: addr.port(),
+                tls: self.tls.is_some(),
+            });
+            let accept = AcceptLoop {
+                // Registered with the reactor of the runtime it runs on.
+                listener: {
+                    let _enter = handle.enter();
+                    tokio::net::TcpListener::from_std(std_listener).map_err(|e| StartError(e.to_string()))?
+                },
+                listen: listen.clone(),
+                admission: Admission {
+                    tls: self.tls.clone(),
+                    service: self.service.clone(),
+                    instance: context.clone(),
+                    limits,
+                    drain: drain.clone(),
+                    hard: hard.clone(),
+                    sessions: sessions.clone(),
+                },
+            };
+            accept_loops.push(handle.spawn(accept.run()));
+        }
+        let backend = Arc::new(LocalBackend {
+            service: self.service,
+            context,
+        });
+        let run = LocalRun {
+            backend: backend.clone(),
+            listen,
+            drain,
+            hard,
+            accept_loops,
+            sessions,
+            runtime: self.runtime,
+        };
+        Ok((run, infos, backend))
+    }
+}
+
+/// The handles of a run in this process.
+struct LocalRun {
+    backend: Arc<LocalBackend>,
+    listen: CancellationToken,
+    drain: CancellationToken,
+    hard: CancellationToken,
+    accept_loops: Vec<JoinHandle<()>>,
+    sessions: TaskTracker,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Run for LocalRun {
+    /// Closes the listeners once their backlog is taken, lets sessions drain for at most
+    /// `timeout` (or until `hurry`), then closes the rest.
+    fn stop(self: Box<Self>, timeout: Duration, hurry: CancellationToken) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.listen.cancel();
+            for accept_loop in self.accept_loops {
+                let _ = accept_loop.await;
+            }
+            let context = &self.backend.context;
+            self.backend.service.stopping(context);
+            self.drain.cancel();
+            self.sessions.close();
+            let drained = tokio::select! {
+                drained = tokio::time::timeout(timeout, self.sessions.wait()) => drained.is_ok(),
+                () = hurry.cancelled() => false,
+            };
+            if !drained {
+                self.hard.cancel();
+                self.sessions.wait().await;
+            }
+            if let Some(runtime) = self.runtime {
+                runtime.shutdown_background();
+            }
+        })
+    }
+}
+
+/// Operations on a run in this process.
+struct LocalBackend {
+    service: Arc<dyn ErasedService>,
+    context: Arc<InstanceContext>,
+}
+
+impl Backend for LocalBackend {
+    fn send_to(&self, session: SessionId, bytes: Bytes) -> Pending<()> {
+        self.context.sessions.send(session, bytes)
+    }
+
+    fn broadcast(&self, bytes: Bytes) -> Pending<usize> {
+        self.context.sessions.broadcast(&bytes)
+    }
+
+    fn call(&self, request: serde_json::Value) -> BoxFuture<'static, Result<serde_json::Value, OpError>> {
+        let (service, context) = (self.service.clone(), self.context.clone());
+        // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
+        let answer = context.runtime.spawn(service.call(context.clone(), request));
+        Box::pin(async move {
+            match answer.await {
+                Ok(answer) => answer.map_err(OpError::Refused),
+                Err(_) => Err(OpError::Refused("the handler panicked".into())),
+            }
+        })
+    }
+
+    fn sessions(&self, limit: usize) -> BoxFuture<'static, Result<Vec<supersocket_proto::SessionInfo>, OpError>> {
+        let list = self.context.sessions.list(limit);
+        Box::pin(std::future::ready(Ok(list)))
+    }
+
+    fn kick(&self, session: SessionId) -> BoxFuture<'static, Result<(), OpError>> {
+        let closed = self.context.sessions.close(session, CloseReason::LocalClosing);
+        Box::pin(std::future::ready(closed))
+    }
+
+    fn stats(&self) -> Counters {
+        self.context.stats.snapshot()
+    }
+}

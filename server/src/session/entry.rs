@@ -1,0 +1,100 @@
+//! What the host keeps of one open session while its task runs: identity, activity, byte
+//! counters and the outbox other tasks send to it through.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use supersocket_proto::SessionInfo;
+
+use super::outbox::{Outbox, QueueLimits, Queued, SEND_PATIENCE};
+use super::{CloseReason, SessionId};
+use crate::outcome::{OpError, Pending};
+use crate::timefmt::rfc3339;
+
+/// One open session, shared by its task, its instance's registry and anyone sending to it.
+#[derive(Debug)]
+pub(crate) struct SessionEntry {
+    pub id: SessionId,
+    pub remote: SocketAddr,
+    /// The local address the peer reached.
+    pub local: SocketAddr,
+    /// Wall-clock accept time, for the API.
+    pub started_at: SystemTime,
+    /// Monotonic accept time, the base of `last_active_ms`.
+    started: Instant,
+    /// Milliseconds after `started` that bytes last moved.
+    last_active_ms: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Messages from other tasks, and requests to close or give buffers back.
+    pub outbox: Outbox,
+}
+
+impl SessionEntry {
+    pub(crate) fn new(remote: SocketAddr, local: SocketAddr, limits: QueueLimits) -> Self {
+        Self {
+            id: SessionId::next(),
+            remote,
+            local,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            outbox: Outbox::new(limits),
+        }
+    }
+
+    /// Records activity now.
+    pub(crate) fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When bytes last moved.
+    pub(crate) fn last_active(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
+    }
+
+    /// Queues `message` for the peer. It is placed in the session's order now: behind
+    /// everything submitted before, ahead of everything after. When the queue is full the
+    /// outcome waits for room, at most [`SEND_PATIENCE`]; a queue that stays full belongs to a
+    /// slow reader, which is closed.
+    pub(crate) fn submit(self: &Arc<Self>, message: Bytes) -> Pending<()> {
+        match self.outbox.queue(message) {
+            Queued::Now => Pending::ready(Ok(())),
+            Queued::Refused(error) => Pending::ready(Err(error)),
+            Queued::Later(admitted) => {
+                let entry = self.clone();
+                Pending::waiting(async move {
+                    match tokio::time::timeout(SEND_PATIENCE, admitted).await {
+                        Ok(Ok(outcome)) => outcome,
+                        // The session ended without taking it.
+                        Ok(Err(_)) => Err(OpError::NoSession),
+                        Err(_) => {
+                            entry.outbox.close(CloseReason::Timeout);
+                            Err(OpError::QueueFull)
+                        }
+                    }
+                })
+            }
+        }
+    }
+
+    /// The `Session` JSON of the admin API.
+    pub(crate) fn info(&self) -> SessionInfo {
+        let last_active = self.started_at + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        SessionInfo {
+            id: self.id.to_string(),
+            remote: self.remote.to_string(),
+            local: self.local.to_string(),
+            started_at: rfc3339(self.started_at),
+            last_active_at: rfc3339(last_active),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+}

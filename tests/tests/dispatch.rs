@@ -78,7 +78,7 @@ fn python_crc32(keys: &[String]) -> Vec<u64> {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 is installed");
+        .expect("python3 runs (scripts/test installs it)");
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), keys.join("\n").as_bytes()).unwrap();
     drop(child.stdin.take());
     let output = child.wait_with_output().unwrap();

@@ -47,7 +47,7 @@ impl FtpHost {
         let output = Command::new("python3")
             .args([PYTHON_CLIENT, &self.port.to_string(), user, password, scenario])
             .output()
-            .expect("python3 runs");
+            .expect("python3 runs (scripts/test installs it)");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -64,7 +64,7 @@ fn curl(args: &[&str]) -> Output {
         .args(["-sS", "--max-time", "60"])
         .args(args)
         .output()
-        .expect("curl runs")
+        .expect("curl runs (scripts/test installs it)")
 }
 
 fn curl_ok(args: &[&str]) -> Vec<u8> {
@@ -156,7 +156,7 @@ async fn lftp_mirrors_puts_and_tidies_up() {
         ])
         .stdin(Stdio::null())
         .output()
-        .expect("lftp runs");
+        .expect("lftp runs (scripts/test installs it)");
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -345,7 +345,7 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("curl runs");
+        .expect("curl runs (scripts/test installs it)");
     ftp.host
         .wait_server("FTPServer", Duration::from_secs(10), |s| {
             s["bytes_out"].as_u64() > Some(100_000)

@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use supersocket_tests::HostProcess;
-use supersocket_tests::net::LineClient;
+use supersocket_tests::net::{LineClient, free_consecutive_ports};
 
 const PYTHON_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/ftplib_check.py");
 
@@ -265,10 +265,7 @@ async fn read_only_refuses_every_change_with_550() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_passive_range_answers_425() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_consecutive_ports(1);
     let ftp = FtpHost::start(&format!(r#"passive_ports = "{port}-{port}""#)).await;
     assert!(ftp.python("anonymous", "x", "exhausted").contains("exhausted: ok"));
 }

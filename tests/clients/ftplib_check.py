@@ -4,8 +4,9 @@
 
 Scenarios: full (every command a client uses), bad-password (530), jail (every escape is
 answered 550), read-only (every change is answered 550), abort (ABOR during a RETR of big.bin),
-exhausted (a second PASV while the only passive port is held gets 425). Prints one line per step; any surprise raises, so the
-exit status says whether the scenario held.
+exhausted (a second PASV while the only passive port is held gets 425), rest-past-end (a REST
+offset past the end of a file is answered 554, one at its end resumes). Prints one line per step;
+any surprise raises, so the exit status says whether the scenario held.
 """
 
 import ftplib
@@ -114,6 +115,27 @@ def abort(ftp):
     print("abort: ok")
 
 
+def rest_past_end(ftp):
+    # hello.txt holds 6 bytes; nothing may be sent, received or filled in past them.
+    expect_code("554", ftp.retrbinary, "RETR hello.txt", print, 8192, 7)
+    expect_code("554", ftp.storbinary, "STOR hello.txt", io.BytesIO(b"more"), 8192, None, 7)
+    expect_code("554", ftp.storbinary, "APPE hello.txt", io.BytesIO(b"more"), 8192, None, 7)
+    expect_code("550", ftp.storbinary, "STOR absent.txt", io.BytesIO(b"more"), 8192, None, 1)
+    got = io.BytesIO()
+    ftp.retrbinary("RETR hello.txt", got.write)
+    assert got.getvalue() == b"hello\n", got.getvalue()
+    # At the end is not past it: nothing to send, or an upload that carries on.
+    got = io.BytesIO()
+    ftp.retrbinary("RETR hello.txt", got.write, 8192, 6)
+    assert got.getvalue() == b"", got.getvalue()
+    ftp.storbinary("STOR resumed.txt", io.BytesIO(b"hello\n"))
+    ftp.storbinary("STOR resumed.txt", io.BytesIO(b"more\n"), 8192, None, 6)
+    got = io.BytesIO()
+    ftp.retrbinary("RETR resumed.txt", got.write)
+    assert got.getvalue() == b"hello\nmore\n", got.getvalue()
+    print("rest-past-end: ok")
+
+
 def exhausted(port, user, password):
     holder = connect(port, user, password)
     assert holder.sendcmd("PASV").startswith("227")
@@ -135,7 +157,14 @@ def main():
         exhausted(port, user, password)
         return
     ftp = connect(port, user, password)
-    {"full": full, "jail": jail, "read-only": read_only, "abort": abort}[scenario](ftp)
+    scenarios = {
+        "full": full,
+        "jail": jail,
+        "read-only": read_only,
+        "abort": abort,
+        "rest-past-end": rest_past_end,
+    }
+    scenarios[scenario](ftp)
     ftp.quit()
 
 

@@ -31,7 +31,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = target_dir().join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
+        "{} is missing: run the tests with `scripts/test` (or `cargo test --workspace`)",
         path.display()
     );
     path
@@ -42,7 +42,7 @@ pub fn example(name: &str) -> PathBuf {
     let path = target_dir().join("examples").join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
+        "{} is missing: run the tests with `scripts/test` (or `cargo test --workspace`)",
         path.display()
     );
     path

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use supersocket_tests::HostProcess;
-use supersocket_tests::net::LineClient;
+use supersocket_tests::net::{LineClient, free_consecutive_ports};
 
 const SEED: &str = r#"
 [[servers]]
@@ -78,7 +78,7 @@ fn python_crc32(keys: &[String]) -> Vec<u64> {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 is installed");
+        .expect("python3 runs (scripts/test installs it)");
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), keys.join("\n").as_bytes()).unwrap();
     drop(child.stdin.take());
     let output = child.wait_with_output().unwrap();
@@ -145,14 +145,9 @@ async fn the_dispatcher_agrees_with_zlib_crc32_for_one_to_five_instances() {
 
 #[tokio::test]
 async fn replicas_expand_to_numbered_instances_on_consecutive_ports() {
-    // Find five free consecutive ports (another process may take one meanwhile: retry).
-    for _ in 0..20 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base > 65000 || (0..3).any(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_err()) {
-            continue;
-        }
+    // The ports are free when found; another process may bind one before the host does: retry.
+    for _ in 0..5 {
+        let base = free_consecutive_ports(3);
         let config = format!(
             "[[servers]]\nname = \"connector\"\ntype = \"command\"\nreplicas = 3\nlisteners = [{{ ip = \"Loopback\", port = {base} }}]\n"
         );
@@ -183,7 +178,7 @@ async fn replicas_expand_to_numbered_instances_on_consecutive_ports() {
         assert_eq!(second.request("SERVER").await, "connector-2");
         return;
     }
-    panic!("found no three free consecutive ports");
+    panic!("three consecutive free ports were taken before the host could bind them, five times");
 }
 
 #[tokio::test]

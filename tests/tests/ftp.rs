@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use supersocket_tests::HostProcess;
-use supersocket_tests::net::LineClient;
+use supersocket_tests::net::{LineClient, closes_within, connect, free_consecutive_ports};
 
 const PYTHON_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/ftplib_check.py");
 
@@ -47,7 +47,7 @@ impl FtpHost {
         let output = Command::new("python3")
             .args([PYTHON_CLIENT, &self.port.to_string(), user, password, scenario])
             .output()
-            .expect("python3 runs");
+            .expect("python3 runs (scripts/test installs it)");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -64,7 +64,7 @@ fn curl(args: &[&str]) -> Output {
         .args(["-sS", "--max-time", "60"])
         .args(args)
         .output()
-        .expect("curl runs")
+        .expect("curl runs (scripts/test installs it)")
 }
 
 fn curl_ok(args: &[&str]) -> Vec<u8> {
@@ -75,6 +75,14 @@ fn curl_ok(args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&output.stderr)
     );
     output.stdout
+}
+
+/// The port of a `229 Entering Extended Passive Mode (|||port|).` reply.
+fn epsv_port(reply: &str) -> u16 {
+    reply
+        .strip_prefix("229 ")
+        .and_then(|text| text.strip_suffix("|).")?.rsplit('|').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("not an EPSV reply: {reply}"))
 }
 
 /// `size` bytes that show misplaced ones.
@@ -156,7 +164,7 @@ async fn lftp_mirrors_puts_and_tidies_up() {
         ])
         .stdin(Stdio::null())
         .output()
-        .expect("lftp runs");
+        .expect("lftp runs (scripts/test installs it)");
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -265,12 +273,47 @@ async fn read_only_refuses_every_change_with_550() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_passive_range_answers_425() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_consecutive_ports(1);
     let ftp = FtpHost::start(&format!(r#"passive_ports = "{port}-{port}""#)).await;
     assert!(ftp.python("anonymous", "x", "exhausted").contains("exhausted: ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftplib_gets_554_for_a_rest_past_the_end_and_the_file_stays_as_it_was() {
+    let ftp = FtpHost::start("").await;
+    assert!(
+        ftp.python("anonymous", "x", "rest-past-end")
+            .contains("rest-past-end: ok")
+    );
+    assert_eq!(std::fs::read(ftp.root().join("hello.txt")).unwrap(), b"hello\n");
+    assert!(!ftp.root().join("absent.txt").exists());
+}
+
+#[tokio::test]
+async fn a_rest_past_the_end_moves_nothing_and_closes_the_waiting_data_connection() {
+    let ftp = FtpHost::start("").await;
+    let mut control = LineClient::connect(ftp.port).await;
+    assert!(control.recv().await.starts_with("220 "));
+    assert!(control.request("USER anonymous").await.starts_with("331 "));
+    assert!(control.request("PASS x").await.starts_with("230 "));
+    for verb in ["RETR", "STOR", "APPE"] {
+        // Clients connect to the passive port before they send the transfer command.
+        let mut data = connect(epsv_port(&control.request("EPSV").await)).await;
+        assert!(control.request("REST 7").await.starts_with("350 "));
+        assert_eq!(
+            control.request(&format!("{verb} hello.txt")).await,
+            "554 Requested action not taken: invalid REST parameter."
+        );
+        assert!(
+            closes_within(&mut data, Duration::from_secs(5)).await,
+            "{verb}: the data connection is closed, not left waiting"
+        );
+    }
+    assert_eq!(std::fs::read(ftp.root().join("hello.txt")).unwrap(), b"hello\n");
+    assert!(
+        control.request("NOOP").await.starts_with("200 "),
+        "no transfer reply follows"
+    );
 }
 
 #[tokio::test]
@@ -345,7 +388,7 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("curl runs");
+        .expect("curl runs (scripts/test installs it)");
     ftp.host
         .wait_server("FTPServer", Duration::from_secs(10), |s| {
             s["bytes_out"].as_u64() > Some(100_000)
@@ -356,13 +399,7 @@ async fn stopping_the_instance_ends_a_transfer_and_start_brings_it_all_back() {
     idle.recv().await;
     idle.request("USER anonymous").await;
     idle.request("PASS x").await;
-    let epsv = idle.request("EPSV").await;
-    let data_port: u16 = epsv
-        .trim_end_matches("|).")
-        .rsplit('|')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{epsv}"));
+    let data_port = epsv_port(&idle.request("EPSV").await);
     let idle_closed = tokio::spawn(async move { idle.closes_within(Duration::from_secs(20)).await });
 
     let stop = ftp.host.ctl(&["stop", "FTPServer"]);

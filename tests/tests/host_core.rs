@@ -175,7 +175,7 @@ async fn the_embedded_default_serves_2012_to_2015_and_ftp_on_demand_from_an_empt
     let listing = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "10", "ftp://127.0.0.1:2121/"])
         .output()
-        .expect("run curl");
+        .expect("curl runs (scripts/test installs it)");
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.contains("welcome.txt"), "{listing}");
     let (_, servers) = host.get("/api/v1/servers").await;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use supersocket_tests::HostProcess;
-use supersocket_tests::net::{LineClient, closes_within, connect, echo_roundtrip};
+use supersocket_tests::net::{LineClient, closes_within, connect, echo_roundtrip, free_consecutive_ports};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -165,8 +165,9 @@ async fn a_busy_port_fails_that_server_only_and_readiness_says_so() {
 
 #[tokio::test]
 async fn port_fallback_takes_a_following_port() {
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let busy = squatter.local_addr().unwrap().port();
+    // A busy port and the nine after it free; the squatter holds it to the end.
+    let busy = free_consecutive_ports(10);
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
     let host = HostProcess::start(&format!(
         r#"
         [[servers]]
@@ -177,7 +178,7 @@ async fn port_fallback_takes_a_following_port() {
         "#
     ));
     let port = host.port("Fallback", 0).await;
-    assert!(port > busy && port <= busy + 9, "bound {port} after busy {busy}");
+    assert_eq!(port, busy + 1, "the first free port after busy {busy}");
     let mut client = connect(port).await;
     assert_eq!(echo_roundtrip(&mut client, b"fallback").await, b"fallback");
 }

@@ -180,7 +180,7 @@ async fn the_admin_api_on_a_unix_socket() {
         .arg(&socket)
         .arg("http://localhost/api/v1/servers/Cmd")
         .output()
-        .expect("curl is installed");
+        .expect("curl runs (scripts/test installs it)");
     let server: serde_json::Value = serde_json::from_slice(&curl.stdout).unwrap();
     assert_eq!(server["state"], "running");
 }

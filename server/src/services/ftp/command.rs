@@ -53,6 +53,7 @@ fn refusal(error: JailError) -> Bytes {
         JailError::Outside => reply::line(550, "Permission denied: outside the served folder."),
         JailError::Invalid => reply::line(501, "Invalid path."),
         JailError::Io(reason) => reply::line(550, format_args!("{}.", capitalized(&reason))),
+        JailError::PastEnd => reply::line(554, "Requested action not taken: invalid REST parameter."),
     }
 }
 
@@ -331,25 +332,29 @@ impl Command<'_> {
         self.transfer(state, jail, without_ls_options(arg), prepare).await
     }
 
-    /// RETR, from the REST offset.
+    /// RETR, from the REST offset; an offset past the end of the file is refused.
     async fn retrieve(&self, state: &mut FtpSession, jail: Arc<Jail>, arg: &str, restart: u64) -> Outcome {
         let prepare = move |jail: &Jail, path: &VirtualPath| {
             let mut file = jail.open_read(path)?;
             let size = file.metadata()?.len();
-            file.seek(SeekFrom::Start(restart.min(size)))?;
-            let what = format!(
-                "{} ({} bytes)",
-                path.name().unwrap_or("/"),
-                size.saturating_sub(restart)
-            );
+            if restart > size {
+                return Err(JailError::PastEnd);
+            }
+            file.seek(SeekFrom::Start(restart))?;
+            let what = format!("{} ({} bytes)", path.name().unwrap_or("/"), size - restart);
             Ok((Payload::Download(file), what))
         };
         self.transfer(state, jail, arg, prepare).await
     }
 
-    /// STOR (from the REST offset, if one was given) and APPE.
+    /// STOR (from the REST offset, if one was given) and APPE. After a REST the file must exist
+    /// and hold at least that many bytes; this is checked before it is opened, so a refused
+    /// upload neither creates the file nor fills it with zeros.
     async fn store(&self, state: &mut FtpSession, jail: Arc<Jail>, arg: &str, mode: Upload, restart: u64) -> Outcome {
         let prepare = move |jail: &Jail, path: &VirtualPath| {
+            if restart > 0 && restart > u64::try_from(jail.stat(path)?.st_size).unwrap_or(0) {
+                return Err(JailError::PastEnd);
+            }
             let mut file = jail.open_write(path, mode)?;
             if mode == Upload::Resume {
                 file.seek(SeekFrom::Start(restart))?;

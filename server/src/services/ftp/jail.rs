@@ -34,6 +34,9 @@ pub enum JailError {
     /// The system refused.
     #[error("{0}")]
     Io(String),
+    /// A transfer was to start past the end of the file (a REST offset beyond its size).
+    #[error("offset past the end of the file")]
+    PastEnd,
 }
 
 impl From<Errno> for JailError {

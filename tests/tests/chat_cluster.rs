@@ -177,6 +177,20 @@ async fn the_same_with_the_chat_backends_in_agent_processes() {
     sixty_users(&isolated).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_every_instance_in_an_agent_process() {
+    sixty_users(&format!("isolation = \"process\"\n{CLUSTER}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_gate_shared_connectors_on_runtimes_and_chats_in_agents() {
+    let mixed = CLUSTER
+        .replace("type = \"connector\"\n", "type = \"connector\"\nisolation = \"runtime\"\n")
+        .replace("type = \"chat\"\n", "type = \"chat\"\nisolation = \"process\"\n");
+    assert_eq!(mixed.matches("isolation = ").count(), 2);
+    sixty_users(&mixed).await;
+}
+
 /// The whole scenario on a cluster config.
 async fn sixty_users(config: &str) {
     let host = HostProcess::start(config);

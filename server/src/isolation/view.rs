@@ -73,12 +73,17 @@ impl Views {
         let mine = receiver.clone();
         self.lock().insert(server.to_owned(), receiver);
         let (views, server) = (self.clone(), server.to_owned());
+        // Changes since the view it started with are sent at once.
+        let mut behind = *topology.borrow_and_update() != started_with;
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    changed = topology.changed() => if changed.is_err() { break },
-                    () = link.ended() => break,
+                if !behind {
+                    tokio::select! {
+                        changed = topology.changed() => if changed.is_err() { break },
+                        () = link.ended() => break,
+                    }
                 }
+                behind = false;
                 let view = views.view(&mut seen);
                 let version = view.version;
                 match link.request(Op::Sync(view), Bytes::new(), SYNC_DEADLINE).await {

@@ -4,8 +4,10 @@
 //! send or a broadcast, which never pass through JSON.
 //!
 //! The first frame, from the host, is an [`Init`] and carries the instance's listening sockets
-//! as SCM_RIGHTS ancillary data. After it either side may ask the other something ([`Op`], with
-//! an `id` that the [`Message::Reply`] repeats) or tell it something ([`Event`]).
+//! as SCM_RIGHTS ancillary data, then one end of a socket pair for each agent already running:
+//! agents reach each other over those directly, not through the host. After it either side may
+//! ask the other something ([`Op`], with an `id` that the [`Message::Reply`] repeats) or tell it
+//! something ([`Event`]).
 
 use std::ops::Add;
 
@@ -26,11 +28,13 @@ pub struct Init {
     pub session_ids_from: u64,
     /// The host's instances as they are now.
     pub view: View,
+    /// The instances whose agents' sockets follow the listening sockets, in this order.
+    pub links: Vec<String>,
 }
 
-/// One frame's header.
+/// One frame's header. (Externally tagged, as every enum here: the fastest form to read.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Message {
     /// Something asked of the other side.
     Request {
@@ -52,7 +56,7 @@ pub enum Message {
 
 /// An operation on an instance that runs on the side asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Queue the payload for one session → `null`.
     Send {
@@ -60,6 +64,13 @@ pub enum Op {
         server: String,
         /// The session id.
         session: u64,
+    },
+    /// Queue the payload for each of these sessions → how many took it.
+    Multicast {
+        /// The instance.
+        server: String,
+        /// The session ids.
+        sessions: Vec<u64>,
     },
     /// Queue the payload for every session → how many took it.
     Broadcast {
@@ -103,7 +114,7 @@ pub type Outcome = Result<serde_json::Value, Failure>;
 
 /// Why a request failed, typed so that each side can act on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "failure", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Failure {
     /// No such session.
     NoSession,
@@ -122,7 +133,7 @@ pub enum Failure {
 
 /// Something one side tells the other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// (Agent to host, first.) The instance runs; these are its listeners.
     Ready {
@@ -136,6 +147,12 @@ pub enum Event {
     },
     /// (Agent to host, every 200 ms.) Its counters; also the agent's sign of life.
     Stats(Counters),
+    /// (Host to agent.) A socket to the agent of `server` rides with this frame; operations on
+    /// that instance go over it from now on.
+    Link {
+        /// The instance whose agent is at the other end.
+        server: String,
+    },
 }
 
 /// The host's instances as an agent sees them.

@@ -21,6 +21,8 @@ use crate::session::SessionId;
 pub(crate) trait Backend: Send + Sync {
     /// Submits bytes for one of its sessions (see [`Instance::send_to`]).
     fn send_to(&self, session: SessionId, bytes: Bytes) -> Pending<()>;
+    /// Submits bytes for each of `sessions`; the outcome is how many took them.
+    fn multicast(&self, sessions: Vec<SessionId>, bytes: Bytes) -> Pending<usize>;
     /// Submits bytes for every one of its sessions; the outcome is how many took them.
     fn broadcast(&self, bytes: Bytes) -> Pending<usize>;
     /// Asks its service's `call` handler.

@@ -421,6 +421,16 @@ impl Instance {
         }
     }
 
+    /// Queues bytes for each of `sessions` (one trip for all of them, however many they are);
+    /// the outcome is how many took them. Each session gets them in order with what this caller
+    /// submitted before, as with [`send_to`](Self::send_to).
+    pub fn multicast(&self, sessions: Vec<SessionId>, bytes: Bytes) -> Pending<usize> {
+        match self.backend() {
+            Some(backend) => backend.multicast(sessions, bytes),
+            None => Self::not_running(),
+        }
+    }
+
     /// Queues bytes for every one of its sessions; the outcome is how many took them.
     pub fn broadcast(&self, bytes: Bytes) -> Pending<usize> {
         match self.backend() {

@@ -1,13 +1,14 @@
 //! The agent process (`supersocketd agent --name NAME`, started by the host, never by hand):
 //! runs one instance on the listening sockets the host hands over, answers the host's requests
 //! over the channel at descriptor 3, reports its counters, and reaches the host's other
-//! instances through the host. It ends when the host hangs up or dies.
+//! instances: those in agents over the sockets the host paired it with, the rest (and any
+//! agent whose socket is gone) through the host. It ends when the host hangs up or dies.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,7 +43,17 @@ pub(crate) fn main(builder: HostBuilder, name: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The agent is the instance's own runtime: `threads` workers, as under isolation `runtime`.
+    let threads = init
+        .server
+        .get("threads")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.clamp(1, 1024) as usize)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("supersocketd agent {name}: cannot start the runtime: {e}");
@@ -50,13 +61,21 @@ pub(crate) fn main(builder: HostBuilder, name: &str) -> ExitCode {
         }
     };
     SessionId::start_at(init.session_ids_from);
-    let listeners = fds.into_iter().map(std::net::TcpListener::from).collect();
-    runtime.block_on(run(builder, control, init, listeners));
+    let mut listeners = fds;
+    let links = listeners.split_off(listeners.len().saturating_sub(init.links.len()));
+    let listeners = listeners.into_iter().map(std::net::TcpListener::from).collect();
+    runtime.block_on(run(builder, control, init, listeners, links));
     runtime.shutdown_background();
     ExitCode::SUCCESS
 }
 
-async fn run(builder: HostBuilder, control: StdUnixStream, init: Init, listeners: Vec<std::net::TcpListener>) {
+async fn run(
+    builder: HostBuilder,
+    control: StdUnixStream,
+    init: Init,
+    listeners: Vec<std::net::TcpListener>,
+    links: Vec<OwnedFd>,
+) {
     let Ok(stream) = control
         .set_nonblocking(true)
         .and_then(|()| UnixStream::from_std(control))
@@ -75,13 +94,18 @@ async fn run(builder: HostBuilder, control: StdUnixStream, init: Init, listeners
         topology: directory.topology(),
         life: HostLife::default(),
     };
-    let agent = Arc::new(Agent {
+    let agent = Arc::new_cyclic(|me| Agent {
+        me: me.clone(),
         local: OnceLock::new(),
         directory: directory.clone(),
         peers: Mutex::default(),
+        direct: Mutex::default(),
         link: OnceLock::new(),
         env: env(Launchers::default()),
     });
+    for (server, fd) in init.links.iter().zip(links) {
+        agent.link_to(server, fd);
+    }
     let link = Link::start(stream, agent.clone());
     let _ = agent.link.set(link.clone());
     let config = match config {
@@ -121,10 +145,15 @@ type Peer = (Arc<Instance>, Arc<Remote>);
 
 /// The agent: its instance, its view of the host's others, and its link to the host.
 struct Agent {
+    /// Itself, for the links it starts from a handler.
+    me: Weak<Agent>,
     local: OnceLock<Arc<Instance>>,
     directory: Arc<Directory>,
     /// The host's other instances, by name.
     peers: Mutex<HashMap<String, Peer>>,
+    /// Links to other agents, by the instance they run.
+    direct: Mutex<HashMap<String, Link>>,
+    /// The link to the host.
     link: OnceLock<Link>,
     /// What the views of the host's other instances are made with: no launchers (the host
     /// runs them).
@@ -145,7 +174,7 @@ impl Agent {
         let (Some(local), Some(link)) = (self.local.get(), self.link.get()) else {
             return;
         };
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut peers = self.peers();
         let mut ordered = Vec::with_capacity(view.instances.len());
         let mut next = HashMap::with_capacity(view.instances.len());
         for peer in view.instances {
@@ -170,7 +199,8 @@ impl Agent {
                 }
                 (None, Some(config)) => {
                     let remote = Arc::new(Remote::new(&name));
-                    remote.attach(Some(link.clone()));
+                    let direct = self.direct().get(&name).cloned();
+                    remote.attach(Some(direct.unwrap_or_else(|| link.clone())));
                     let instance = Arc::new(Instance::new(config, self.env.clone()));
                     instance.observe(&peer.info, None, remote.clone());
                     (instance, remote)
@@ -187,6 +217,42 @@ impl Agent {
         *peers = next;
         drop(peers);
         self.directory.replace(ordered);
+    }
+}
+
+impl Agent {
+    fn direct(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
+        self.direct.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reaches `server`'s agent over `socket` from now on; through the host again once the
+    /// socket closes (that agent ended).
+    fn link_to(self: &Arc<Self>, server: &str, socket: OwnedFd) {
+        let socket = StdUnixStream::from(socket);
+        let Ok(stream) = socket.set_nonblocking(true).and_then(|()| UnixStream::from_std(socket)) else {
+            return;
+        };
+        let link = Link::start(stream, self.clone());
+        self.direct().insert(server.to_owned(), link.clone());
+        if let Some((_, remote)) = self.peers().get(server) {
+            remote.attach(Some(link.clone()));
+        }
+        let (agent, server) = (self.clone(), server.to_owned());
+        tokio::spawn(async move {
+            link.ended().await;
+            let mut direct = agent.direct();
+            if direct.get(&server).is_some_and(|known| known.same(&link)) {
+                direct.remove(&server);
+                drop(direct);
+                if let (Some((_, remote)), Some(host)) = (agent.peers().get(&server), agent.link.get()) {
+                    remote.attach(Some(host.clone()));
+                }
+            }
+        });
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -207,7 +273,14 @@ impl Serve for Agent {
         let Some(local) = self.local.get().cloned() else {
             return link.reply(id, Err(crate::outcome::OpError::NotRunning));
         };
+        let from_host = self.link.get().is_some_and(|host| host.same(link));
         match op {
+            Op::Stop { .. } | Op::Sync(_) if !from_host => {
+                link.reply(
+                    id,
+                    Err(crate::outcome::OpError::Refused("only the host asks that".into())),
+                );
+            }
             Op::Stop { timeout_ms } => {
                 let link = link.clone();
                 tokio::spawn(async move {
@@ -227,5 +300,13 @@ impl Serve for Agent {
         }
     }
 
-    fn event(&self, _: &Link, _: Event) {}
+    fn event(&self, link: &Link, event: Event) {
+        let from_host = self.link.get().is_some_and(|host| host.same(link));
+        if let (Event::Link { server }, true) = (event, from_host) {
+            match (link.take_fd(), self.me.upgrade()) {
+                (Some(socket), Some(agent)) => agent.link_to(&server, socket),
+                _ => tracing::error!(%server, "the host named a link to an agent without its socket"),
+            }
+        }
+    }
 }

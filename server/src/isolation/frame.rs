@@ -60,6 +60,36 @@ pub(crate) fn split(buffer: &mut BytesMut) -> std::io::Result<Option<(Bytes, Byt
     Ok(Some((header, payload)))
 }
 
+/// Receives what the socket holds into `buffer`, and the descriptors that came with it into
+/// `fds` (a non-blocking socket answers WouldBlock when it holds nothing).
+pub(crate) fn recv_some(socket: RawFd, buffer: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<usize> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buffer)];
+    let message = recvmsg::<()>(socket, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = control {
+            // SAFETY: the kernel just installed these descriptors in this process for us;
+            // nothing else owns them.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok(message.bytes)
+}
+
+/// Sends from `bytes` (at least the first byte) with `fd` attached (a non-blocking socket
+/// answers WouldBlock when it has no room).
+pub(crate) fn send_some(socket: RawFd, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<usize> {
+    let raw = [fd.as_raw_fd()];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    Ok(sendmsg::<()>(
+        socket,
+        &[IoSlice::new(bytes)],
+        &rights,
+        MsgFlags::empty(),
+        None,
+    )?)
+}
+
 /// Sends one frame with `fds` attached (blocking socket).
 pub(crate) fn send_with_fds(
     socket: &StdUnixStream,

@@ -8,15 +8,18 @@
 //!   (and then fail), never the process grow.
 //! - When the channel ends (the peer died or hung up, or a frame broke the format), every
 //!   request still open fails at once.
+//! - An event may carry a descriptor (a socket the host hands to an agent), attached to its
+//!   frame's first byte; the other side takes it with [`Link::take_fd`].
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use supersocket_proto::agent::{Event, Failure, Message, Op, Outcome};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -56,12 +59,16 @@ struct Shared {
     /// When the other side was last heard from, in milliseconds after `born`.
     heard_ms: AtomicU64,
     born: Instant,
+    /// Descriptors received and not taken yet, in the order they came.
+    fds: Mutex<VecDeque<OwnedFd>>,
 }
 
 #[derive(Default)]
 struct State {
     /// Frames to write, in order.
     outgoing: Vec<u8>,
+    /// Descriptors to send, each with the offset in `outgoing` of the frame it rides with.
+    outgoing_fds: Vec<(usize, OwnedFd)>,
     /// Requests sent, by id: who waits for the reply, and the payload bytes they hold.
     in_flight: HashMap<u64, (oneshot::Sender<Outcome>, usize)>,
     in_flight_bytes: usize,
@@ -128,11 +135,17 @@ impl Link {
             closed: CancellationToken::new(),
             heard_ms: AtomicU64::new(0),
             born: Instant::now(),
+            fds: Mutex::default(),
         }));
-        let (reader, writer) = stream.into_split();
-        tokio::spawn(link.clone().write(writer));
-        tokio::spawn(link.clone().read(reader, serve));
+        let stream = Arc::new(stream);
+        tokio::spawn(link.clone().write(stream.clone()));
+        tokio::spawn(link.clone().read(stream, serve));
         link
+    }
+
+    /// Whether `other` is this same link.
+    pub(crate) fn same(&self, other: &Link) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -187,15 +200,25 @@ impl Link {
             id,
             outcome: outcome.map_err(failure),
         };
-        self.queue(&message);
+        self.queue(&message, None);
     }
 
     /// Tells the other side something.
     pub(crate) fn event(&self, event: Event) {
-        self.queue(&Message::Event(event));
+        self.queue(&Message::Event(event), None);
     }
 
-    fn queue(&self, message: &Message) {
+    /// Tells the other side something and hands it `fd`.
+    pub(crate) fn event_with_fd(&self, event: Event, fd: OwnedFd) {
+        self.queue(&Message::Event(event), Some(fd));
+    }
+
+    /// The next descriptor the other side handed over, in the order they came.
+    pub(crate) fn take_fd(&self) -> Option<OwnedFd> {
+        self.0.fds.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+
+    fn queue(&self, message: &Message, fd: Option<OwnedFd>) {
         let Ok(frame) = frame::encode(message, &[]) else {
             tracing::error!("a message too large for the agent channel was dropped: {message:?}");
             return;
@@ -203,6 +226,10 @@ impl Link {
         let mut state = self.state();
         if state.ended {
             return;
+        }
+        if let Some(fd) = fd {
+            let at = state.outgoing.len();
+            state.outgoing_fds.push((at, fd));
         }
         state.outgoing.extend_from_slice(&frame);
         drop(state);
@@ -222,6 +249,7 @@ impl Link {
             let mut state = self.state();
             state.ended = true;
             state.outgoing = Vec::new();
+            state.outgoing_fds = Vec::new();
             (std::mem::take(&mut state.in_flight), std::mem::take(&mut state.waiting))
         };
         // Dropping the senders tells every waiter.
@@ -233,20 +261,25 @@ impl Link {
         self.0.closed.cancelled().await;
     }
 
-    async fn write(self, mut writer: tokio::net::unix::OwnedWriteHalf) {
-        let mut batch = Vec::new();
+    async fn write(self, stream: Arc<UnixStream>) {
+        let _ends = CloseOnDrop(self.clone());
+        let (mut batch, mut fds) = (Vec::new(), Vec::new());
         loop {
             tokio::select! {
                 () = self.0.closed.cancelled() => return,
                 () = self.0.written.notified() => {}
             }
-            std::mem::swap(&mut batch, &mut self.state().outgoing);
+            {
+                let mut state = self.state();
+                std::mem::swap(&mut batch, &mut state.outgoing);
+                std::mem::swap(&mut fds, &mut state.outgoing_fds);
+            }
             if batch.is_empty() {
                 continue;
             }
             let written = tokio::select! {
                 () = self.0.closed.cancelled() => return,
-                written = writer.write_all(&batch) => written,
+                written = write_batch(&stream, &batch, fds.drain(..)) => written,
             };
             if written.is_err() {
                 return self.close();
@@ -257,8 +290,11 @@ impl Link {
         }
     }
 
-    async fn read(self, mut reader: tokio::net::unix::OwnedReadHalf, serve: Arc<dyn Serve>) {
+    async fn read(self, stream: Arc<UnixStream>, serve: Arc<dyn Serve>) {
+        let _ends = CloseOnDrop(self.clone());
         let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+        let mut scratch = vec![0u8; READ_CHUNK];
+        let mut fds = Vec::new();
         loop {
             loop {
                 match frame::split(&mut buffer) {
@@ -275,13 +311,19 @@ impl Link {
                     }
                 }
             }
-            buffer.reserve(READ_CHUNK);
             let read = tokio::select! {
                 () = self.0.closed.cancelled() => return,
-                read = reader.read_buf(&mut buffer) => read,
+                read = receive(&stream, &mut scratch, &mut fds) => read,
             };
             match read {
                 Ok(n) if n > 0 => {
+                    buffer.extend_from_slice(&scratch[..n]);
+                    // Before the frames they came with are handled.
+                    self.0
+                        .fds
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(fds.drain(..));
                     let heard = (Instant::now() - self.0.born).as_millis() as u64;
                     self.0.heard_ms.store(heard, Ordering::Relaxed);
                 }
@@ -311,6 +353,71 @@ impl Link {
             Message::Event(event) => serve.event(self, event),
         }
         Ok(())
+    }
+}
+
+/// Writes `batch`, each descriptor of `fds` attached to the byte at its offset (the offsets
+/// rise).
+async fn write_batch(
+    stream: &UnixStream,
+    batch: &[u8],
+    fds: impl Iterator<Item = (usize, OwnedFd)>,
+) -> std::io::Result<()> {
+    let mut at = 0;
+    let mut fds = fds.peekable();
+    while let Some((offset, fd)) = fds.next() {
+        write_all(stream, &batch[at..offset]).await?;
+        // The frame the descriptor rides with, and no further: the next descriptor starts its own.
+        let end = fds.peek().map_or(batch.len(), |(next, _)| *next);
+        loop {
+            stream.writable().await?;
+            let sent = stream.try_io(Interest::WRITABLE, || {
+                frame::send_some(stream.as_raw_fd(), &batch[offset..end], fd.as_fd())
+            });
+            match sent {
+                Ok(n) => {
+                    at = offset + n;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    write_all(stream, &batch[at..]).await
+}
+
+async fn write_all(stream: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what is there into `buffer`, and the descriptors that came with it into `fds`.
+async fn receive(stream: &UnixStream, buffer: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        let received = stream.try_io(Interest::READABLE, || frame::recv_some(stream.as_raw_fd(), buffer, fds));
+        match received {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+    }
+}
+
+/// Closes the link when a task of its ends, however it ends (a panic included), so that no
+/// request waits on a link nobody serves.
+struct CloseOnDrop(Link);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -418,6 +525,55 @@ mod tests {
         while answers.events.load(Ordering::Relaxed) == 0 {
             assert!(Instant::now() < deadline, "the event arrives");
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Takes every descriptor it is handed, in order.
+    struct Takes(Mutex<Vec<OwnedFd>>);
+
+    impl Serve for Takes {
+        fn request(&self, _: &Link, _: u64, _: Op, _: Bytes) {}
+        fn event(&self, link: &Link, event: Event) {
+            if let Event::Link { .. } = event {
+                let fd = link.take_fd().expect("a descriptor came with the event");
+                self.0.lock().unwrap().push(fd);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn descriptors_ride_with_their_frames_however_the_frames_are_batched() {
+        let takes = Arc::new(Takes(Mutex::default()));
+        let (host, _agent) = pair(Arc::new(Silent), takes.clone());
+        let mut kept = Vec::new();
+        for round in 0..20u8 {
+            // Several frames with descriptors, and plain frames between them, in one batch.
+            for i in 0..3u8 {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+                host.event_with_fd(
+                    Event::Link {
+                        server: format!("{round}-{i}"),
+                    },
+                    theirs.into(),
+                );
+                host.event(Event::Failed { error: "filler".into() });
+                std::io::Write::write_all(&mut &ours, &[round * 3 + i]).unwrap();
+                kept.push(ours);
+            }
+            tokio::task::yield_now().await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while takes.0.lock().unwrap().len() < 60 {
+            assert!(Instant::now() < deadline, "every descriptor arrives");
+            tokio::task::yield_now().await;
+        }
+        for (n, fd) in takes.0.lock().unwrap().drain(..).enumerate() {
+            let mut byte = [0u8];
+            std::io::Read::read_exact(&mut std::os::unix::net::UnixStream::from(fd), &mut byte).unwrap();
+            assert_eq!(
+                byte[0] as usize, n,
+                "the descriptors came in order, each with its frame"
+            );
         }
     }
 

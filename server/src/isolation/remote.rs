@@ -57,6 +57,11 @@ impl Remote {
     }
 }
 
+/// The count a multicast or broadcast answered.
+fn count(answer: Value) -> usize {
+    answer.as_u64().unwrap_or(0) as usize
+}
+
 impl Backend for Remote {
     fn send_to(&self, session: SessionId, bytes: Bytes) -> Pending<()> {
         let op = Op::Send {
@@ -66,12 +71,19 @@ impl Backend for Remote {
         self.request(op, bytes, DELIVERY_DEADLINE).map(drop)
     }
 
+    fn multicast(&self, sessions: Vec<SessionId>, bytes: Bytes) -> Pending<usize> {
+        let op = Op::Multicast {
+            server: self.server.clone(),
+            sessions: sessions.into_iter().map(SessionId::to_wire).collect(),
+        };
+        self.request(op, bytes, DELIVERY_DEADLINE).map(count)
+    }
+
     fn broadcast(&self, bytes: Bytes) -> Pending<usize> {
         let op = Op::Broadcast {
             server: self.server.clone(),
         };
-        self.request(op, bytes, DELIVERY_DEADLINE)
-            .map(|count| count.as_u64().unwrap_or(0) as usize)
+        self.request(op, bytes, DELIVERY_DEADLINE).map(count)
     }
 
     fn call(&self, request: Value) -> BoxFuture<'static, Result<Value, OpError>> {

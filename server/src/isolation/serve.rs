@@ -25,6 +25,11 @@ pub(crate) fn serve(link: &Link, id: u64, op: Op, payload: Bytes, target: Option
             let sent = target.send_to(SessionId::from_wire(session), payload);
             reply_when(link, id, sent.map(|()| Value::Null));
         }
+        Op::Multicast { sessions, .. } => {
+            let sessions = sessions.into_iter().map(SessionId::from_wire).collect();
+            let count = target.multicast(sessions, payload);
+            reply_when(link, id, count.map(Value::from));
+        }
         Op::Broadcast { .. } => {
             let count = target.broadcast(payload);
             reply_when(link, id, count.map(Value::from));
@@ -68,6 +73,7 @@ fn reply_when(link: &Link, id: u64, mut pending: Pending<Value>) {
 pub(crate) fn server_of(op: &Op) -> Option<&str> {
     match op {
         Op::Send { server, .. }
+        | Op::Multicast { server, .. }
         | Op::Broadcast { server }
         | Op::Call { server, .. }
         | Op::Sessions { server, .. }

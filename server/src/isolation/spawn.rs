@@ -4,7 +4,7 @@
 //! can be tested with fake agents.
 
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
@@ -25,13 +25,15 @@ const AGENT_MARKER: &str = "SUPERSOCKET_AGENT_OF";
 
 /// Starts agents.
 pub(crate) trait Spawn: Send + Sync {
-    /// Starts the agent of `server`, sends it `init` with `listeners`, and returns the process
-    /// and the host's end of its channel.
+    /// Starts the agent of `server`, sends it `init` with `listeners` and then `links` (its
+    /// ends of the sockets to other agents), and returns the process and the host's end of its
+    /// channel.
     fn spawn<'a>(
         &'a self,
         server: &'a str,
         init: Init,
         listeners: &'a [TcpListener],
+        links: Vec<OwnedFd>,
     ) -> BoxFuture<'a, Result<(AgentProcess, UnixStream), String>>;
 }
 
@@ -109,6 +111,7 @@ impl Spawn for Processes {
         server: &'a str,
         init: Init,
         listeners: &'a [TcpListener],
+        links: Vec<OwnedFd>,
     ) -> BoxFuture<'a, Result<(AgentProcess, UnixStream), String>> {
         Box::pin(async move {
             if std::env::var_os(AGENT_MARKER).is_some() {
@@ -119,23 +122,34 @@ impl Spawn for Processes {
                 .map(TcpListener::try_clone)
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("cannot share the listeners: {e}"))?;
-            let server = server.to_owned();
-            // Fork, exec and the first frame block: off the runtime's workers.
-            let (child, host_end) = tokio::task::spawn_blocking(move || start(&server, &init, &listeners))
-                .await
-                .map_err(|_| "the agent's start was cut short".to_owned())??;
-            let stream = UnixStream::from_std(host_end).map_err(|e| e.to_string())?;
-            Ok((watch(child), stream))
+            // Forked here, on a worker thread of the runtime: the kernel kills the agent when the
+            // thread that forked it ends (PR_SET_PDEATHSIG), and a worker lives as long as the host.
+            let (child, host_end) = fork(server)?;
+            let process = watch(child);
+            // The first frame may block until the agent reads it: off the runtime's workers.
+            let host_end = tokio::task::spawn_blocking(move || {
+                let listeners = listeners.iter().map(AsFd::as_fd);
+                let fds: Vec<_> = listeners.chain(links.iter().map(AsFd::as_fd)).collect();
+                frame::send_with_fds(&host_end, &init, &fds).map(|()| host_end)
+            })
+            .await
+            .map_err(|_| "the agent's start was cut short".to_owned())?
+            .and_then(|host_end| host_end.set_nonblocking(true).map(|()| host_end))
+            .map_err(|e| format!("cannot hand over the listeners: {e}"));
+            let stream = match host_end.and_then(|end| UnixStream::from_std(end).map_err(|e| e.to_string())) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    process.kill().await;
+                    return Err(error);
+                }
+            };
+            Ok((process, stream))
         })
     }
 }
 
-/// Forks and executes the agent, then sends it `init` with the listeners.
-fn start(
-    server: &str,
-    init: &Init,
-    listeners: &[TcpListener],
-) -> Result<(tokio::process::Child, StdUnixStream), String> {
+/// Forks and executes the agent with the control socket at descriptor 3.
+fn fork(server: &str) -> Result<(tokio::process::Child, StdUnixStream), String> {
     let (host_end, agent_end) = StdUnixStream::pair().map_err(|e| format!("cannot make a control socket: {e}"))?;
     let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut command = tokio::process::Command::new(program);
@@ -174,9 +188,6 @@ fn start(
         command.spawn().map_err(|e| format!("cannot start the agent: {e}"))?
     };
     drop(agent_end);
-    let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
-    frame::send_with_fds(&host_end, init, &fds).map_err(|e| format!("cannot hand over the listeners: {e}"))?;
-    host_end.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok((child, host_end))
 }
 

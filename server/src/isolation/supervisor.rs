@@ -245,16 +245,20 @@ impl Supervisor {
     /// Starts one agent, hands it the listeners, waits until it is ready and keeps it told
     /// of the other instances.
     async fn launch_agent(&self) -> Result<Agent, String> {
+        let name = self.instance.name();
         let config = self.instance.config();
+        let admission = self.views.admission().await;
         let mut seen = Default::default();
         let view = self.views.view(&mut seen);
         let started_with = view.version;
+        let (links, ends) = self.views.pair(name);
         let init = Init {
             server: serde_json::to_value(&*config).map_err(|e| e.to_string())?,
             session_ids_from: LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 40,
             view,
+            links,
         };
-        let (process, stream) = self.spawner.spawn(self.instance.name(), init, &self.listeners).await?;
+        let (process, stream) = self.spawner.spawn(name, init, &self.listeners, ends).await?;
         let (ready, first_word) = oneshot::channel();
         let handler = Arc::new(FromAgent {
             directory: self.directory.clone(),
@@ -263,6 +267,8 @@ impl Supervisor {
             ready: Mutex::new(Some(ready)),
         });
         let link = Link::start(stream, handler);
+        self.views.register(name, &link);
+        drop(admission);
         let ready = tokio::select! {
             word = first_word => word.unwrap_or_else(|_| Err("the agent hung up before it was ready".into())),
             exit = process.exited() => Err(format!("agent {exit}")),
@@ -387,6 +393,7 @@ impl Serve for FromAgent {
             Event::Ready { listeners } => self.first_word(Ok(listeners)),
             Event::Failed { error } => self.first_word(Err(error)),
             Event::Stats(counters) => self.remote.set_counters(self.base + counters),
+            Event::Link { .. } => {}
         }
     }
 }

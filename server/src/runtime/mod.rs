@@ -248,6 +248,10 @@ impl Backend for LocalBackend {
         self.context.sessions.send(session, bytes)
     }
 
+    fn multicast(&self, sessions: Vec<SessionId>, bytes: Bytes) -> Pending<usize> {
+        self.context.sessions.multicast(&sessions, &bytes)
+    }
+
     fn broadcast(&self, bytes: Bytes) -> Pending<usize> {
         self.context.sessions.broadcast(&bytes)
     }

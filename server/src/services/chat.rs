@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use super::{line_bytes, split_command};
 use crate::context::{InstanceContext, Session};
 use crate::filter::LineFilter;
-use crate::instance::Instance;
 use crate::outcome::{OpError, Pending};
 use crate::service::Service;
+use crate::session::SessionId;
 
 /// The server type of the backends.
 pub(crate) const CHAT_TYPE: &str = "chat";
@@ -145,7 +145,7 @@ impl ChatService {
         drop(guard);
         let mut delivered = 0;
         for delivery in deliveries {
-            delivered += usize::from(delivery.await.is_ok());
+            delivered += delivery.await.unwrap_or(0);
         }
         Ok(match answer {
             Answer::Members(uids) => json!({ "members": uids }),
@@ -192,28 +192,22 @@ async fn gather(instance: &InstanceContext, room: &str) -> Result<Vec<Member>, S
     Ok(members)
 }
 
-/// Queues `line` for every member, in the order they entered; the outcomes come later.
-fn push(instance: &InstanceContext, members: &[Member], line: &str) -> Vec<Pending<()>> {
+/// Queues `line` for every member: one multicast per connector, with its members in the order
+/// they entered. The outcomes (how many took it) come later.
+fn push(instance: &InstanceContext, members: &[Member], line: &str) -> Vec<Pending<usize>> {
     let bytes = line_bytes(line);
-    // Members of a room share a few connectors: look each up once.
-    let mut connectors: Vec<(&str, Option<Arc<Instance>>)> = Vec::new();
-    members
-        .iter()
-        .map(|member| {
-            let known = connectors
-                .iter()
-                .find(|(name, _)| *name == member.connector)
-                .map(|(_, c)| c.clone());
-            let connector = known.unwrap_or_else(|| {
-                let connector = instance.host().instance(&member.connector);
-                connectors.push((&member.connector, connector.clone()));
-                connector
-            });
-            match (connector, member.session.parse()) {
-                (Some(connector), Ok(session)) => connector.send_to(session, bytes.clone()),
-                _ => Pending::ready(Err(OpError::NoSession)),
-            }
-        })
+    // Members of a room share a few connectors.
+    let mut by_connector: Vec<(&str, Vec<SessionId>)> = Vec::new();
+    for member in members {
+        let Ok(session) = member.session.parse() else { continue };
+        match by_connector.iter_mut().find(|(name, _)| *name == member.connector) {
+            Some((_, sessions)) => sessions.push(session),
+            None => by_connector.push((&member.connector, vec![session])),
+        }
+    }
+    by_connector
+        .into_iter()
+        .filter_map(|(name, sessions)| Some(instance.host().instance(name)?.multicast(sessions, bytes.clone())))
         .collect()
 }
 

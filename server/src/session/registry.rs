@@ -55,24 +55,16 @@ impl SessionRegistry {
     /// Submits a message to every session; the outcome is how many took it.
     pub(crate) fn broadcast(&self, message: &Bytes) -> Pending<usize> {
         let all: Vec<_> = self.lock().values().cloned().collect();
-        let mut accepted = 0;
-        let mut waiting = Vec::new();
-        for session in all {
-            let mut submitted = session.submit(message.clone());
-            match submitted.now() {
-                Some(outcome) => accepted += usize::from(outcome.is_ok()),
-                None => waiting.push(submitted),
-            }
-        }
-        if waiting.is_empty() {
-            return Pending::ready(Ok(accepted));
-        }
-        Pending::waiting(async move {
-            for submitted in waiting {
-                accepted += usize::from(submitted.await.is_ok());
-            }
-            Ok(accepted)
-        })
+        submit_to_all(all, message)
+    }
+
+    /// Submits a message to each of `ids` that is open; the outcome is how many took it.
+    pub(crate) fn multicast(&self, ids: &[SessionId], message: &Bytes) -> Pending<usize> {
+        let some: Vec<_> = {
+            let sessions = self.lock();
+            ids.iter().filter_map(|id| sessions.get(id).cloned()).collect()
+        };
+        submit_to_all(some, message)
     }
 
     /// Asks one session to close.
@@ -81,4 +73,26 @@ impl SessionRegistry {
         session.outbox.close(reason);
         Ok(())
     }
+}
+
+/// Submits a message to each of `sessions`; the outcome is how many took it.
+fn submit_to_all(sessions: Vec<Arc<SessionEntry>>, message: &Bytes) -> Pending<usize> {
+    let mut accepted = 0;
+    let mut waiting = Vec::new();
+    for session in sessions {
+        let mut submitted = session.submit(message.clone());
+        match submitted.now() {
+            Some(outcome) => accepted += usize::from(outcome.is_ok()),
+            None => waiting.push(submitted),
+        }
+    }
+    if waiting.is_empty() {
+        return Pending::ready(Ok(accepted));
+    }
+    Pending::waiting(async move {
+        for submitted in waiting {
+            accepted += usize::from(submitted.await.is_ok());
+        }
+        Ok(accepted)
+    })
 }

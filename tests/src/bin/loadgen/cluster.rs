@@ -47,19 +47,20 @@ async fn pipeline(
     Ok(())
 }
 
-/// Adds every line arriving on `stream` to `count`, until `stop`.
+/// Adds every line arriving on `stream` to `count`, until `stop` and a tenth of a second
+/// without lines (so the lines its senders still had in flight arrive before it hangs up).
 async fn count_lines(stream: TcpStream, count: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut lines = BufReader::new(stream).lines();
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         match tokio::time::timeout(Duration::from_millis(100), lines.next_line()).await {
             Ok(Ok(Some(_))) => {
                 count.fetch_add(1, Ordering::Relaxed);
             }
             Ok(_) => return Err("the host closed a receiver".to_owned()),
-            Err(_) => continue,
+            Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
+            Err(_) => {}
         }
     }
-    Ok(())
 }
 
 pub async fn dispatch(

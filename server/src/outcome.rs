@@ -25,8 +25,9 @@ pub enum OpError {
     /// The instance is not running (stopped, failed, or its agent went away).
     #[error("the server is not running")]
     NotRunning,
-    /// The instance did not answer in time (a frozen or overloaded agent).
-    #[error("the server did not answer in time")]
+    /// The instance did not answer in time, or its agent ended before it did: whether the
+    /// operation was carried out is unknown (do not repeat it blindly).
+    #[error("the server did not answer")]
     Unanswered,
     /// The instance's handler refused the request (a call's error answer).
     #[error("{0}")]

@@ -308,6 +308,23 @@ impl HostProcess {
         (status, response.json().await.expect("JSON body"))
     }
 
+    /// `POST` to an admin path; returns the status and the JSON body.
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.admin))
+            .send()
+            .await
+            .expect("admin API reachable");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// An HTTP client for requests the helpers here do not cover.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// `GET /api/v1/servers/{name}`, which must succeed.
     pub async fn server(&self, name: &str) -> Value {
         let (status, body) = self.get(&format!("/api/v1/servers/{name}")).await;

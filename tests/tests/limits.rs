@@ -286,3 +286,74 @@ async fn a_peer_that_stops_reading_is_still_closed_by_the_idle_timeout_or_a_kick
     assert_eq!(kick.code, 0, "{}", kick.stderr);
     host.wait_server("Kickable", Duration::from_secs(5), gone).await;
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_starts_holds_its_slot_no_longer_than_the_idle_timeout() {
+    let host = HostProcess::start(
+        r#"
+        [[servers]]
+        name = "Secure"
+        type = "echo"
+        max_connections = 1
+        idle_timeout = "500ms"
+        tls = { self_signed = true }
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let port = host.port("Secure", 0).await;
+    let trusted = supersocket_tests::tls::fetch_certificate(port).await;
+    host.wait_server("Secure", Duration::from_secs(5), |s| s["sessions"] == 0)
+        .await;
+    // Connects and says nothing: a TLS handshake that never starts.
+    let mut silent = connect(port).await;
+    let began = Instant::now();
+    assert!(
+        closes_within(&mut silent, Duration::from_secs(5)).await,
+        "the silent peer is closed"
+    );
+    let held = began.elapsed();
+    assert!(held < Duration::from_secs(2), "it held the only slot for {held:?}");
+    // The slot is free again: a real client gets in.
+    host.wait_server("Secure", Duration::from_secs(5), |s| s["sessions"] == 0)
+        .await;
+    let mut client = supersocket_tests::tls::connect_trusting(port, &trusted).await;
+    assert_eq!(echo_roundtrip(&mut client, b"in").await, b"in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasting_large_lines_to_readers_that_never_read_is_bounded_in_memory() {
+    let host = HostProcess::start(
+        r#"
+        [[servers]]
+        name = "Cast"
+        type = "command"
+        max_package_length = 2097152
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let port = host.port("Cast", 0).await;
+    let mut deaf = Vec::new();
+    for _ in 0..20 {
+        let mut client = LineClient::connect(port).await;
+        assert_eq!(client.request("PING").await, "PONG");
+        deaf.push(client);
+    }
+    let (before, _) = host.rss_kib();
+    // The sender reads (and drops) everything it gets, its own copies included.
+    let (mut from_host, mut to_host) = connect(port).await.into_split();
+    let drain = tokio::spawn(async move { tokio::io::copy(&mut from_host, &mut tokio::io::sink()).await });
+    let line = format!("BROADCAST {}\r\n", "x".repeat(1024 * 1024));
+    for _ in 0..40 {
+        to_host.write_all(line.as_bytes()).await.unwrap();
+    }
+    // Every reader that never reads is closed as a slow reader once its queue stays full.
+    host.wait_server("Cast", Duration::from_secs(30), |s| s["sessions"] == 1)
+        .await;
+    let (_, peak) = host.rss_kib();
+    let grew = peak.saturating_sub(before);
+    // 40 lines of 1 MiB to 21 sessions were 840 MiB to queue; each session holds about one
+    // line queued and one being written.
+    assert!(grew < 160 * 1024, "the host grew by {grew} KiB");
+    drop(to_host);
+    drain.abort();
+}

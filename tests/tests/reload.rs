@@ -151,3 +151,65 @@ async fn sighup_reloads_the_config() {
     assert_eq!(client.request("SERVER").await, "Second");
     assert_eq!(host.get("/api/v1/servers").await.1.as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_applied_is_an_error_and_the_old_instance_keeps_serving() {
+    let host = HostProcess::start(&[server("Stay", ""), server("Move", "")].concat());
+    let mut client = LineClient::connect(host.port("Move", 0).await).await;
+    let id = client.request("WHOAMI").await;
+    let old_port = host.port("Move", 0).await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let moved = format!(
+        "[[servers]]\nname = \"Move\"\ntype = \"command\"\nlisteners = [{{ ip = \"Loopback\", port = {busy_port} }}]\n"
+    );
+    std::fs::write(
+        host.config_path(),
+        [server("Stay", ""), moved, server("Added", "")].concat(),
+    )
+    .unwrap();
+
+    let (status, body) = host.post("/api/v1/reload").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "start_failed");
+    let details = body["error"]["details"].to_string();
+    assert!(
+        details.contains("Move") && details.contains(&busy_port.to_string()),
+        "{details}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("added Added"),
+        "{body}"
+    );
+    // Not even restarted: the session is the same, on the same port.
+    assert_eq!(client.request("WHOAMI").await, id);
+    let kept = host.server("Move").await;
+    assert_eq!(
+        (kept["state"].as_str(), kept["listeners"][0]["port"].as_u64()),
+        (Some("running"), Some(u64::from(old_port)))
+    );
+    assert_eq!(host.server("Added").await["state"], "running");
+    let cli = host.ctl(&["reload"]);
+    assert_eq!(cli.code, 1, "{cli:?}");
+    assert!(cli.stderr.contains("Move"), "{}", cli.stderr);
+    drop(busy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_without_servers_is_refused_unless_asked_for() {
+    let host = HostProcess::start(&server("Only", ""));
+    let mut client = LineClient::connect(host.port("Only", 0).await).await;
+    let id = client.request("WHOAMI").await;
+    std::fs::write(host.config_path(), "shutdown_timeout = \"1s\"\n").unwrap();
+    let (status, body) = host.post("/api/v1/reload").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("allow_empty"),
+        "{body}"
+    );
+    assert_eq!(client.request("WHOAMI").await, id, "nothing changed");
+    let (status, report) = host.post("/api/v1/reload?allow_empty=true").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["removed"], serde_json::json!(["Only"]));
+    assert_eq!(host.get("/api/v1/servers/Only").await.0, 404);
+}

@@ -191,7 +191,7 @@ fn op_error(server: &str, session: Option<&str>, error: OpError) -> ApiError {
         OpError::NotRunning => ApiError::new(ErrorCode::Conflict, format!("server {server:?} is not running")),
         OpError::Unanswered => ApiError::new(
             ErrorCode::Unavailable,
-            format!("server {server:?} did not answer in time (its agent is frozen or overloaded)"),
+            format!("server {server:?} did not answer (its agent is frozen, overloaded or gone)"),
         ),
         e @ OpError::QueueFull => ApiError::new(ErrorCode::Conflict, e.to_string()),
         OpError::Refused(message) => ApiError::new(ErrorCode::Internal, format!("server {server:?}: {message}")),

@@ -159,6 +159,31 @@ pub struct ServerConfig {
     pub base_dir: PathBuf,
 }
 
+impl Default for ServerConfig {
+    /// The defaults of SPEC §3, with no name, type or listeners.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            server_type: String::new(),
+            autostart: true,
+            isolation: Isolation::None,
+            threads: 1,
+            listeners: Vec::new(),
+            port_fallback: 0,
+            max_connections: 10_000,
+            max_package_length: 1024 * 1024,
+            idle_timeout: Some(Duration::from_secs(300)),
+            send_queue: 256,
+            send_queue_bytes: 1024 * 1024,
+            tls: None,
+            restart: RestartConfig::default(),
+            advertise: None,
+            options: serde_json::Value::Object(Default::default()),
+            base_dir: PathBuf::new(),
+        }
+    }
+}
+
 /// One listening address of a server.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListenerConfig {

@@ -166,21 +166,9 @@ fn read_server(
     let mut server = ServerConfig {
         name: name.clone().unwrap_or_default(),
         server_type: server_type.clone().unwrap_or_default(),
-        autostart: true,
         isolation: root_isolation,
-        threads: 1,
-        listeners: Vec::new(),
-        port_fallback: 0,
-        max_connections: 10_000,
-        max_package_length: 1024 * 1024,
-        idle_timeout: Some(Duration::from_secs(300)),
-        send_queue: 256,
-        send_queue_bytes: 1024 * 1024,
-        tls: None,
-        restart: RestartConfig::default(),
-        advertise: None,
-        options: serde_json::Value::Object(Default::default()),
         base_dir: base_dir.to_path_buf(),
+        ..ServerConfig::default()
     };
     if let Some(f) = table.take("autostart") {
         server.autostart = f.boolean(errs).unwrap_or(true);

@@ -7,7 +7,8 @@
 //!   that they wait in line, first come first served, so a stalled peer makes its senders wait
 //!   (and then fail), never the process grow.
 //! - When the channel ends (the peer died or hung up, or a frame broke the format), every
-//!   request still open fails at once.
+//!   request still open fails at once: one never sent as [`OpError::NotRunning`], one sent as
+//!   [`OpError::Unanswered`] (it may have been carried out: a caller must not repeat it).
 //! - An event may carry a descriptor (a socket the host hands to an agent), attached to its
 //!   frame's first byte; the other side takes it with [`Link::take_fd`].
 
@@ -182,8 +183,10 @@ impl Link {
             }
         }
         let guard = Unsettled { link: self.clone(), id };
+        // From now, however late the sender awaits the outcome.
+        let deadline = Instant::now() + deadline;
         Pending::waiting(async move {
-            let outcome = tokio::time::timeout(deadline, outcome).await;
+            let outcome = tokio::time::timeout_at(deadline, outcome).await;
             drop(guard);
             match outcome {
                 Ok(Ok(outcome)) => outcome.map_err(op_error),
@@ -252,8 +255,11 @@ impl Link {
             state.outgoing_fds = Vec::new();
             (std::mem::take(&mut state.in_flight), std::mem::take(&mut state.waiting))
         };
-        // Dropping the senders tells every waiter.
-        drop((in_flight, waiting));
+        for (reply, _) in in_flight.into_values() {
+            let _ = reply.send(Err(Failure::Unanswered));
+        }
+        // Dropping the senders of those never sent tells their waiters (not running).
+        drop(waiting);
     }
 
     /// Resolves when the channel has ended.
@@ -597,8 +603,14 @@ mod tests {
         assert_eq!(host.state().waiting.len(), 10);
         agent.close();
         drop(agent);
-        for pending in many {
-            assert_eq!(pending.await, Err(OpError::NotRunning));
+        // Those sent may have been carried out: their outcome is unknown. The others never left.
+        for (i, pending) in many.into_iter().enumerate() {
+            let expected = if i < MAX_IN_FLIGHT {
+                OpError::Unanswered
+            } else {
+                OpError::NotRunning
+            };
+            assert_eq!(pending.await, Err(expected), "request {i}");
         }
         assert_eq!(
             send(&host, 0, "late", Duration::from_secs(1)).await,

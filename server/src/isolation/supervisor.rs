@@ -273,7 +273,9 @@ impl Supervisor {
             word = first_word => word.unwrap_or_else(|_| Err("the agent hung up before it was ready".into())),
             exit = process.exited() => Err(format!("agent {exit}")),
             () = tokio::time::sleep(START_TIMEOUT) => Err(format!("the agent was not ready within {} s", START_TIMEOUT.as_secs())),
-            () = self.life.shutting_down.cancelled() => Err("the host is shutting down".into()),
+            // A start under way at shutdown may go on (an agent that drains the backlog), but
+            // not past the shutdown's bound.
+            () = self.life.hurry.cancelled() => Err("the host's shutdown bound passed".into()),
         };
         let listeners = match ready {
             Ok(listeners) => listeners,
@@ -395,5 +397,211 @@ impl Serve for FromAgent {
             Event::Stats(counters) => self.remote.set_counters(self.base + counters),
             Event::Link { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use supersocket_proto::{Isolation, ServerState};
+    use tokio::sync::Notify;
+
+    use super::super::spawn::AgentProcess;
+    use super::*;
+    use crate::config::{RestartConfig, ServerConfig};
+    use crate::instance::{InstanceEnv, Launchers};
+
+    /// What a fake agent does once started.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Never comes up: the spawn fails.
+        Fail,
+        /// Reports ready, runs this long, then exits with this code.
+        Exit(Duration, i32),
+        /// Reports ready, then never says anything again.
+        Freeze,
+    }
+
+    /// Plays agents by script, one script per spawn (the last repeats); notes when each spawn
+    /// happened.
+    struct Fake {
+        scripts: Vec<Script>,
+        spawns: Mutex<Vec<Instant>>,
+    }
+
+    impl Serve for Fake {
+        fn request(&self, link: &Link, id: u64, _: Op, _: Bytes) {
+            link.reply(id, Ok(serde_json::Value::Null));
+        }
+        fn event(&self, _: &Link, _: Event) {}
+    }
+
+    impl Spawn for Fake {
+        fn spawn<'a>(
+            &'a self,
+            _: &'a str,
+            _: Init,
+            _: &'a [TcpListener],
+            _: Vec<OwnedFd>,
+        ) -> BoxFuture<'a, Result<(AgentProcess, tokio::net::UnixStream), String>> {
+            Box::pin(async move {
+                let script = {
+                    let mut spawns = self.spawns.lock().unwrap();
+                    spawns.push(Instant::now());
+                    self.scripts[(spawns.len() - 1).min(self.scripts.len() - 1)]
+                };
+                if let Script::Fail = script {
+                    return Err("no agent here".into());
+                }
+                let (host, agent) = tokio::net::UnixStream::pair().unwrap();
+                let link = Link::start(
+                    agent,
+                    Arc::new(Fake {
+                        scripts: Vec::new(),
+                        spawns: Mutex::default(),
+                    }),
+                );
+                link.event(Event::Ready { listeners: Vec::new() });
+                let (exit, exited) = watch::channel(None);
+                let kill = Arc::new(Notify::new());
+                let killed = kill.clone();
+                tokio::spawn(async move {
+                    let talk = async {
+                        let mut every = tokio::time::interval(STATS_EVERY);
+                        loop {
+                            every.tick().await;
+                            if !matches!(script, Script::Freeze) {
+                                link.event(Event::Stats(Counters::default()));
+                            }
+                        }
+                    };
+                    let ending = match script {
+                        Script::Exit(after, code) => tokio::select! {
+                            () = tokio::time::sleep(after) => Exit::Code(code),
+                            () = killed.notified() => Exit::Signal(9),
+                            () = talk => unreachable!("the reports never end"),
+                        },
+                        _ => tokio::select! {
+                            () = killed.notified() => Exit::Signal(9),
+                            () = talk => unreachable!("the reports never end"),
+                        },
+                    };
+                    link.close();
+                    exit.send_replace(Some(ending));
+                });
+                Ok((AgentProcess::new(4242, exited, kill), host))
+            })
+        }
+    }
+
+    /// An instance whose agents `fake` plays, in a directory of its own.
+    fn supervised(fake: Arc<Fake>, restart: RestartConfig) -> (Arc<Instance>, Arc<Directory>) {
+        let directory = Arc::new(Directory::new(Default::default()));
+        let views = Arc::new(Views::new(Arc::downgrade(&directory)));
+        let life = HostLife::default();
+        let launch = AgentLaunch::new(Arc::downgrade(&directory), views, fake, life.clone());
+        let env = InstanceEnv {
+            launchers: Launchers {
+                process: Some(Arc::new(launch)),
+                ..Launchers::default()
+            },
+            topology: directory.topology(),
+            life,
+        };
+        let config = ServerConfig {
+            name: "Supervised".into(),
+            server_type: "echo".into(),
+            isolation: Isolation::Process,
+            restart,
+            ..ServerConfig::default()
+        };
+        let instance = Arc::new(Instance::new(config, env));
+        directory.replace(vec![instance.clone()]);
+        (instance, directory)
+    }
+
+    fn fake(scripts: Vec<Script>) -> Arc<Fake> {
+        Arc::new(Fake {
+            scripts,
+            spawns: Mutex::default(),
+        })
+    }
+
+    /// The pauses between one spawn and the next.
+    fn gaps(fake: &Fake) -> Vec<Duration> {
+        let spawns = fake.spawns.lock().unwrap();
+        spawns.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_that_always_fails_backs_off_then_gives_up() {
+        let agents = fake(vec![Script::Fail]);
+        let restart = RestartConfig {
+            max_retries: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(150),
+            ..RestartConfig::default()
+        };
+        let (instance, _directory) = supervised(agents.clone(), restart);
+        let error = instance.start().await.unwrap_err();
+        assert!(error.0.contains("gave up after 3 unstable starts"), "{error}");
+        // At once, then the back-off doubles up to its bound.
+        let ms = Duration::from_millis;
+        assert_eq!(gaps(&agents), [ms(0), ms(100), ms(150)]);
+        let info = instance.info();
+        assert_eq!((info.state, info.restarts), (ServerState::Failed, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stable_agent_that_crashes_is_restarted_at_once_and_the_count_starts_over() {
+        let ms = Duration::from_millis;
+        // Two stable runs, then crashes a moment after each start.
+        let agents = fake(vec![
+            Script::Exit(STABLE_AFTER * 2, 1),
+            Script::Exit(STABLE_AFTER * 2, 1),
+            Script::Exit(ms(10), 1),
+        ]);
+        let restart = RestartConfig {
+            max_retries: 2,
+            backoff: ms(100),
+            ..RestartConfig::default()
+        };
+        let (instance, _directory) = supervised(agents.clone(), restart);
+        instance.start().await.unwrap();
+        let began = Instant::now();
+        while instance.state() != ServerState::Failed {
+            assert!(began.elapsed() < Duration::from_secs(60), "it gives up");
+            tokio::time::sleep(ms(10)).await;
+        }
+        // Each stable run lasted its time and its crash was followed at once by the next
+        // start (the count of unstable starts began again); the start that crashed at once
+        // waited `backoff`; the next crash was the second unstable start in a row: it gave up.
+        assert_eq!(gaps(&agents), [STABLE_AFTER * 2, STABLE_AFTER * 2, ms(10) + ms(100)]);
+        assert_eq!(instance.info().restarts, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_agent_is_killed_after_the_silence_limit_and_replaced() {
+        let agents = fake(vec![Script::Freeze, Script::Exit(Duration::from_secs(3600), 0)]);
+        let (instance, _directory) = supervised(agents.clone(), RestartConfig::default());
+        instance.start().await.unwrap();
+        let began = Instant::now();
+        while agents.spawns.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let noticed = began.elapsed();
+        assert!(
+            noticed >= SILENCE_LIMIT && noticed <= SILENCE_LIMIT + SILENCE_LIMIT / 6 + Duration::from_millis(50),
+            "noticed after {noticed:?}"
+        );
+        while instance.state() != ServerState::Running {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let info = instance.info();
+        assert_eq!(info.restarts, 1);
+        assert!(info.last_error.unwrap().contains("did not answer"));
+        instance.stop(Duration::from_secs(1)).await;
+        assert_eq!(instance.state(), ServerState::Stopped);
     }
 }

@@ -113,7 +113,7 @@ impl fmt::Display for DispatchAnswer<'_> {
             Err(OpError::NoSession) => write!(f, "ERR no session {id}"),
             Err(OpError::QueueFull) => write!(f, "ERR session {id} is not reading"),
             Err(OpError::NotRunning) => write!(f, "ERR server {server} is not running"),
-            Err(OpError::Unanswered) => write!(f, "ERR server {server} did not answer in time"),
+            Err(OpError::Unanswered) => write!(f, "ERR server {server} did not answer"),
             Err(OpError::Refused(message)) => write!(f, "ERR {message}"),
         }
     }

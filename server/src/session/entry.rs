@@ -69,8 +69,10 @@ impl SessionEntry {
             Queued::Refused(error) => Pending::ready(Err(error)),
             Queued::Later(admitted) => {
                 let entry = self.clone();
+                // From now, however late the sender awaits the outcome.
+                let deadline = tokio::time::Instant::now() + SEND_PATIENCE;
                 Pending::waiting(async move {
-                    match tokio::time::timeout(SEND_PATIENCE, admitted).await {
+                    match tokio::time::timeout_at(deadline, admitted).await {
                         Ok(Ok(outcome)) => outcome,
                         // The session ended without taking it.
                         Ok(Err(_)) => Err(OpError::NoSession),

@@ -261,14 +261,24 @@ fn heard(
         world.end(1);
         return None;
     }
+    // Every SAY of this user has its outcome already: an ERR now contradicts one of them.
     report.tally.wrong += 1;
+    let last = log.said.iter().rposition(|s| s.outcome.acked());
     report.examples.add("wrong", || {
+        let last = match last {
+            Some(seq) => format!(
+                "after its last SAY, u{}:{seq} said at {:.2}s, had come back to it as a MSG",
+                log.label,
+                world.secs(log.said[seq].sent_at)
+            ),
+            None => "with nothing asked".to_owned(),
+        };
         format!(
-            "u{} in {} on {} got {line:?} with nothing asked; {}",
+            "u{} in {} on {} got {line:?} {last}; {}",
             log.label,
             log.room,
             world.describe(&log.connector),
-            world.faults_before(now)
+            world.faults_before(log.said.last().map_or(now, |s| s.sent_at))
         )
     });
     None

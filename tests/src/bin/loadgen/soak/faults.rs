@@ -18,6 +18,9 @@ use super::procfs;
 use super::rng::Rng;
 use super::world::World;
 
+/// Names of the instances reloads add (and remove again).
+const EXTRA: &str = "SoakExtra-";
+
 /// What the injector did, and what the host did wrong while it did.
 #[derive(Debug, Default)]
 pub struct FaultReport {
@@ -210,13 +213,16 @@ fn signal(host_pid: u32, pid: u32, signal: Signal) -> bool {
     procfs::is_agent_of(pid, host_pid) && kill(Pid::from_raw(pid as i32), signal).is_ok()
 }
 
-/// An admin POST that must answer 200 within a bound an operator would accept.
+/// An admin POST that must answer 200 within a bound an operator would accept. An instance
+/// the soak added may have been removed by one of its reloads meanwhile: a 404 for it is no
+/// problem.
 async fn admin(world: &World, path: &str, problems: &mut Examples) -> Option<Value> {
     let began = Instant::now();
     let answer = world.admin.post(path).await;
     let took = began.elapsed();
     let at = world.secs(began);
     match answer {
+        Ok((404, _)) if path.starts_with(&format!("/api/v1/servers/{EXTRA}")) => None,
         Ok((200, body)) => {
             if took > Duration::from_secs(5) {
                 problems.add("slow admin request", || {
@@ -263,7 +269,7 @@ async fn reload(
     };
     let (kind, name, list) = if choice == "add" {
         file.added += 1;
-        let name = format!("SoakExtra-{}", file.added);
+        let name = format!("{EXTRA}{}", file.added);
         let isolation = *rng.pick(&["none", "runtime", "process"]).unwrap_or(&"none");
         let kind = *rng.pick(&["echo", "command"]).unwrap_or(&"echo");
         let mut server = json!({

@@ -124,12 +124,23 @@ impl PathReport {
     /// Counts a refusal by its kind: the text up to the first word with a digit in it (ids
     /// and numbers vary, the kind does not).
     pub fn reason(&mut self, text: &str) {
-        let kind: Vec<&str> = text
-            .split_whitespace()
-            .take_while(|w| !w.chars().any(|c| c.is_ascii_digit()))
-            .take(6)
-            .collect();
-        *self.reasons.entry(kind.join(" ")).or_default() += 1;
+        self.reasons_n(text, 1);
+    }
+
+    /// Counts `n` refusals of one kind: the words up to a number, a quoted name or the id
+    /// after `session`.
+    pub fn reasons_n(&mut self, text: &str, n: u64) {
+        let mut kind: Vec<&str> = Vec::new();
+        for word in text.split_whitespace().take(8) {
+            if word.chars().any(|c| c.is_ascii_digit() || c == '"') {
+                break;
+            }
+            kind.push(word);
+            if word == "session" {
+                break;
+            }
+        }
+        *self.reasons.entry(kind.join(" ")).or_default() += n;
     }
 }
 

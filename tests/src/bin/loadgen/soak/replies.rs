@@ -85,7 +85,7 @@ fn settle(world: &World, end: End, served: bool, what: &str, pending: &mut VecDe
         End::Closed => {
             report.tally.refused += n;
             if n > 0 {
-                report.reason("closed before the reply");
+                report.reasons_n("closed before the reply", n);
             }
             if !served && let Some(first) = pending.front() {
                 unserved(world, what, first.sent_at, report);

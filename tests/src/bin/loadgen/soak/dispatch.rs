@@ -1,8 +1,9 @@
 //! DISPATCH between `command` instances of every isolation level. Receiver sessions learn
 //! their ids with WHOAMI and record every line that arrives; sender sessions pipeline
 //! `DISPATCH <server> <id> d<sender>:<seq>` to receivers picked at random and record each
-//! answer (`OK` or `ERR ...`, in order). The analysis holds every OK against what its receiver
-//! got: exactly once, in the sender's order, unless the receiver's session closed first.
+//! answer (`OK` or `ERR ...`, in order). The admin API's `POST .../sessions/{id}/send` is one
+//! more sender (202 is its OK). The analysis holds every OK against what its receiver got:
+//! exactly once, in the sender's order, unless the receiver's session closed first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -54,11 +55,15 @@ pub struct Sent {
     to_server: Arc<str>,
     sent_at: Instant,
     outcome: Outcome,
+    /// Refused with `ERR no session`.
+    no_session: bool,
 }
 
 /// Everything one sender connection sent.
 pub struct SenderLog {
     label: u32,
+    /// How it sends: [`DISPATCH`] or [`ADMIN_SEND`].
+    via: &'static str,
     server: String,
     /// Indexed by sequence number.
     sent: Vec<Sent>,
@@ -202,6 +207,65 @@ pub fn parse_label(text: &str, prefix: char) -> Option<(u32, u32)> {
     Some((label.parse().ok()?, seq.parse().ok()?))
 }
 
+/// Senders that are sessions of `command` instances.
+pub const DISPATCH: &str = "DISPATCH";
+/// The sender that is the admin API.
+pub const ADMIN_SEND: &str = "admin send";
+
+/// The admin API as a sender: `POST /api/v1/servers/{server}/sessions/{id}/send` to random live
+/// receivers, one at a time, every `period`.
+pub async fn admin_sender(
+    world: &World,
+    registry: &Registry,
+    period: Duration,
+    mut rng: Rng,
+) -> (Vec<SenderLog>, PathReport) {
+    let mut report = PathReport::default();
+    let mut log = SenderLog {
+        label: world.label(),
+        via: ADMIN_SEND,
+        server: "admin-API".into(),
+        sent: Vec::new(),
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while world.running() {
+        tick.tick().await;
+        let Some(to) = registry.pick(&mut rng) else { continue };
+        let seq = log.sent.len();
+        let sent_at = Instant::now();
+        world.begin(1);
+        let path = format!("/api/v1/servers/{}/sessions/{}/send", to.server, to.id);
+        let body = serde_json::json!({ "text": format!("d{}:{seq}\r\n", log.label) });
+        let answer = world.admin.post_json(&path, &body).await;
+        world.end(1);
+        let mut no_session = false;
+        let outcome = match answer {
+            Ok((202, _)) => Outcome::Acked(Instant::now()),
+            Ok((status, body)) => {
+                no_session = status == 404;
+                report.reason(&format!("{status} {}", body["error"]["code"].as_str().unwrap_or("")));
+                Outcome::Refused
+            }
+            Err(e) => {
+                report.reason(&format!("no answer: {e}"));
+                Outcome::Stalled
+            }
+        };
+        if sent_at.elapsed() > world.slow {
+            report.tally.slow += 1;
+        }
+        log.sent.push(Sent {
+            to: to.incarnation,
+            to_server: to.server,
+            sent_at,
+            outcome,
+            no_session,
+        });
+    }
+    (vec![log], report)
+}
+
 /// A sender slot on `server`: pipelines up to `window` DISPATCHes to random live receivers.
 pub async fn sender(
     world: &World,
@@ -217,6 +281,7 @@ pub async fn sender(
     while let Some(stream) = connections.next(world).await {
         let mut log = SenderLog {
             label: world.label(),
+            via: DISPATCH,
             server: server.clone(),
             sent: Vec::new(),
         };
@@ -276,6 +341,7 @@ async fn send(
                     }
                 } else {
                     sent.outcome = Outcome::Refused;
+                    sent.no_session = line.starts_with("ERR no session");
                     report.reason(&line);
                 }
             }
@@ -301,7 +367,7 @@ async fn send(
                 if outstanding.is_empty() {
                     last_progress = Instant::now();
                 }
-                log.sent.push(Sent { to: to.incarnation, to_server: to.server.clone(), sent_at: Instant::now(), outcome: Outcome::Pending });
+                log.sent.push(Sent { to: to.incarnation, to_server: to.server.clone(), sent_at: Instant::now(), outcome: Outcome::Pending, no_session: false });
                 outstanding.push_back(seq);
                 world.begin(1);
                 let line = format!("DISPATCH {} {} d{}:{seq}\r\n", to.server, to.id, log.label);
@@ -342,8 +408,9 @@ struct FromSender {
     highest: Option<u32>,
 }
 
-/// Holds every DISPATCH against what the receivers recorded; deliveries after `cut` are late.
-pub fn analyse(world: &World, senders: &[SenderLog], receivers: &[ReceiverLog], cut: Instant) -> PathReport {
+/// Holds every message the senders of kind `via` sent against what the receivers recorded;
+/// deliveries after `cut` are late. Lines no sender sent count with [`DISPATCH`].
+pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[ReceiverLog], cut: Instant) -> PathReport {
     let mut report = PathReport::default();
     let by_label: HashMap<u32, &SenderLog> = senders.iter().map(|s| (s.label, s)).collect();
     let by_incarnation: HashMap<u32, &ReceiverLog> = receivers.iter().map(|r| (r.incarnation, r)).collect();
@@ -355,6 +422,9 @@ pub fn analyse(world: &World, senders: &[SenderLog], receivers: &[ReceiverLog], 
                 .get(&receipt.sender)
                 .and_then(|s| s.sent.get(receipt.seq as usize).map(|m| (*s, m)));
             let Some((s, m)) = sent else {
+                if via != DISPATCH {
+                    continue;
+                }
                 report.tally.wrong += 1;
                 report.examples.add("wrong", || {
                     format!(
@@ -367,6 +437,9 @@ pub fn analyse(world: &World, senders: &[SenderLog], receivers: &[ReceiverLog], 
                 });
                 continue;
             };
+            if s.via != via {
+                continue;
+            }
             if m.to != r.incarnation {
                 report.tally.wrong += 1;
                 let meant = by_incarnation.get(&m.to);
@@ -428,13 +501,29 @@ pub fn analyse(world: &World, senders: &[SenderLog], receivers: &[ReceiverLog], 
             }
         }
     }
-    for s in senders {
+    for s in senders.iter().filter(|s| s.via == via) {
         for (seq, m) in s.sent.iter().enumerate() {
             m.outcome.count(&mut report.tally);
-            let Outcome::Acked(acked_at) = m.outcome else {
+            let Some(r) = by_incarnation.get(&m.to) else {
                 continue;
             };
-            let Some(r) = by_incarnation.get(&m.to) else {
+            if m.no_session && r.open_at(cut) {
+                // The session had answered WHOAMI before the DISPATCH and was still connected
+                // at the end: the host had it, and said it did not.
+                report.tally.wrongly_refused += 1;
+                report.examples.add("wrongly refused", || {
+                    format!(
+                        "d{}:{seq} from {} to {} session {} (connected throughout) answered ERR no session; sent at {:.2}s, {}",
+                        s.label,
+                        world.describe(&s.server),
+                        world.describe(&r.server),
+                        r.id,
+                        world.secs(m.sent_at),
+                        world.faults_before(m.sent_at)
+                    )
+                });
+            }
+            let Outcome::Acked(acked_at) = m.outcome else {
                 continue;
             };
             let from = seen.get(&(r.incarnation, s.label));
@@ -461,8 +550,9 @@ pub fn analyse(world: &World, senders: &[SenderLog], receivers: &[ReceiverLog], 
                             )
                         };
                         format!(
-                            "d{}:{seq} from {} to {} session {} ({state}): sent at {:.2}s, OK at {:.2}s, never arrived; {}",
+                            "d{}:{seq} ({}) from {} to {} session {} ({state}): sent at {:.2}s, OK at {:.2}s, never arrived; {}",
                             s.label,
+                            s.via,
                             world.describe(&s.server),
                             world.describe(&r.server),
                             r.id,

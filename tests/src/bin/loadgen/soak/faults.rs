@@ -13,7 +13,8 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::ledger::Examples;
+use super::backlog;
+use super::ledger::{Examples, PathReport};
 use super::procfs;
 use super::rng::Rng;
 use super::world::World;
@@ -25,6 +26,8 @@ const EXTRA: &str = "SoakExtra-";
 #[derive(Debug, Default)]
 pub struct FaultReport {
     pub counts: BTreeMap<&'static str, u64>,
+    /// The connections opened just before stops and restarts (see `backlog`).
+    pub backlog: PathReport,
     /// Admin requests that failed or took too long, reloads refused, and the like.
     pub problems: Examples,
 }
@@ -98,7 +101,7 @@ pub async fn inject(
     until: Instant,
 ) -> (FaultReport, Option<ConfigFile>) {
     let mut report = FaultReport::default();
-    let mut under_way: JoinSet<Examples> = JoinSet::new();
+    let mut under_way: JoinSet<(Examples, PathReport)> = JoinSet::new();
     loop {
         let pause = rng.between(every / 2, every * 3 / 2);
         if Instant::now() + pause >= until || !world.running() {
@@ -140,9 +143,20 @@ pub async fn inject(
                     continue;
                 };
                 if kind == "kill" {
-                    if signal(host_pid, pid, Signal::SIGKILL) {
-                        world.record_fault("kill", &name, format!("pid {pid}"));
+                    if !signal(host_pid, pid, Signal::SIGKILL) {
+                        continue;
                     }
+                    world.record_fault("kill", &name, format!("pid {pid}"));
+                    // Served by the next agent: the host keeps the listeners.
+                    let probe = probe(&world, &running, &name, "just after its agent was killed").await;
+                    let world = world.clone();
+                    under_way.spawn(async move {
+                        let mut backlog = PathReport::default();
+                        if let Some(probe) = probe {
+                            probe.check(&world, &mut backlog).await;
+                        }
+                        (Examples::default(), backlog)
+                    });
                 } else if signal(host_pid, pid, Signal::SIGSTOP) {
                     let frozen = rng.between(Duration::from_millis(500), Duration::from_secs(4));
                     world.record_fault("freeze", &name, format!("pid {pid} for {} ms", frozen.as_millis()));
@@ -152,42 +166,53 @@ pub async fn inject(
                         if procfs::is_live_agent(pid) {
                             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
                         }
-                        Examples::default()
+                        Default::default()
                     });
                 } else {
                     continue;
                 }
             }
-            "stop" => {
+            "stop" | "restart" => {
                 let Some(name) = rng.pick(&names).cloned() else {
                     continue;
                 };
-                let down = rng.between(Duration::from_millis(200), Duration::from_secs(2));
-                world.record_fault("stop", &name, format!("start again after {} ms", down.as_millis()));
-                let world = world.clone();
-                under_way.spawn(async move {
-                    let mut problems = Examples::default();
-                    admin(
-                        &world,
-                        &format!("/api/v1/servers/{name}/stop?timeout=2s"),
-                        &mut problems,
+                let server = running
+                    .iter()
+                    .find(|s| s["name"] == name.as_str())
+                    .map(|s| (*s).clone());
+                let (path, down, when) = if kind == "stop" {
+                    let down = rng.between(Duration::from_millis(200), Duration::from_secs(2));
+                    world.record_fault("stop", &name, format!("start again after {} ms", down.as_millis()));
+                    (
+                        format!("/api/v1/servers/{name}/stop?timeout=2s"),
+                        Some(down),
+                        "as a stop began",
                     )
-                    .await;
-                    tokio::time::sleep(down).await;
-                    admin(&world, &format!("/api/v1/servers/{name}/start"), &mut problems).await;
-                    problems
-                });
-            }
-            "restart" => {
-                let Some(name) = rng.pick(&names).cloned() else {
-                    continue;
+                } else {
+                    world.record_fault("restart", &name, String::new());
+                    (format!("/api/v1/servers/{name}/restart"), None, "as a restart began")
                 };
-                world.record_fault("restart", &name, String::new());
                 let world = world.clone();
                 under_way.spawn(async move {
                     let mut problems = Examples::default();
-                    admin(&world, &format!("/api/v1/servers/{name}/restart"), &mut problems).await;
-                    problems
+                    // Connections opened while the stop begins: those the kernel takes must
+                    // be served.
+                    let opening = async {
+                        match &server {
+                            Some(server) => backlog::open(&world, server, when).await,
+                            None => None,
+                        }
+                    };
+                    let (_, probe) = tokio::join!(admin(&world, &path, &mut problems), opening);
+                    let mut backlog = PathReport::default();
+                    if let Some(probe) = probe {
+                        probe.check(&world, &mut backlog).await;
+                    }
+                    if let Some(down) = down {
+                        tokio::time::sleep(down).await;
+                        admin(&world, &format!("/api/v1/servers/{name}/start"), &mut problems).await;
+                    }
+                    (problems, backlog)
                 });
             }
             _ => {
@@ -200,12 +225,19 @@ pub async fn inject(
         *report.counts.entry(kind).or_default() += 1;
     }
     while let Some(done) = under_way.join_next().await {
-        if let Ok(problems) = done {
+        if let Ok((problems, backlog)) = done {
             report.problems.merge(problems);
+            report.backlog.merge(backlog);
         }
     }
     heal(&world, &mut report).await;
     (report, config)
+}
+
+/// Opens backlog probes to the running instance `name` just before it is stopped.
+async fn probe(world: &World, running: &[&Value], name: &str, before: &'static str) -> Option<backlog::Probe> {
+    let server = running.iter().find(|s| s["name"] == name)?;
+    backlog::open(world, server, before).await
 }
 
 /// Signals `pid` if it is an agent of the host (and nothing else).

@@ -29,6 +29,9 @@ pub struct Tally {
     pub wrong: u64,
     /// Refused to the sender, and delivered all the same.
     pub refused_but_delivered: u64,
+    /// Refused as undeliverable although the receiver was there before and after (`ERR no
+    /// session` for a session that was connected throughout).
+    pub wrongly_refused: u64,
     pub connections: u64,
     /// Connections the host closed without answering anything sent on them (a connection
     /// dropped from the listen backlog, or accepted and closed unserved).
@@ -57,6 +60,7 @@ impl Tally {
         self.reordered += other.reordered;
         self.wrong += other.wrong;
         self.refused_but_delivered += other.refused_but_delivered;
+        self.wrongly_refused += other.wrongly_refused;
         self.connections += other.connections;
         self.unserved_connections += other.unserved_connections;
         self.closed_by_host += other.closed_by_host;

@@ -5,7 +5,8 @@
 //! agents left behind, the host's memory drift, exit code and shutdown time.
 //!
 //! Layout: `world` (what the tasks share: admin API, phase, fault log), `replies` (echo and
-//! command), `dispatch`, `chat` and `ftp` (the traffic and the analysis of what arrived),
+//! command), `dispatch` (DISPATCH and the admin API's send), `chat` and `ftp` (the traffic and
+//! the analysis of what arrived), `backlog` (connections opened as stops begin and agents die),
 //! `faults`, `procfs` (the host's processes), `ledger` (the counts), `rng` (the seeded choices).
 //!
 //! The run: traffic on every instance the host serves at the start (found through the admin
@@ -14,6 +15,7 @@
 //! in flight are awaited and receivers drain for `--drain`; then the counting cut, the host's
 //! memory, and SIGTERM with every client connection still open.
 
+mod backlog;
 mod chat;
 mod dispatch;
 mod faults;
@@ -105,6 +107,7 @@ struct Traffic {
     command: Vec<JoinHandle<PathReport>>,
     receivers: Vec<JoinHandle<(Vec<dispatch::ReceiverLog>, PathReport)>>,
     senders: Vec<JoinHandle<(Vec<dispatch::SenderLog>, PathReport)>>,
+    admin_sender: Option<JoinHandle<(Vec<dispatch::SenderLog>, PathReport)>>,
     users: Vec<JoinHandle<(Vec<chat::UserLog>, PathReport)>>,
     ftp: Vec<JoinHandle<PathReport>>,
 }
@@ -202,16 +205,28 @@ pub async fn run(admin_url: &str, duration: Duration, options: &Options) -> Resu
     let cut = Instant::now();
     let rss_end = procfs::rss_kib(host_pid);
 
+    let mut probes = Vec::new();
+    for server in world.admin.servers().await.unwrap_or_default() {
+        if server["state"] == "running"
+            && let Some(probe) = backlog::open(&world, &server, "just before the host's SIGTERM").await
+        {
+            probes.push(probe);
+        }
+    }
     world.record_fault("sigterm", "host", format!("pid {host_pid}"));
     let exit = terminate(host_pid, options.exit_timeout).await;
+    let mut fault_report = fault_report;
+    for probe in probes {
+        probe.check(&world, &mut fault_report.backlog).await;
+    }
     watching.store(false, Ordering::SeqCst);
     let agents = watcher.await.unwrap_or_default();
     world.set_phase(Phase::Finish);
-    let collected = collect(&world, traffic, cut).await;
+    let (mut collected, records) = collect(&world, traffic, cut).await;
     if let Some(path) = &options.dump {
-        dump(path, &collected.1).map_err(|e| format!("{}: {e}", path.display()))?;
+        dump(path, &records).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let collected = collected.0;
+    collected.insert("backlog", std::mem::take(&mut fault_report.backlog));
     // Agents of a host that is still running are its children, not orphans.
     let orphans = if exit.exited {
         orphans(&agents).await
@@ -251,6 +266,7 @@ fn start_traffic(
         command: Vec::new(),
         receivers: Vec::new(),
         senders: Vec::new(),
+        admin_sender: None,
         users: Vec::new(),
         ftp: Vec::new(),
     };
@@ -294,6 +310,12 @@ fn start_traffic(
                 dispatch::sender(&world, &registry, server, window, period, rng).await
             }));
         }
+    }
+    if !targets.command.is_empty() {
+        let (world, registry, rng) = (world.clone(), registry.clone(), rng.fork());
+        traffic.admin_sender = Some(tokio::spawn(async move {
+            dispatch::admin_sender(&world, &registry, period * 4, rng).await
+        }));
     }
     if let Some(gate) = &targets.gate {
         for i in 0..options.users {
@@ -403,10 +425,21 @@ async fn collect(world: &World, traffic: Traffic, cut: Instant) -> (BTreeMap<&'s
     paths.insert("command", join_reports(traffic.command).await);
     paths.insert("ftp", join_reports(traffic.ftp).await);
     let (receivers, mut dispatch_report) = join_logs(traffic.receivers).await;
-    let (senders, sender_report) = join_logs(traffic.senders).await;
+    let (mut senders, sender_report) = join_logs(traffic.senders).await;
     dispatch_report.merge(sender_report);
-    dispatch_report.merge(dispatch::analyse(world, &senders, &receivers, cut));
+    // Receivers get lines from both kinds of sender: each analysis needs them all.
+    let (admin_senders, mut send_report) = join_logs(traffic.admin_sender.into_iter().collect()).await;
+    senders.extend(admin_senders);
+    dispatch_report.merge(dispatch::analyse(world, dispatch::DISPATCH, &senders, &receivers, cut));
     paths.insert("dispatch", dispatch_report);
+    send_report.merge(dispatch::analyse(
+        world,
+        dispatch::ADMIN_SEND,
+        &senders,
+        &receivers,
+        cut,
+    ));
+    paths.insert("send", send_report);
     let (users, mut chat_report) = join_logs(traffic.users).await;
     chat_report.merge(chat::analyse(world, &users, cut));
     paths.insert("chat", chat_report);
@@ -540,6 +573,7 @@ impl Report {
             "dropped_with_session": total.dropped_with_session,
             "late": total.late,
             "refused_but_delivered": total.refused_but_delivered,
+            "wrongly_refused": total.wrongly_refused,
             "unserved_connections": total.unserved_connections,
             "connections": total.connections,
             "lost": total.lost(),
@@ -606,11 +640,12 @@ impl Report {
             );
         }
         eprintln!(
-            "soak: {} connections, {} closed by the host during traffic, {} closed unserved; {} refused messages delivered all the same",
+            "soak: {} connections, {} closed by the host during traffic, {} closed unserved; refused messages: {} delivered all the same, {} refused for a receiver that was there",
             self.total().connections,
             self.total().closed_by_host,
             self.total().unserved_connections,
-            self.total().refused_but_delivered
+            self.total().refused_but_delivered,
+            self.total().wrongly_refused
         );
         for (name, r) in &self.paths {
             if !r.reasons.is_empty() {

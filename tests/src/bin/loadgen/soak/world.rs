@@ -244,6 +244,12 @@ impl Admin {
         self.send(self.http.post(format!("{}{path}", self.base))).await
     }
 
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
         let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();

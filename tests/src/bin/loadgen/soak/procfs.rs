@@ -114,3 +114,75 @@ pub fn life(pid: u32) -> Life {
         _ => Life::Running,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A child of this process that looks like an agent in `ps`.
+    fn fake_agent(name: &str) -> std::process::Child {
+        Command::new("bash")
+            .args(["-c", &format!("exec -a 'supersocketd agent --name {name}' sleep 30")])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run bash")
+    }
+
+    fn wait_for(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    #[test]
+    fn agents_are_found_among_the_children_and_their_end_is_read() {
+        let mut agent = fake_agent("Fake");
+        let pid = agent.id();
+        let me = std::process::id();
+        assert!(wait_for(|| agent_children(me).get(&pid).is_some_and(|n| n == "Fake")));
+        assert!(is_agent_of(pid, me));
+        assert!(!is_agent_of(pid, pid), "only the children of the host count");
+        assert_eq!(life(pid), Life::Running);
+        agent.kill().unwrap();
+        // Not reaped yet: a zombie, whose end can still be read.
+        assert!(wait_for(|| life(pid) != Life::Running));
+        assert_eq!(
+            life(pid),
+            Life::Exited {
+                code: None,
+                signal: Some(9)
+            }
+        );
+        assert!(!is_live_agent(pid));
+        agent.wait().unwrap();
+        assert_eq!(life(pid), Life::Gone);
+    }
+
+    #[test]
+    fn an_exit_code_is_read_from_a_zombie() {
+        let mut child = Command::new("bash").args(["-c", "exit 3"]).spawn().expect("run bash");
+        let pid = child.id();
+        assert!(wait_for(|| life(pid) != Life::Running));
+        assert_eq!(
+            life(pid),
+            Life::Exited {
+                code: Some(3),
+                signal: None
+            }
+        );
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn resident_memory_is_read() {
+        assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+}

@@ -284,7 +284,9 @@ fn heard(
     None
 }
 
-/// What one member got from one sender.
+/// What one member got from one sender: when each message first arrived, how many times, and
+/// the highest sequence number of an acknowledged one that arrived (order and gaps are judged
+/// among acknowledged messages only).
 #[derive(Default)]
 struct FromSender {
     first: HashMap<u32, (Instant, u32)>,
@@ -360,6 +362,7 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
                         )
                     });
                 }
+                _ if !m.outcome.acked() => {}
                 Some(high) if receipt.seq < high => {}
                 _ => from.highest = Some(receipt.seq),
             }
@@ -442,4 +445,76 @@ pub fn dump(out: &mut impl std::io::Write, users: &[UserLog], secs: &dyn Fn(Inst
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::soak::world::Admin;
+
+    fn at(world: &World, ms: u64) -> Instant {
+        world.epoch + Duration::from_millis(ms)
+    }
+
+    fn user(label: u32, room: &str, entered: Instant, closed: Option<Instant>) -> UserLog {
+        UserLog {
+            label,
+            room: room.into(),
+            connector: "c".into(),
+            entered_at: Some(entered),
+            closed_at: closed,
+            said: Vec::new(),
+            receipts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_say_is_owed_to_every_member_that_entered_before_it_and_was_still_there() {
+        let w = World::new(
+            Admin::new("http://127.0.0.1:9").unwrap(),
+            Duration::from_secs(1),
+            BTreeMap::new(),
+        );
+        let t = |ms| at(&w, ms);
+        let cut = t(10_000);
+        // u1 says 0..4 at 100, 200, 300, 400; each comes back to it 5 ms later.
+        let mut speaker = user(1, "r", t(0), None);
+        for i in 0..4u32 {
+            let said_at = t(100 * (u64::from(i) + 1));
+            speaker.said.push(Said {
+                sent_at: said_at,
+                outcome: Outcome::Acked(said_at + Duration::from_millis(5)),
+            });
+            speaker.receipts.push(Receipt {
+                sender: 1,
+                seq: i,
+                at: said_at + Duration::from_millis(5),
+            });
+        }
+        // u2 entered first and stayed: gets 0, 1, 3 (2 is missing).
+        let mut stayed = user(2, "r", t(50), None);
+        for seq in [0, 1, 3] {
+            stayed.receipts.push(Receipt {
+                sender: 1,
+                seq,
+                at: t(500),
+            });
+        }
+        // u3 entered at 250: owed 2 and 3 only; it closed at 350 with nothing: 2 dropped.
+        let left = user(3, "r", t(250), Some(t(350)));
+        // u4 is in another room and got 0 all the same.
+        let mut elsewhere = user(4, "other", t(0), None);
+        elsewhere.receipts.push(Receipt {
+            sender: 1,
+            seq: 0,
+            at: t(500),
+        });
+        let report = analyse(&w, &[speaker, stayed, left, elsewhere], cut);
+        let t = &report.tally;
+        assert_eq!((t.sent, t.acked), (4, 4), "{t:?}");
+        assert_eq!((t.delivered, t.missing, t.dropped_with_session), (3, 1, 1), "{t:?}");
+        assert_eq!((t.wrong, t.duplicate, t.reordered), (1, 0, 0), "{t:?}");
+    }
 }

@@ -401,7 +401,8 @@ async fn send(
 }
 
 /// What one receiver got from one sender: when each message first arrived, how many times,
-/// and the highest sequence number that arrived.
+/// and the highest sequence number of an acknowledged one that arrived (order and gaps are
+/// judged among acknowledged messages only).
 #[derive(Default)]
 struct FromSender {
     first: HashMap<u32, (Instant, u32)>,
@@ -496,6 +497,7 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                         )
                     });
                 }
+                _ if !m.outcome.acked() => {}
                 Some(high) if receipt.seq < high => {}
                 _ => from.highest = Some(receipt.seq),
             }
@@ -609,4 +611,108 @@ pub fn dump(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::soak::world::Admin;
+
+    fn world() -> World {
+        World::new(
+            Admin::new("http://127.0.0.1:9").unwrap(),
+            Duration::from_secs(1),
+            BTreeMap::new(),
+        )
+    }
+
+    fn at(world: &World, ms: u64) -> Instant {
+        world.epoch + Duration::from_millis(ms)
+    }
+
+    fn sent(world: &World, to: u32, ms: u64, outcome: Outcome) -> Sent {
+        Sent {
+            to,
+            to_server: "B".into(),
+            sent_at: at(world, ms),
+            outcome,
+            no_session: false,
+        }
+    }
+
+    fn receiver(incarnation: u32, closed_at: Option<Instant>, got: &[(u32, u32, Instant)]) -> ReceiverLog {
+        ReceiverLog {
+            incarnation,
+            server: "B".into(),
+            id: format!("id{incarnation}"),
+            closed_at,
+            receipts: got
+                .iter()
+                .map(|&(sender, seq, at)| Receipt { sender, seq, at })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_acknowledged_message_is_delivered_dropped_with_its_session_or_lost() {
+        let w = world();
+        let ok = |ms| Outcome::Acked(at(&w, ms));
+        let cut = at(&w, 10_000);
+        // Sender 1 sends 0..6 to receiver 10 (open throughout) and 6..9 to receiver 11 (closed
+        // at 5 s).
+        let mut messages: Vec<Sent> = (0..6).map(|i| sent(&w, 10, 100 * i, ok(100 * i + 1))).collect();
+        messages.extend((6..9).map(|i| sent(&w, 11, 100 * i, ok(100 * i + 1))));
+        messages.push(sent(&w, 10, 900, Outcome::Refused));
+        messages.push(sent(&w, 10, 1000, Outcome::Closed));
+        let senders = [SenderLog {
+            label: 1,
+            via: DISPATCH,
+            server: "A".into(),
+            sent: messages,
+        }];
+        let receivers = [
+            // 0 once, 1 twice, 3 before 2 (reordered), 4 missing, 5 after the cut (late),
+            // 9 refused yet delivered, and a line for receiver 11 that came here.
+            receiver(
+                10,
+                None,
+                &[
+                    (1, 0, at(&w, 10)),
+                    (1, 1, at(&w, 110)),
+                    (1, 1, at(&w, 120)),
+                    (1, 3, at(&w, 310)),
+                    (1, 2, at(&w, 320)),
+                    (1, 9, at(&w, 910)),
+                    (1, 6, at(&w, 920)),
+                    (1, 5, at(&w, 11_000)),
+                ],
+            ),
+            // Closed at 5 s having got 7: 6 is missing (a gap), 8 dropped with the session.
+            receiver(11, Some(at(&w, 5_000)), &[(1, 7, at(&w, 710))]),
+        ];
+        let report = analyse(&w, DISPATCH, &senders, &receivers, cut);
+        let t = &report.tally;
+        assert_eq!((t.sent, t.acked, t.refused, t.stalled), (11, 9, 2, 0), "{t:?}");
+        // Delivered: 0, 1, 2, 3 at 10 and 7 at 11.
+        assert_eq!(t.delivered, 5, "{t:?}");
+        assert_eq!((t.missing, t.duplicate, t.reordered, t.wrong), (2, 1, 1, 1), "{t:?}");
+        assert_eq!(
+            (t.late, t.dropped_with_session, t.refused_but_delivered),
+            (1, 1, 1),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn a_line_no_sender_sent_is_wrong_and_labels_parse() {
+        let w = world();
+        let receivers = [receiver(3, None, &[(7, 0, at(&w, 1))])];
+        let report = analyse(&w, DISPATCH, &[], &receivers, at(&w, 10));
+        assert_eq!(report.tally.wrong, 1);
+        assert_eq!(parse_label("d12:34", 'd'), Some((12, 34)));
+        assert_eq!(parse_label("u12:34", 'd'), None);
+        assert_eq!(parse_label("d12", 'd'), None);
+    }
 }

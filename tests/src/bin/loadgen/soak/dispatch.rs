@@ -243,8 +243,9 @@ pub async fn admin_sender(
         let outcome = match answer {
             Ok((202, _)) => Outcome::Acked(Instant::now()),
             Ok((status, body)) => {
-                no_session = status == 404;
-                report.reason(&format!("{status} {}", body["error"]["code"].as_str().unwrap_or("")));
+                let code = body["error"]["code"].as_str().unwrap_or("error");
+                no_session = code == "not_found";
+                report.reason(&format!("answered {code} (HTTP {status})"));
                 Outcome::Refused
             }
             Err(e) => {

@@ -88,6 +88,8 @@ start_host "$work/host.toml" "$work"
 echo "host pid $host_pid, admin $admin; soaking for $duration" >&2
 
 set +e
+# SOAK_ARGS is split into words on purpose.
+# shellcheck disable=SC2086
 "$release_dir/loadgen" --admin "$admin" --duration "$duration" soak \
   --config "$work/host.toml" --host-pid "$host_pid" ${SEED:+--seed "$SEED"} ${SOAK_ARGS:-} \
   > "$work/report.json" 2> "$work/soak.log"

@@ -98,6 +98,7 @@ impl Probe {
                 }
                 Ok(Answer::Dropped(how)) => {
                     report.tally.missing += 1;
+                    report.reason(&format!("dropped by {} {}", world.describe(&self.server), self.when));
                     report.tally.unserved_connections += 1;
                     report.examples.add("missing", || {
                         format!(

@@ -112,7 +112,7 @@ impl Examples {
 pub struct PathReport {
     pub tally: Tally,
     pub examples: Examples,
-    /// Refusals by kind (`ERR no session`, `closed`, ...).
+    /// Refusals (or drops) by kind (`ERR no session`, `closed before the answer`, ...).
     pub reasons: BTreeMap<String, u64>,
 }
 

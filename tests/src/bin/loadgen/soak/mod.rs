@@ -554,7 +554,7 @@ impl Report {
             .map(|(name, r)| {
                 let mut tally = serde_json::to_value(&r.tally).unwrap_or_default();
                 tally["lost"] = json!(r.tally.lost());
-                tally["refusals"] = json!(r.reasons);
+                tally["reasons"] = json!(r.reasons);
                 ((*name).to_owned(), tally)
             })
             .collect();
@@ -649,7 +649,7 @@ impl Report {
         );
         for (name, r) in &self.paths {
             if !r.reasons.is_empty() {
-                eprintln!("soak: {name} refusals: {:?}", r.reasons);
+                eprintln!("soak: {name} refused or dropped: {:?}", r.reasons);
             }
         }
         let faults: Vec<String> = self.faults.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();

@@ -242,10 +242,10 @@ pub async fn admin_sender(
         let mut no_session = false;
         let outcome = match answer {
             Ok((202, _)) => Outcome::Acked(Instant::now()),
-            Ok((status, body)) => {
+            Ok((_, body)) => {
                 let code = body["error"]["code"].as_str().unwrap_or("error");
                 no_session = code == "not_found";
-                report.reason(&format!("answered {code} (HTTP {status})"));
+                report.reason(&format!("answered {code}"));
                 Outcome::Refused
             }
             Err(e) => {

@@ -261,17 +261,27 @@ fn heard(
         world.end(1);
         return None;
     }
-    // Every SAY of this user has its outcome already: an ERR now contradicts one of them.
-    report.tally.wrong += 1;
+    // Every SAY of this user has its outcome already. An ERR now contradicts one that came
+    // back as a MSG (the host delivered it, then told the sender it failed): counted as
+    // refused yet delivered, not as lost. Any other line is wrong.
     let last = log.said.iter().rposition(|s| s.outcome.acked());
-    report.examples.add("wrong", || {
+    let contradicts = line.starts_with("ERR") && last.is_some();
+    let kind = if contradicts {
+        report.tally.refused_but_delivered += 1;
+        report.reason(line);
+        "refused but delivered"
+    } else {
+        report.tally.wrong += 1;
+        "wrong"
+    };
+    report.examples.add(kind, || {
         let last = match last {
-            Some(seq) => format!(
+            Some(seq) if contradicts => format!(
                 "after its last SAY, u{}:{seq} said at {:.2}s, had come back to it as a MSG",
                 log.label,
                 world.secs(log.said[seq].sent_at)
             ),
-            None => "with nothing asked".to_owned(),
+            _ => "with nothing asked".to_owned(),
         };
         format!(
             "u{} in {} on {} got {line:?} {last}; {}",

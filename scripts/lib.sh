@@ -6,10 +6,13 @@ build_release() {
   cargo build --release -q -p supersocket-server -p supersocket-tests --bin supersocketd --bin loadgen --bin baseline
 }
 
-# start_host CONFIG_FILE WORKDIR: starts target/release/supersocketd on the config, waits for its
+# Where cargo puts the release binaries.
+release_dir="${CARGO_TARGET_DIR:-target}/release"
+
+# start_host CONFIG_FILE WORKDIR: starts the release supersocketd on the config, waits for its
 # ready line, and sets $admin (its URL) and $host_pid. stop_host ends it gracefully.
 start_host() {
-  target/release/supersocketd --config "$1" --admin 127.0.0.1:0 --log-level warn > "$2/ready" 2> "$2/host.log" &
+  "$release_dir/supersocketd" --config "$1" --admin 127.0.0.1:0 --log-level warn > "$2/ready" 2> "$2/host.log" &
   host_pid=$!
   for _ in $(seq 100); do grep -q '^supersocketd ready' "$2/ready" && break; sleep 0.1; done
   admin=$(sed -n 's/^supersocketd ready: admin=//p' "$2/ready")

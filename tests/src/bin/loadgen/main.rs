@@ -13,6 +13,8 @@
 //!   server's resident memory per connection, then checks each one still answers an echo.
 //! - `start-time`, `stop-time`: from a start request to serving; a stop with N sessions open.
 //! - `dispatch`, `chat`: instances reaching each other (see `cluster`).
+//! - `soak`: mixed traffic with every message checked while faults hit the host, then its
+//!   SIGTERM; counts what was lost (see `soak`). Exits 1 if anything was.
 //!
 //! The target is `--port P`, or `--admin URL` plus a server name looked up in the admin API.
 
@@ -21,6 +23,7 @@ mod cluster;
 mod common;
 mod idle;
 mod lifecycle;
+mod soak;
 
 use std::time::Duration;
 
@@ -30,13 +33,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "loadgen", about = "Load generator for a SuperSocket host on loopback")]
 struct Cli {
     /// Admin API of the host, to find servers' ports and drive them.
-    #[arg(long)]
+    #[arg(long, global = true)]
     admin: Option<String>,
     /// The port to drive, instead of looking a server up.
-    #[arg(long)]
+    #[arg(long, global = true)]
     port: Option<u16>,
     /// How long to measure.
-    #[arg(long, default_value = "5s", value_parser = bounded_duration)]
+    #[arg(long, default_value = "5s", value_parser = bounded_duration, global = true)]
     duration: Duration,
     #[command(subcommand)]
     mode: Mode,
@@ -176,6 +179,8 @@ enum Mode {
         #[arg(long)]
         broadcast: Option<String>,
     },
+    /// Chaos soak: checked traffic of every kind while faults hit the host, then SIGTERM.
+    Soak(soak::Options),
 }
 
 impl Cli {
@@ -337,6 +342,14 @@ async fn main() -> Result<(), String> {
                 .await?
             }
         },
+        Mode::Soak(options) => {
+            let (report, passed) = soak::run(cli.admin()?, duration, options).await?;
+            println!("{report}");
+            if !passed {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
     };
     println!("{result}");
     Ok(())

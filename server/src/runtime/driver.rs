@@ -34,6 +34,9 @@ use crate::session::{CloseReason, SessionEntry};
 const READ_CHUNK: usize = 8 * 1024;
 /// Bound on a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after its connection a stop waits for the first bytes of a peer that has sent
+/// none yet.
+const FIRST_BYTES_GRACE: Duration = Duration::from_millis(100);
 /// Bound on the polite close (TLS close_notify, FIN) of a session closed by its own side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -411,12 +414,32 @@ where
     async fn drain(&mut self) -> CloseReason {
         let hard = &self.setup.hard;
         let mut peer_closed = false;
+        let mut waited_for_first_bytes = false;
         // Read until the socket would block — as the kernel sees it: tokio's readiness can lag
         // behind bytes that have already arrived.
         loop {
             let read = match read_now(&mut self.io, &mut self.rbuf).await {
                 Some(read) => read,
-                None if !self.io.has_pending_bytes() => break,
+                None if !self.io.has_pending_bytes() => {
+                    // A peer that connected as the stop began (taken from the backlog) may not
+                    // have sent its request yet: it gets a moment to.
+                    let entry = &self.setup.entry;
+                    let silent = entry.bytes_in.load(Ordering::Relaxed) == 0;
+                    let grace = FIRST_BYTES_GRACE.saturating_sub(entry.age());
+                    if !silent || grace.is_zero() || waited_for_first_bytes {
+                        break;
+                    }
+                    waited_for_first_bytes = true;
+                    let first = tokio::time::timeout(grace, read_some(&mut self.io, &mut self.rbuf));
+                    tokio::select! {
+                        biased;
+                        () = hard.cancelled() => return CloseReason::ServerShutdown,
+                        read = first => match read {
+                            Ok(read) => read,
+                            Err(_) => break,
+                        },
+                    }
+                }
                 None => tokio::select! {
                     biased;
                     () = hard.cancelled() => return CloseReason::ServerShutdown,

@@ -54,6 +54,11 @@ impl SessionEntry {
         self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// How long ago it was accepted.
+    pub(crate) fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// When bytes last moved.
     pub(crate) fn last_active(&self) -> Instant {
         self.started + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))

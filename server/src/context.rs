@@ -3,6 +3,7 @@
 //! ([`Session`]) and an owned handle on a session for tasks that outlive the call
 //! ([`SessionHandle`]).
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -118,8 +119,10 @@ pub(crate) const MAX_REPLIES_LATER: usize = 128;
 pub(crate) struct Replies {
     /// Replies ready to write with this read's batch.
     pub now: BytesMut,
-    /// Replies behind one that waits, in order.
-    later: VecDeque<Later>,
+    /// Replies behind one that waits, in order (boxed: most sessions never have any, and
+    /// every idle session would carry the queue's size).
+    #[allow(clippy::box_collection)]
+    later: Option<Box<VecDeque<Later>>>,
 }
 
 enum Later {
@@ -130,32 +133,39 @@ enum Later {
 impl Replies {
     /// Where the next reply goes: with this batch, unless a reply before it still waits.
     fn tail(&mut self) -> &mut BytesMut {
-        if self.later.is_empty() {
+        let Some(later) = self.later.as_mut().filter(|later| !later.is_empty()) else {
             return &mut self.now;
+        };
+        if !matches!(later.back(), Some(Later::Ready(_))) {
+            later.push_back(Later::Ready(BytesMut::new()));
         }
-        if !matches!(self.later.back(), Some(Later::Ready(_))) {
-            self.later.push_back(Later::Ready(BytesMut::new()));
-        }
-        match self.later.back_mut() {
+        match later.back_mut() {
             Some(Later::Ready(bytes)) => bytes,
             _ => unreachable!("a ready entry was just made the last"),
         }
     }
 
+    fn later(&self) -> usize {
+        self.later.as_ref().map_or(0, |later| later.len())
+    }
+
     /// Whether replies wait for an outcome.
     pub(crate) fn waiting(&self) -> bool {
-        !self.later.is_empty()
+        self.later() > 0
     }
 
     /// Whether the session must stop reading until a waiting reply is settled.
     pub(crate) fn full(&self) -> bool {
-        self.later.len() >= MAX_REPLIES_LATER
+        self.later() >= MAX_REPLIES_LATER
     }
 
     /// Moves the replies at the front that are settled into `now`; ready when any moved.
     pub(crate) fn poll_settled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(later) = self.later.as_mut() else {
+            return Poll::Pending;
+        };
         let mut moved = false;
-        while let Some(front) = self.later.front_mut() {
+        while let Some(front) = later.front_mut() {
             match front {
                 Later::Ready(bytes) => self.now.extend_from_slice(bytes),
                 Later::Waiting(future) => match future.as_mut().poll(cx) {
@@ -163,12 +173,18 @@ impl Replies {
                     Poll::Pending => break,
                 },
             }
-            self.later.pop_front();
+            later.pop_front();
             moved = true;
+        }
+        if later.is_empty() {
+            self.later = None;
         }
         if moved { Poll::Ready(()) } else { Poll::Pending }
     }
 }
+
+/// A server type's own state of one session (see [`Session::state`]).
+pub(crate) type SessionState = Option<Box<dyn Any + Send>>;
 
 /// A handler's view of its session: who it is, where replies go, and its instance.
 ///
@@ -179,6 +195,7 @@ pub struct Session<'a> {
     pub(crate) instance: &'a InstanceContext,
     pub(crate) replies: &'a mut Replies,
     pub(crate) close: &'a mut Option<CloseReason>,
+    pub(crate) state: &'a mut SessionState,
 }
 
 impl<'a> Session<'a> {
@@ -222,12 +239,27 @@ impl<'a> Session<'a> {
     /// reading, so a client can pipeline requests whose answers depend on other instances
     /// (`DISPATCH` does). A session with many replies waiting reads no more until they settle.
     pub fn reply_later(&mut self, outcome: impl Future<Output = Bytes> + Send + 'static) {
-        self.replies.later.push_back(Later::Waiting(Box::pin(outcome)));
+        let later = self.replies.later.get_or_insert_default();
+        later.push_back(Later::Waiting(Box::pin(outcome)));
     }
 
     /// Closes the session (`local_closing`) once the replies queued so far are written.
     pub fn close(&mut self) {
         self.close.get_or_insert(CloseReason::LocalClosing);
+    }
+
+    /// The server type's own state of this session: a `T` made with `Default` at first use and
+    /// kept with the session until it closes (the `closed` handler still sees it), so a type
+    /// keeps per-session state without a map of its own. A session keeps one such value; asking
+    /// for another type starts that one afresh.
+    pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
+        if !self.state.as_ref().is_some_and(|state| state.is::<T>()) {
+            *self.state = Some(Box::new(T::default()));
+        }
+        match self.state.as_mut().and_then(|state| state.downcast_mut::<T>()) {
+            Some(state) => state,
+            None => unreachable!("a state of this type was just put in place"),
+        }
     }
 
     /// An owned handle on this session, for tasks that outlive this handler call.

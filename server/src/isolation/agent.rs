@@ -36,6 +36,11 @@ pub(crate) fn main(builder: HostBuilder, name: &str) -> ExitCode {
     // SAFETY: the host placed the control socket at descriptor 3 for this process before exec,
     // and nothing else in the process uses that descriptor.
     let control = unsafe { StdUnixStream::from(OwnedFd::from_raw_fd(CONTROL_FD)) };
+    // This program runs: the host may bind listeners again (see `spawn::wait_for_first_byte`).
+    if let Err(e) = std::io::Write::write_all(&mut &control, &[super::spawn::FIRST_BYTE]) {
+        eprintln!("supersocketd agent {name}: the host is gone: {e}");
+        return ExitCode::from(1);
+    }
     let (init, fds) = match super::frame::recv_with_fds::<Init>(&control) {
         Ok(received) => received,
         Err(e) => {

@@ -124,10 +124,15 @@ impl Spawn for Processes {
                 .map_err(|e| format!("cannot share the listeners: {e}"))?;
             // Forked here, on a worker thread of the runtime: the kernel kills the agent when the
             // thread that forked it ends (PR_SET_PDEATHSIG), and a worker lives as long as the host.
+            let spawning = listener::spawning();
             let (child, host_end) = fork(server)?;
             let process = watch(child);
-            // The first frame may block until the agent reads it: off the runtime's workers.
+            // Waiting for the agent's first byte and sending the first frame block: off the
+            // runtime's workers.
             let host_end = tokio::task::spawn_blocking(move || {
+                // The agent says it runs: its copies of the host's descriptors are gone.
+                wait_for_first_byte(&host_end)?;
+                drop(spawning);
                 let listeners = listeners.iter().map(AsFd::as_fd);
                 let fds: Vec<_> = listeners.chain(links.iter().map(AsFd::as_fd)).collect();
                 frame::send_with_fds(&host_end, &init, &fds).map(|()| host_end)
@@ -181,14 +186,25 @@ fn fork(server: &str) -> Result<(tokio::process::Child, StdUnixStream), String> 
             Ok(())
         });
     }
-    let child = {
-        // Every descriptor of the host is copied into the child until its exec closes them;
-        // no listener is bound meanwhile (see `listener::spawning`).
-        let _gate = listener::spawning();
-        command.spawn().map_err(|e| format!("cannot start the agent: {e}"))?
-    };
+    let child = command.spawn().map_err(|e| format!("cannot start the agent: {e}"))?;
     drop(agent_end);
     Ok((child, host_end))
+}
+
+/// What an agent writes on its channel first, once it runs.
+pub(crate) const FIRST_BYTE: u8 = b'!';
+
+/// Waits (bounded) for the agent's first byte on its channel (blocking socket).
+fn wait_for_first_byte(socket: &StdUnixStream) -> std::io::Result<()> {
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut byte = [0u8];
+    std::io::Read::read_exact(&mut &*socket, &mut byte)?;
+    socket.set_read_timeout(None)?;
+    if byte[0] == FIRST_BYTE {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("the agent began with something else"))
+    }
 }
 
 /// Watches a child for its exit, and kills it when asked.

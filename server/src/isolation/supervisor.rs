@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{Link, Serve};
-use super::remote::Remote;
+use super::remote::{Remote, SILENCE_REPORTED};
 use super::serve::{serve, server_of};
 use super::spawn::{AgentProcess, Exit, Spawn};
 use super::view::Views;
@@ -157,13 +157,16 @@ impl Supervisor {
     async fn run(mut self, first: oneshot::Sender<Result<(), String>>) {
         let mut first = Some(first);
         let mut unstable = 0u32;
-        // A stop asked during a back-off: one more agent serves the backlog, then stops.
+        // A stop asked during a back-off, or of a frozen agent: one more agent serves the
+        // backlog, then stops.
         let mut stop_when_up: StopAsk = None;
+        let mut replaced_to_drain = false;
         loop {
             let restart = self.instance.config().restart;
             let mut stop = self.stop.clone();
             let launched = tokio::select! {
-                launched = self.launch_agent() => launched,
+                // One started only to drain the backlog at a stop is not announced as running.
+                launched = self.launch_agent(stop_when_up.is_none()) => launched,
                 _ = stop.changed(), if stop_when_up.is_none() => {
                     return answer(&mut first, Err("stopped before it started".into()));
                 }
@@ -177,6 +180,17 @@ impl Supervisor {
                         None => self.watch(&agent).await,
                     };
                     let error = match ended {
+                        // A frozen agent cannot drain: it is killed, and one more agent serves
+                        // the connections waiting in the backlog (once).
+                        Ended::StopAsked(timeout, hurry)
+                            if agent.link.silent_for() >= SILENCE_REPORTED && !replaced_to_drain =>
+                        {
+                            agent.process.kill().await;
+                            self.agent_gone(&agent);
+                            replaced_to_drain = true;
+                            stop_when_up = Some((timeout, hurry));
+                            continue;
+                        }
                         Ended::StopAsked(timeout, hurry) => return self.stop_agent(agent, timeout, hurry).await,
                         Ended::Silent => {
                             agent.process.kill().await;
@@ -242,16 +256,21 @@ impl Supervisor {
         }
     }
 
-    /// Starts one agent, hands it the listeners, waits until it is ready and keeps it told
-    /// of the other instances.
-    async fn launch_agent(&self) -> Result<Agent, String> {
+    /// Starts one agent, hands it the listeners and waits until it is ready; an agent that is
+    /// to serve (`announce`) is paired with the others, reported running, and kept told of the
+    /// other instances.
+    async fn launch_agent(&self, announce: bool) -> Result<Agent, String> {
         let name = self.instance.name();
         let config = self.instance.config();
         let admission = self.views.admission().await;
         let mut seen = Default::default();
         let view = self.views.view(&mut seen);
         let started_with = view.version;
-        let (links, ends) = self.views.pair(name);
+        let (links, ends) = if announce {
+            self.views.pair(name)
+        } else {
+            Default::default()
+        };
         let init = Init {
             server: serde_json::to_value(&*config).map_err(|e| e.to_string())?,
             session_ids_from: LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 40,
@@ -267,7 +286,9 @@ impl Supervisor {
             ready: Mutex::new(Some(ready)),
         });
         let link = Link::start(stream, handler);
-        self.views.register(name, &link);
+        if announce {
+            self.views.register(name, &link);
+        }
         drop(admission);
         let ready = tokio::select! {
             word = first_word => word.unwrap_or_else(|_| Err("the agent hung up before it was ready".into())),
@@ -285,11 +306,13 @@ impl Supervisor {
                 return Err(error);
             }
         };
-        self.remote.attach(Some(link.clone()));
-        self.instance
-            .mark_running(Some(process.pid()), listeners, self.remote.clone());
-        self.views
-            .follow(self.instance.name(), link.clone(), started_with, seen);
+        if announce {
+            self.remote.attach(Some(link.clone()));
+            self.instance
+                .mark_running(Some(process.pid()), listeners, self.remote.clone());
+            self.views
+                .follow(self.instance.name(), link.clone(), started_with, seen);
+        }
         Ok(Agent { process, link })
     }
 
@@ -338,7 +361,7 @@ impl Supervisor {
         // The agent's copies are the last: once it has taken the backlog and closed them, the
         // ports close.
         self.listeners.clear();
-        if agent.link.silent_for() < super::remote::SILENCE_REPORTED {
+        if agent.link.silent_for() < SILENCE_REPORTED {
             let asked = agent.link.request(
                 Op::Stop {
                     timeout_ms: timeout.as_millis() as u64,

@@ -25,7 +25,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{InstanceContext, Replies, Session};
+use crate::context::{InstanceContext, Replies, Session, SessionState};
 use crate::filter::FilterError;
 use crate::service::Service;
 use crate::session::{CloseReason, SessionEntry};
@@ -67,13 +67,15 @@ pub(crate) async fn serve<S: Service>(
     setup: SessionSetup,
 ) {
     let service = &*service;
+    let mut state: SessionState = None;
     // Written inline (not bound to a local first), so the session's state machine holds the
     // loop's future once, not twice: this size is the memory of every idle session.
     let reason = catch_panic(pin!(async {
+        let state = &mut state;
         match connection {
-            Connection::Tcp(stream) => Driver::new(service, stream, &setup).run().await,
+            Connection::Tcp(stream) => Driver::new(service, stream, &setup, state).run().await,
             // rustls' state is large: boxed, so that plain sessions do not carry its size.
-            Connection::Tls(acceptor, stream) => Box::pin(run_tls(service, acceptor, stream, &setup)).await,
+            Connection::Tls(acceptor, stream) => Box::pin(run_tls(service, acceptor, stream, &setup, state)).await,
         }
     }))
     .await
@@ -93,6 +95,7 @@ pub(crate) async fn serve<S: Service>(
         instance: &setup.instance,
         replies: &mut replies,
         close: &mut close,
+        state: &mut state,
     };
     if catch_panic(pin!(service.closed(&mut session, reason))).await.is_none() {
         tracing::error!(server = %setup.instance.name, session = %entry.id, "closed handler panicked");
@@ -106,6 +109,7 @@ async fn run_tls<S: Service>(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     setup: &SessionSetup,
+    state: &mut SessionState,
 ) -> CloseReason {
     let bound = setup
         .instance
@@ -117,7 +121,7 @@ async fn run_tls<S: Service>(
         biased;
         () = setup.drain.cancelled() => CloseReason::ServerShutdown,
         result = handshake => match result {
-            Ok(Ok(tls)) => Driver::new(service, tls, setup).run().await,
+            Ok(Ok(tls)) => Driver::new(service, tls, setup, state).run().await,
             Ok(Err(e)) => {
                 tracing::debug!(session = %setup.entry.id, "TLS handshake failed: {e}");
                 CloseReason::SocketError
@@ -154,6 +158,8 @@ struct Driver<'a, S: Service, IO> {
     side: BytesMut,
     /// Set by a handler (or the filter) to close after the pending writes.
     close: Option<CloseReason>,
+    /// The server type's own state of this session.
+    state: &'a mut SessionState,
 }
 
 /// A session's transport: a byte stream that can also say when a read would not block
@@ -219,7 +225,7 @@ where
     S: Service,
     IO: SessionIo,
 {
-    fn new(service: &'a S, io: IO, setup: &'a SessionSetup) -> Self {
+    fn new(service: &'a S, io: IO, setup: &'a SessionSetup, state: &'a mut SessionState) -> Self {
         let config = &setup.instance.config;
         Self {
             service,
@@ -230,6 +236,7 @@ where
             replies: Replies::default(),
             side: BytesMut::new(),
             close: None,
+            state,
         }
     }
 
@@ -241,6 +248,7 @@ where
             instance: &setup.instance,
             replies: &mut self.replies,
             close: &mut self.close,
+            state: self.state,
         };
         self.service.connected(&mut session).await;
         if let Err(reason) = self.flush().await {
@@ -315,6 +323,7 @@ where
                         instance: &setup.instance,
                         replies: &mut self.replies,
                         close: &mut self.close,
+                        state: self.state,
                     };
                     let stuck = {
                         let handler = pin!(self.service.received(&mut session, package));

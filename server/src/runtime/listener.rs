@@ -2,32 +2,93 @@
 //! v6-only (so `Any` and `IPv6Any` can share a port), and all-or-nothing.
 //!
 //! A process being spawned holds a copy of every descriptor of the host from its fork until
-//! its exec closes them, the listeners of instances just stopped included; binding their ports
-//! again in that window would fail. So binding waits for spawns under way ([`spawning`]).
+//! its exec has closed them, the listeners of instances just stopped included; binding their
+//! ports again meanwhile would fail. So binding waits for spawns under way ([`spawning`]), and
+//! a spawn counts as under way until the new program runs: only then has the kernel released
+//! the copies (it finishes closing them as the exec returns, after the exec already looks done
+//! to the parent).
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{ListenerConfig, ServerConfig};
 
-/// Held for reading by every spawn of a child process from before its fork until its exec,
-/// and for writing while listeners are bound.
-static SPAWN_GATE: RwLock<()> = RwLock::new(());
+/// Spawns under way and binds under way exclude each other.
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
 
-/// Hold this while spawning a child process: no listener is bound meanwhile. Blocks; call it
-/// off the runtime's workers or for a moment only.
-pub(crate) fn spawning() -> RwLockReadGuard<'static, ()> {
-    SPAWN_GATE.read().unwrap_or_else(|e| e.into_inner())
+struct GateState {
+    spawns: usize,
+    binding: bool,
+}
+
+static GATE: Gate = Gate {
+    state: Mutex::new(GateState {
+        spawns: 0,
+        binding: false,
+    }),
+    changed: Condvar::new(),
+};
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `blocked` is false.
+    fn wait_while(&self, blocked: impl Fn(&GateState) -> bool) -> MutexGuard<'_, GateState> {
+        let state = self.lock();
+        self.changed
+            .wait_while(state, |state| blocked(state))
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A spawn under way: no listener is bound until it is dropped (once the child runs its new
+/// program). It may move between threads.
+pub(crate) struct Spawning(());
+
+impl Drop for Spawning {
+    fn drop(&mut self) {
+        GATE.lock().spawns -= 1;
+        GATE.changed.notify_all();
+    }
+}
+
+/// Marks a spawn under way; waits while listeners are being bound (a moment).
+pub(crate) fn spawning() -> Spawning {
+    GATE.wait_while(|state| state.binding).spawns += 1;
+    Spawning(())
+}
+
+/// Listeners being bound: no spawn starts meanwhile.
+struct Binding(());
+
+impl Binding {
+    /// Waits until no spawn is under way. Blocks: call it off the runtime's workers.
+    fn begin() -> Self {
+        GATE.wait_while(|state| state.binding || state.spawns > 0).binding = true;
+        Self(())
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        GATE.lock().binding = false;
+        GATE.changed.notify_all();
+    }
 }
 
 /// Binds every listener of `server`, or none: on the first failure the ones bound are
 /// released and the error names the address, the port(s) and the server. Blocks while a
 /// child process is being spawned.
 pub(crate) fn bind_all(server: &ServerConfig) -> Result<Vec<TcpListener>, String> {
-    let _no_spawn_under_way = SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner());
+    let _binding = Binding::begin();
     server
         .listeners
         .iter()
@@ -38,7 +99,7 @@ pub(crate) fn bind_all(server: &ServerConfig) -> Result<Vec<TcpListener>, String
 /// Checks that the listeners of `next` that `current` does not already hold could be bound
 /// now, without keeping them: a reload uses it before it stops what serves.
 pub(crate) fn probe(next: &ServerConfig, current: &[SocketAddr]) -> Result<(), String> {
-    let _no_spawn_under_way = SPAWN_GATE.write().unwrap_or_else(|e| e.into_inner());
+    let _binding = Binding::begin();
     for listener in &next.listeners {
         let held = current.contains(&SocketAddr::new(listener.ip, listener.port));
         if listener.port != 0 && !held {

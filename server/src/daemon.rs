@@ -78,7 +78,8 @@ pub fn main(builder: HostBuilder) -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(Role::Agent { name }) = &args.role {
-        return crate::isolation::agent::main(builder, name);
+        let (types, routes) = builder.into_parts();
+        return crate::isolation::agent::main(types, routes, name);
     }
     let format = match args.log_format {
         LogFormat::Text => "text",

@@ -18,6 +18,9 @@
 //! - [`host`]: the registry of instances, launchers, boot, reload and shutdown.
 //! - [`admin`]: the admin API (axum); [`daemon`]: the `supersocketd` program around it all.
 //!
+//! Leaf helpers any module may use: `timefmt` (RFC 3339 times) and [`secret`] (comparing
+//! secrets in constant time).
+//!
 //! # A custom server type
 //! ```no_run
 //! use bytes::BytesMut;
@@ -53,7 +56,7 @@ pub mod instance;
 mod isolation;
 pub mod outcome;
 mod runtime;
-mod secret;
+pub mod secret;
 pub mod service;
 pub mod services;
 pub mod session;

@@ -20,10 +20,10 @@ use super::remote::Remote;
 use super::serve::{serve, server_of};
 use super::supervisor::STATS_EVERY;
 use crate::config::{Isolation, ServerConfig};
-use crate::dispatch::{Directory, HostHandle};
-use crate::host::HostBuilder;
+use crate::dispatch::{Directory, HostHandle, RouteFn};
 use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
 use crate::runtime::LocalLaunch;
+use crate::runtime::types::ServerTypes;
 use crate::session::SessionId;
 
 /// The descriptor the host puts the control socket at.
@@ -31,8 +31,9 @@ const CONTROL_FD: i32 = 3;
 /// How long an agent that is done waits for the host to end it.
 const LAST_WORD: Duration = Duration::from_secs(5);
 
-/// Runs the agent of instance `name` until the host hangs up.
-pub(crate) fn main(builder: HostBuilder, name: &str) -> ExitCode {
+/// Runs the agent of instance `name`, with the host's server types and custom routes, until the
+/// host hangs up.
+pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &str) -> ExitCode {
     // SAFETY: the host placed the control socket at descriptor 3 for this process before exec,
     // and nothing else in the process uses that descriptor.
     let control = unsafe { StdUnixStream::from(OwnedFd::from_raw_fd(CONTROL_FD)) };
@@ -73,13 +74,13 @@ pub(crate) fn main(builder: HostBuilder, name: &str) -> ExitCode {
     let mut listeners = fds;
     let links = listeners.split_off(listeners.len().saturating_sub(init.links.len()));
     let listeners = listeners.into_iter().map(std::net::TcpListener::from).collect();
-    runtime.block_on(run(builder, control, init, listeners, links));
+    runtime.block_on(run((types, routes), control, init, listeners, links));
     runtime.shutdown_background();
     ExitCode::SUCCESS
 }
 
 async fn run(
-    builder: HostBuilder,
+    (types, routes): (ServerTypes, HashMap<String, RouteFn>),
     control: StdUnixStream,
     init: Init,
     listeners: Vec<std::net::TcpListener>,
@@ -96,7 +97,6 @@ async fn run(
         isolation: Isolation::None,
         ..config
     });
-    let (types, routes) = builder.into_parts();
     let directory = Arc::new(Directory::new(routes));
     let env = |launchers| InstanceEnv {
         launchers,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::dispatch::parse_label;
-use super::ledger::{Outcome, PathReport};
+use super::ledger::{Disorder, Outcome, PathReport, Receipt, Receipts};
 use super::replies::unserved;
 use super::world::{Backoff, End, Phase, World};
 
@@ -20,13 +20,6 @@ use super::world::{Backoff, End, Phase, World};
 struct Said {
     sent_at: Instant,
     outcome: Outcome,
-}
-
-/// A `MSG` a member got.
-struct Receipt {
-    sender: u32,
-    seq: u32,
-    at: Instant,
 }
 
 /// One user connection: its uid is `u<label>`.
@@ -39,6 +32,7 @@ pub struct UserLog {
     /// When the connection closed (by the host, or by this client giving up on a stall).
     closed_at: Option<Instant>,
     said: Vec<Said>,
+    /// The `MSG`s it got.
     receipts: Vec<Receipt>,
 }
 
@@ -294,15 +288,6 @@ fn heard(
     None
 }
 
-/// What one member got from one sender: when each message first arrived, how many times, and
-/// the highest sequence number of an acknowledged one that arrived (order and gaps are judged
-/// among acknowledged messages only).
-#[derive(Default)]
-struct FromSender {
-    first: HashMap<u32, (Instant, u32)>,
-    highest: Option<u32>,
-}
-
 /// Holds every acknowledged SAY against every member that had entered its room before it was
 /// said and was still connected then; deliveries after `cut` are late.
 pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
@@ -312,7 +297,7 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
     for u in users.iter().filter(|u| u.entered_at.is_some()) {
         rooms.entry(u.room.as_str()).or_default().push(u);
     }
-    let mut seen: HashMap<(u32, u32), FromSender> = HashMap::new();
+    let mut seen = Receipts::default();
     for r in users {
         for receipt in &r.receipts {
             let said = by_label
@@ -332,50 +317,23 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
                 });
                 continue;
             };
-            let from = seen.entry((r.label, s.label)).or_default();
-            let entry = from.first.entry(receipt.seq).or_insert((receipt.at, 0));
-            entry.1 += 1;
-            if entry.1 == 2 {
-                report.tally.duplicate += 1;
-                report.examples.add("duplicate", || {
-                    format!(
-                        "u{}:{} of {} ({}) reached u{} ({}) twice; said at {:.2}s, {}",
-                        s.label,
-                        receipt.seq,
-                        s.room,
-                        world.describe(&s.connector),
-                        r.label,
-                        world.describe(&r.connector),
-                        world.secs(m.sent_at),
-                        world.faults_before(m.sent_at)
-                    )
-                });
-            }
-            if entry.1 == 1 && m.outcome == Outcome::Refused {
-                report.tally.refused_but_delivered += 1;
-            }
-            match from.highest {
-                Some(high) if receipt.seq < high && entry.1 == 1 && m.outcome.acked() => {
-                    report.tally.reordered += 1;
-                    report.examples.add("reordered", || {
-                        format!(
-                            "u{}:{} of {} ({}) reached u{} ({}) after u{}:{high}; said at {:.2}s, {}",
-                            s.label,
-                            receipt.seq,
-                            s.room,
-                            world.describe(&s.connector),
-                            r.label,
-                            world.describe(&r.connector),
-                            s.label,
-                            world.secs(m.sent_at),
-                            world.faults_before(m.sent_at)
-                        )
-                    });
-                }
-                _ if !m.outcome.acked() => {}
-                Some(high) if receipt.seq < high => {}
-                _ => from.highest = Some(receipt.seq),
-            }
+            seen.note(r.label, receipt, m.outcome, &mut report, |disorder| {
+                let how = match disorder {
+                    Disorder::Twice => "twice".to_owned(),
+                    Disorder::After(high) => format!("after u{}:{high}", s.label),
+                };
+                format!(
+                    "u{}:{} of {} ({}) reached u{} ({}) {how}; said at {:.2}s, {}",
+                    s.label,
+                    receipt.seq,
+                    s.room,
+                    world.describe(&s.connector),
+                    r.label,
+                    world.describe(&r.connector),
+                    world.secs(m.sent_at),
+                    world.faults_before(m.sent_at)
+                )
+            });
         }
     }
     for s in users {
@@ -388,44 +346,31 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
             for r in members
                 .filter(|r| r.label != s.label && r.entered_at.is_some_and(|t| t < m.sent_at) && r.open_at(m.sent_at))
             {
-                let from = seen.get(&(r.label, s.label));
-                match from.and_then(|f| f.first.get(&(seq as u32))) {
-                    Some((at, _)) if *at <= cut => report.tally.delivered += 1,
-                    Some(_) => report.tally.late += 1,
-                    None => {
-                        let highest = from.and_then(|f| f.highest);
-                        let gap = highest.is_some_and(|h| h > seq as u32);
-                        if !r.open_at(cut) && !gap {
-                            report.tally.dropped_with_session += 1;
-                            continue;
-                        }
-                        report.tally.missing += 1;
-                        report.examples.add("missing", || {
-                            let state = if r.open_at(cut) {
-                                "connected throughout".to_owned()
-                            } else {
-                                format!(
-                                    "closed at {:.2}s, after u{}:{} arrived",
-                                    world.secs(r.closed_at.unwrap_or(cut)),
-                                    s.label,
-                                    highest.unwrap_or(0)
-                                )
-                            };
-                            format!(
-                                "u{}:{seq} in {} from {} to u{} on {} ({state}, entered at {:.2}s): said at {:.2}s, echoed to its sender at {:.2}s, never arrived; {}",
-                                s.label,
-                                s.room,
-                                world.describe(&s.connector),
-                                r.label,
-                                world.describe(&r.connector),
-                                world.secs(r.entered_at.unwrap_or(cut)),
-                                world.secs(m.sent_at),
-                                world.secs(acked_at),
-                                world.faults_before(m.sent_at)
-                            )
-                        });
-                    }
-                }
+                let judgement = seen.judge(r.label, s.label, seq as u32, r.open_at(cut), cut);
+                judgement.count(&mut report, |highest| {
+                    let state = if r.open_at(cut) {
+                        "connected throughout".to_owned()
+                    } else {
+                        format!(
+                            "closed at {:.2}s, after u{}:{} arrived",
+                            world.secs(r.closed_at.unwrap_or(cut)),
+                            s.label,
+                            highest.unwrap_or(0)
+                        )
+                    };
+                    format!(
+                        "u{}:{seq} in {} from {} to u{} on {} ({state}, entered at {:.2}s): said at {:.2}s, echoed to its sender at {:.2}s, never arrived; {}",
+                        s.label,
+                        s.room,
+                        world.describe(&s.connector),
+                        r.label,
+                        world.describe(&r.connector),
+                        world.secs(r.entered_at.unwrap_or(cut)),
+                        world.secs(m.sent_at),
+                        world.secs(acked_at),
+                        world.faults_before(m.sent_at)
+                    )
+                });
             }
         }
     }

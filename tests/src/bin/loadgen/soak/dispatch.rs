@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::ledger::{Outcome, PathReport};
+use super::ledger::{Disorder, Outcome, PathReport, Receipt, Receipts};
 use super::replies::{count_connections, unserved};
 use super::rng::Rng;
 use super::world::{CHECK, End, Phase, Reconnect, World};
@@ -69,13 +69,6 @@ pub struct SenderLog {
     sent: Vec<Sent>,
 }
 
-/// A line a receiver got: `d<sender>:<seq>`.
-struct Receipt {
-    sender: u32,
-    seq: u32,
-    at: Instant,
-}
-
 /// Everything one receiver connection (one session id) got.
 pub struct ReceiverLog {
     incarnation: u32,
@@ -83,6 +76,7 @@ pub struct ReceiverLog {
     id: String,
     /// When the host closed it; `None` if it was open when the run finished.
     closed_at: Option<Instant>,
+    /// The `d<sender>:<seq>` lines it got.
     receipts: Vec<Receipt>,
 }
 
@@ -401,23 +395,14 @@ async fn send(
     end
 }
 
-/// What one receiver got from one sender: when each message first arrived, how many times,
-/// and the highest sequence number of an acknowledged one that arrived (order and gaps are
-/// judged among acknowledged messages only).
-#[derive(Default)]
-struct FromSender {
-    first: HashMap<u32, (Instant, u32)>,
-    highest: Option<u32>,
-}
-
 /// Holds every message the senders of kind `via` sent against what the receivers recorded;
 /// deliveries after `cut` are late. Lines no sender sent count with [`DISPATCH`].
 pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[ReceiverLog], cut: Instant) -> PathReport {
     let mut report = PathReport::default();
     let by_label: HashMap<u32, &SenderLog> = senders.iter().map(|s| (s.label, s)).collect();
     let by_incarnation: HashMap<u32, &ReceiverLog> = receivers.iter().map(|r| (r.incarnation, r)).collect();
-    // (receiver incarnation, sender label) -> what arrived.
-    let mut seen: HashMap<(u32, u32), FromSender> = HashMap::new();
+    // By (receiver incarnation, sender label).
+    let mut seen = Receipts::default();
     for r in receivers {
         for receipt in &r.receipts {
             let sent = by_label
@@ -460,48 +445,22 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                 });
                 continue;
             }
-            let from = seen.entry((r.incarnation, s.label)).or_default();
-            let entry = from.first.entry(receipt.seq).or_insert((receipt.at, 0));
-            entry.1 += 1;
-            if entry.1 == 2 {
-                report.tally.duplicate += 1;
-                report.examples.add("duplicate", || {
-                    format!(
-                        "d{}:{} from {} reached {} session {} twice; sent at {:.2}s, {}",
-                        s.label,
-                        receipt.seq,
-                        world.describe(&s.server),
-                        world.describe(&r.server),
-                        r.id,
-                        world.secs(m.sent_at),
-                        world.faults_before(m.sent_at)
-                    )
-                });
-            }
-            if entry.1 == 1 && m.outcome == Outcome::Refused {
-                report.tally.refused_but_delivered += 1;
-            }
-            match from.highest {
-                Some(high) if receipt.seq < high && entry.1 == 1 && m.outcome.acked() => {
-                    report.tally.reordered += 1;
-                    report.examples.add("reordered", || {
-                        format!(
-                            "d{}:{} from {} reached {} session {} after d{}:{high}; sent at {:.2}s, {}",
-                            s.label,
-                            receipt.seq,
-                            world.describe(&s.server),
-                            world.describe(&r.server),
-                            r.id,
-                            s.label,
-                            world.secs(m.sent_at),
-                            world.faults_before(m.sent_at)
-                        )
-                    });
-                }
-                _ if !m.outcome.acked() => {}
-                Some(high) if receipt.seq < high => {}
-                _ => from.highest = Some(receipt.seq),
-            }
+            seen.note(r.incarnation, receipt, m.outcome, &mut report, |disorder| {
+                let how = match disorder {
+                    Disorder::Twice => "twice".to_owned(),
+                    Disorder::After(high) => format!("after d{}:{high}", s.label),
+                };
+                format!(
+                    "d{}:{} from {} reached {} session {} {how}; sent at {:.2}s, {}",
+                    s.label,
+                    receipt.seq,
+                    world.describe(&s.server),
+                    world.describe(&r.server),
+                    r.id,
+                    world.secs(m.sent_at),
+                    world.faults_before(m.sent_at)
+                )
+            });
         }
     }
     for s in senders.iter().filter(|s| s.via == via) {
@@ -529,43 +488,30 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
             let Outcome::Acked(acked_at) = m.outcome else {
                 continue;
             };
-            let from = seen.get(&(r.incarnation, s.label));
-            match from.and_then(|f| f.first.get(&(seq as u32))) {
-                Some((at, _)) if *at <= cut => report.tally.delivered += 1,
-                Some(_) => report.tally.late += 1,
-                None => {
-                    let highest = from.and_then(|f| f.highest);
-                    let gap = highest.is_some_and(|h| h > seq as u32);
-                    if !r.open_at(cut) && !gap {
-                        report.tally.dropped_with_session += 1;
-                        continue;
-                    }
-                    report.tally.missing += 1;
-                    report.examples.add("missing", || {
-                        let state = if r.open_at(cut) {
-                            "open throughout".to_owned()
-                        } else {
-                            format!(
-                                "closed at {:.2}s, after d{}:{} arrived",
-                                world.secs(r.closed_at.unwrap_or(cut)),
-                                s.label,
-                                highest.unwrap_or(0)
-                            )
-                        };
-                        format!(
-                            "d{}:{seq} ({}) from {} to {} session {} ({state}): sent at {:.2}s, OK at {:.2}s, never arrived; {}",
-                            s.label,
-                            s.via,
-                            world.describe(&s.server),
-                            world.describe(&r.server),
-                            r.id,
-                            world.secs(m.sent_at),
-                            world.secs(acked_at),
-                            world.faults_before(m.sent_at)
-                        )
-                    });
-                }
-            }
+            let judgement = seen.judge(r.incarnation, s.label, seq as u32, r.open_at(cut), cut);
+            judgement.count(&mut report, |highest| {
+                let state = if r.open_at(cut) {
+                    "open throughout".to_owned()
+                } else {
+                    format!(
+                        "closed at {:.2}s, after d{}:{} arrived",
+                        world.secs(r.closed_at.unwrap_or(cut)),
+                        s.label,
+                        highest.unwrap_or(0)
+                    )
+                };
+                format!(
+                    "d{}:{seq} ({}) from {} to {} session {} ({state}): sent at {:.2}s, OK at {:.2}s, never arrived; {}",
+                    s.label,
+                    s.via,
+                    world.describe(&s.server),
+                    world.describe(&r.server),
+                    r.id,
+                    world.secs(m.sent_at),
+                    world.secs(acked_at),
+                    world.faults_before(m.sent_at)
+                )
+            });
         }
     }
     report

@@ -1,7 +1,9 @@
 //! Counting: what happened to each message of one traffic path, and a few examples of each
-//! kind of trouble, told with the faults that preceded them.
+//! kind of trouble, told with the faults that preceded them; what each receiver got from each
+//! sender, judged for duplicates, order and gaps (DISPATCH and chat).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -154,7 +156,7 @@ pub enum Outcome {
     /// Not known yet.
     Pending,
     /// The host said yes, at this time.
-    Acked(std::time::Instant),
+    Acked(Instant),
     /// The host answered an error.
     Refused,
     /// The connection closed before the outcome was known.
@@ -176,5 +178,183 @@ impl Outcome {
             Outcome::Refused | Outcome::Closed => tally.refused += 1,
             Outcome::Stalled | Outcome::Pending => tally.stalled += 1,
         }
+    }
+}
+
+/// A message that reached a receiver: `<sender>:<seq>`, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt {
+    pub sender: u32,
+    pub seq: u32,
+    pub at: Instant,
+}
+
+/// A message that reached a receiver out of turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disorder {
+    /// It arrived a second time.
+    Twice,
+    /// It arrived the first time after this later message of the same sender.
+    After(u32),
+}
+
+/// What became of one acknowledged message owed to one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// It arrived by the counting cut.
+    Delivered,
+    /// It arrived after the cut (not counted as lost).
+    Late,
+    /// It never arrived, and the receiver's session closed before the cut with nothing later
+    /// from the sender after it.
+    DroppedWithSession,
+    /// It never arrived although the receiver was still there, or a later message of the
+    /// sender did arrive (a gap): the highest such one, if any.
+    Missing { highest: Option<u32> },
+}
+
+impl Judgement {
+    /// Counts it in `report`; `tell` words a missing one's example, given the highest message
+    /// of the sender that did arrive.
+    pub fn count(self, report: &mut PathReport, tell: impl FnOnce(Option<u32>) -> String) {
+        let tally = &mut report.tally;
+        match self {
+            Judgement::Delivered => tally.delivered += 1,
+            Judgement::Late => tally.late += 1,
+            Judgement::DroppedWithSession => tally.dropped_with_session += 1,
+            Judgement::Missing { highest } => {
+                tally.missing += 1;
+                report.examples.add("missing", || tell(highest));
+            }
+        }
+    }
+}
+
+/// What one receiver got from one sender: when each message first arrived, how many times, and
+/// the highest sequence number of an acknowledged one that arrived (order and gaps are judged
+/// among acknowledged messages only).
+#[derive(Default)]
+struct FromSender {
+    first: HashMap<u32, (Instant, u32)>,
+    highest: Option<u32>,
+}
+
+/// What every receiver got from every sender, by (receiver, sender).
+#[derive(Default)]
+pub struct Receipts {
+    pairs: HashMap<(u32, u32), FromSender>,
+}
+
+impl Receipts {
+    /// Notes that `receiver` got `receipt`, a message its sender heard `outcome` for, and counts
+    /// in `report` a second arrival, an acknowledged one arriving after a later one, or a refused
+    /// one delivered all the same. `tell` words the example of a duplicate or reordered one.
+    pub fn note(
+        &mut self,
+        receiver: u32,
+        receipt: &Receipt,
+        outcome: Outcome,
+        report: &mut PathReport,
+        tell: impl Fn(Disorder) -> String,
+    ) {
+        let from = self.pairs.entry((receiver, receipt.sender)).or_default();
+        let entry = from.first.entry(receipt.seq).or_insert((receipt.at, 0));
+        entry.1 += 1;
+        let first = entry.1 == 1;
+        if entry.1 == 2 {
+            report.tally.duplicate += 1;
+            report.examples.add("duplicate", || tell(Disorder::Twice));
+        } else if first && outcome == Outcome::Refused {
+            report.tally.refused_but_delivered += 1;
+        }
+        match from.highest {
+            Some(high) if receipt.seq < high && first && outcome.acked() => {
+                report.tally.reordered += 1;
+                report.examples.add("reordered", || tell(Disorder::After(high)));
+            }
+            _ if !outcome.acked() => {}
+            Some(high) if receipt.seq < high => {}
+            _ => from.highest = Some(receipt.seq),
+        }
+    }
+
+    /// What became of message `seq` of `sender`, acknowledged, owed to `receiver`, which was
+    /// still connected at `cut` or not.
+    pub fn judge(&self, receiver: u32, sender: u32, seq: u32, open_at_cut: bool, cut: Instant) -> Judgement {
+        let from = self.pairs.get(&(receiver, sender));
+        match from.and_then(|f| f.first.get(&seq)) {
+            Some((at, _)) if *at <= cut => Judgement::Delivered,
+            Some(_) => Judgement::Late,
+            None => {
+                let highest = from.and_then(|f| f.highest);
+                let gap = highest.is_some_and(|h| h > seq);
+                if !open_at_cut && !gap {
+                    Judgement::DroppedWithSession
+                } else {
+                    Judgement::Missing { highest }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn receipts_are_judged_for_duplicates_order_and_gaps() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let ok = Outcome::Acked(t(0));
+        let cut = t(1_000);
+        let mut seen = Receipts::default();
+        let mut report = PathReport::default();
+        // Receiver 9 gets 0, 2, 1 (out of order), 2 again, 4 refused yet delivered, then 3
+        // after the cut, all from sender 1.
+        for (seq, ms, outcome) in [
+            (0, 1, ok),
+            (2, 2, ok),
+            (1, 3, ok),
+            (2, 4, ok),
+            (4, 5, Outcome::Refused),
+            (3, 2_000, ok),
+        ] {
+            let receipt = Receipt {
+                sender: 1,
+                seq,
+                at: t(ms),
+            };
+            seen.note(9, &receipt, outcome, &mut report, |d| format!("{seq} {d:?}"));
+        }
+        assert_eq!(report.examples.lines(), ["duplicate: 2 Twice", "reordered: 1 After(2)"]);
+        let tally = &report.tally;
+        assert_eq!(
+            (tally.reordered, tally.duplicate, tally.refused_but_delivered),
+            (1, 1, 1)
+        );
+        assert_eq!(seen.judge(9, 1, 0, true, cut), Judgement::Delivered);
+        assert_eq!(seen.judge(9, 1, 3, true, cut), Judgement::Late);
+        // 5 never came: missing while the receiver is there, dropped once it closed, unless a
+        // later one came (a gap).
+        assert_eq!(seen.judge(9, 1, 5, true, cut), Judgement::Missing { highest: Some(3) });
+        assert_eq!(seen.judge(9, 1, 5, false, cut), Judgement::DroppedWithSession);
+        assert_eq!(seen.judge(9, 2, 0, false, cut), Judgement::DroppedWithSession);
+        assert_eq!(seen.judge(8, 1, 0, true, cut), Judgement::Missing { highest: None });
+        let mut gap = Receipts::default();
+        gap.note(
+            9,
+            &Receipt {
+                sender: 1,
+                seq: 6,
+                at: t(1),
+            },
+            ok,
+            &mut report,
+            |_| String::new(),
+        );
+        assert_eq!(gap.judge(9, 1, 5, false, cut), Judgement::Missing { highest: Some(6) });
     }
 }

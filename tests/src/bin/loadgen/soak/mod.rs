@@ -7,7 +7,8 @@
 //! Layout: `world` (what the tasks share: admin API, phase, fault log), `replies` (echo and
 //! command), `dispatch` (DISPATCH and the admin API's send), `chat` and `ftp` (the traffic and
 //! the analysis of what arrived), `backlog` (connections opened as stops begin and agents die),
-//! `faults`, `procfs` (the host's processes), `ledger` (the counts), `rng` (the seeded choices).
+//! `faults`, `procfs` (the host's processes), `ledger` (the counts, and the judging of what
+//! each receiver got from each sender), `rng` (the seeded choices).
 //!
 //! The run: traffic on every instance the host serves at the start (found through the admin
 //! API) for `--duration`; faults during its first three quarters, then every instance is

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::dispatch::parse_label;
-use super::ledger::{Disorder, Outcome, PathReport, Receipt, Receipts};
+use super::ledger::{Outcome, PathReport, Receipt, Receipts};
 use super::replies::unserved;
 use super::world::{Backoff, End, Phase, World};
 
@@ -318,18 +318,15 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
                 continue;
             };
             seen.note(r.label, receipt, m.outcome, &mut report, |disorder| {
-                let how = match disorder {
-                    Disorder::Twice => "twice".to_owned(),
-                    Disorder::After(high) => format!("after u{}:{high}", s.label),
-                };
                 format!(
-                    "u{}:{} of {} ({}) reached u{} ({}) {how}; said at {:.2}s, {}",
+                    "u{}:{} of {} ({}) reached u{} ({}) {}; said at {:.2}s, {}",
                     s.label,
                     receipt.seq,
                     s.room,
                     world.describe(&s.connector),
                     r.label,
                     world.describe(&r.connector),
+                    disorder.words('u', s.label),
                     world.secs(m.sent_at),
                     world.faults_before(m.sent_at)
                 )
@@ -346,18 +343,9 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
             for r in members
                 .filter(|r| r.label != s.label && r.entered_at.is_some_and(|t| t < m.sent_at) && r.open_at(m.sent_at))
             {
-                let judgement = seen.judge(r.label, s.label, seq as u32, r.open_at(cut), cut);
-                judgement.count(&mut report, |highest| {
-                    let state = if r.open_at(cut) {
-                        "connected throughout".to_owned()
-                    } else {
-                        format!(
-                            "closed at {:.2}s, after u{}:{} arrived",
-                            world.secs(r.closed_at.unwrap_or(cut)),
-                            s.label,
-                            highest.unwrap_or(0)
-                        )
-                    };
+                let judgement = seen.judge(r.label, s.label, seq as u32, r.closed_at, cut);
+                judgement.count(&mut report, |missing| {
+                    let state = missing.words("connected throughout", 'u', s.label, &|t| world.secs(t));
                     format!(
                         "u{}:{seq} in {} from {} to u{} on {} ({state}, entered at {:.2}s): said at {:.2}s, echoed to its sender at {:.2}s, never arrived; {}",
                         s.label,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::ledger::{Disorder, Outcome, PathReport, Receipt, Receipts};
+use super::ledger::{Outcome, PathReport, Receipt, Receipts};
 use super::replies::{count_connections, unserved};
 use super::rng::Rng;
 use super::world::{CHECK, End, Phase, Reconnect, World};
@@ -446,17 +446,14 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                 continue;
             }
             seen.note(r.incarnation, receipt, m.outcome, &mut report, |disorder| {
-                let how = match disorder {
-                    Disorder::Twice => "twice".to_owned(),
-                    Disorder::After(high) => format!("after d{}:{high}", s.label),
-                };
                 format!(
-                    "d{}:{} from {} reached {} session {} {how}; sent at {:.2}s, {}",
+                    "d{}:{} from {} reached {} session {} {}; sent at {:.2}s, {}",
                     s.label,
                     receipt.seq,
                     world.describe(&s.server),
                     world.describe(&r.server),
                     r.id,
+                    disorder.words('d', s.label),
                     world.secs(m.sent_at),
                     world.faults_before(m.sent_at)
                 )
@@ -488,18 +485,9 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
             let Outcome::Acked(acked_at) = m.outcome else {
                 continue;
             };
-            let judgement = seen.judge(r.incarnation, s.label, seq as u32, r.open_at(cut), cut);
-            judgement.count(&mut report, |highest| {
-                let state = if r.open_at(cut) {
-                    "open throughout".to_owned()
-                } else {
-                    format!(
-                        "closed at {:.2}s, after d{}:{} arrived",
-                        world.secs(r.closed_at.unwrap_or(cut)),
-                        s.label,
-                        highest.unwrap_or(0)
-                    )
-                };
+            let judgement = seen.judge(r.incarnation, s.label, seq as u32, r.closed_at, cut);
+            judgement.count(&mut report, |missing| {
+                let state = missing.words("open throughout", 'd', s.label, &|t| world.secs(t));
                 format!(
                     "d{}:{seq} ({}) from {} to {} session {} ({state}): sent at {:.2}s, OK at {:.2}s, never arrived; {}",
                     s.label,

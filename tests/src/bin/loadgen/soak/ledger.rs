@@ -198,6 +198,16 @@ pub enum Disorder {
     After(u32),
 }
 
+impl Disorder {
+    /// `twice`, or `after <prefix><sender>:<seq>`.
+    pub fn words(self, prefix: char, sender: u32) -> String {
+        match self {
+            Disorder::Twice => "twice".to_owned(),
+            Disorder::After(high) => format!("after {prefix}{sender}:{high}"),
+        }
+    }
+}
+
 /// What became of one acknowledged message owed to one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Judgement {
@@ -206,25 +216,49 @@ pub enum Judgement {
     /// It arrived after the cut (not counted as lost).
     Late,
     /// It never arrived, and the receiver's session closed before the cut with nothing later
-    /// from the sender after it.
+    /// from the sender arrived.
     DroppedWithSession,
-    /// It never arrived although the receiver was still there, or a later message of the
-    /// sender did arrive (a gap): the highest such one, if any.
-    Missing { highest: Option<u32> },
+    /// It never arrived although it should have.
+    Missing(Missing),
+}
+
+/// Why a message that never arrived is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// The receiver was still connected at the cut.
+    Open,
+    /// The receiver closed before the cut, but a later message of the sender (the highest
+    /// one, `after`) had arrived: a gap.
+    Gap { closed_at: Instant, after: u32 },
+}
+
+impl Missing {
+    /// The receiver's state in an example: `open` (its path's words for connected at the cut),
+    /// or `closed at <t>s, after <prefix><sender>:<after> arrived`.
+    pub fn words(self, open: &str, prefix: char, sender: u32, secs: &dyn Fn(Instant) -> f64) -> String {
+        match self {
+            Missing::Open => open.to_owned(),
+            Missing::Gap { closed_at, after } => {
+                format!(
+                    "closed at {:.2}s, after {prefix}{sender}:{after} arrived",
+                    secs(closed_at)
+                )
+            }
+        }
+    }
 }
 
 impl Judgement {
-    /// Counts it in `report`; `tell` words a missing one's example, given the highest message
-    /// of the sender that did arrive.
-    pub fn count(self, report: &mut PathReport, tell: impl FnOnce(Option<u32>) -> String) {
+    /// Counts it in `report`; `tell` words a missing one's example.
+    pub fn count(self, report: &mut PathReport, tell: impl FnOnce(Missing) -> String) {
         let tally = &mut report.tally;
         match self {
             Judgement::Delivered => tally.delivered += 1,
             Judgement::Late => tally.late += 1,
             Judgement::DroppedWithSession => tally.dropped_with_session += 1,
-            Judgement::Missing { highest } => {
+            Judgement::Missing(missing) => {
                 tally.missing += 1;
-                report.examples.add("missing", || tell(highest));
+                report.examples.add("missing", || tell(missing));
             }
         }
     }
@@ -278,22 +312,22 @@ impl Receipts {
         }
     }
 
-    /// What became of message `seq` of `sender`, acknowledged, owed to `receiver`, which was
-    /// still connected at `cut` or not.
-    pub fn judge(&self, receiver: u32, sender: u32, seq: u32, open_at_cut: bool, cut: Instant) -> Judgement {
+    /// What became of message `seq` of `sender`, acknowledged, owed to `receiver`, whose
+    /// connection closed at `closed_at` (`None`: still open at the end).
+    pub fn judge(&self, receiver: u32, sender: u32, seq: u32, closed_at: Option<Instant>, cut: Instant) -> Judgement {
         let from = self.pairs.get(&(receiver, sender));
-        match from.and_then(|f| f.first.get(&seq)) {
-            Some((at, _)) if *at <= cut => Judgement::Delivered,
-            Some(_) => Judgement::Late,
-            None => {
-                let highest = from.and_then(|f| f.highest);
-                let gap = highest.is_some_and(|h| h > seq);
-                if !open_at_cut && !gap {
-                    Judgement::DroppedWithSession
-                } else {
-                    Judgement::Missing { highest }
-                }
-            }
+        if let Some((at, _)) = from.and_then(|f| f.first.get(&seq)) {
+            return if *at <= cut {
+                Judgement::Delivered
+            } else {
+                Judgement::Late
+            };
+        }
+        let highest = from.and_then(|f| f.highest);
+        match (closed_at.filter(|closed| *closed <= cut), highest) {
+            (None, _) => Judgement::Missing(Missing::Open),
+            (Some(closed_at), Some(after)) if after > seq => Judgement::Missing(Missing::Gap { closed_at, after }),
+            (Some(_), _) => Judgement::DroppedWithSession,
         }
     }
 }
@@ -327,22 +361,32 @@ mod tests {
                 seq,
                 at: t(ms),
             };
-            seen.note(9, &receipt, outcome, &mut report, |d| format!("{seq} {d:?}"));
+            seen.note(9, &receipt, outcome, &mut report, |d| {
+                format!("{seq} {}", d.words('d', 1))
+            });
         }
-        assert_eq!(report.examples.lines(), ["duplicate: 2 Twice", "reordered: 1 After(2)"]);
+        assert_eq!(
+            report.examples.lines(),
+            ["duplicate: 2 twice", "reordered: 1 after d1:2"]
+        );
         let tally = &report.tally;
         assert_eq!(
             (tally.reordered, tally.duplicate, tally.refused_but_delivered),
             (1, 1, 1)
         );
-        assert_eq!(seen.judge(9, 1, 0, true, cut), Judgement::Delivered);
-        assert_eq!(seen.judge(9, 1, 3, true, cut), Judgement::Late);
-        // 5 never came: missing while the receiver is there, dropped once it closed, unless a
-        // later one came (a gap).
-        assert_eq!(seen.judge(9, 1, 5, true, cut), Judgement::Missing { highest: Some(3) });
-        assert_eq!(seen.judge(9, 1, 5, false, cut), Judgement::DroppedWithSession);
-        assert_eq!(seen.judge(9, 2, 0, false, cut), Judgement::DroppedWithSession);
-        assert_eq!(seen.judge(8, 1, 0, true, cut), Judgement::Missing { highest: None });
+        let (open, closed) = (None, Some(t(500)));
+        assert_eq!(seen.judge(9, 1, 0, open, cut), Judgement::Delivered);
+        assert_eq!(seen.judge(9, 1, 3, open, cut), Judgement::Late);
+        // 5 never came: missing while the receiver is there (or closed after the cut), dropped
+        // once it closed, unless a later one came (a gap).
+        assert_eq!(seen.judge(9, 1, 5, open, cut), Judgement::Missing(Missing::Open));
+        assert_eq!(
+            seen.judge(9, 1, 5, Some(t(1_500)), cut),
+            Judgement::Missing(Missing::Open)
+        );
+        assert_eq!(seen.judge(9, 1, 5, closed, cut), Judgement::DroppedWithSession);
+        assert_eq!(seen.judge(9, 2, 0, closed, cut), Judgement::DroppedWithSession);
+        assert_eq!(seen.judge(8, 1, 0, open, cut), Judgement::Missing(Missing::Open));
         let mut gap = Receipts::default();
         gap.note(
             9,
@@ -355,6 +399,16 @@ mod tests {
             &mut report,
             |_| String::new(),
         );
-        assert_eq!(gap.judge(9, 1, 5, false, cut), Judgement::Missing { highest: Some(6) });
+        let missing = Missing::Gap {
+            closed_at: t(500),
+            after: 6,
+        };
+        assert_eq!(gap.judge(9, 1, 5, closed, cut), Judgement::Missing(missing));
+        let secs = |at: Instant| at.duration_since(t0).as_secs_f64();
+        assert_eq!(
+            missing.words("open", 'd', 1, &secs),
+            "closed at 0.50s, after d1:6 arrived"
+        );
+        assert_eq!(Missing::Open.words("open", 'd', 1, &secs), "open");
     }
 }

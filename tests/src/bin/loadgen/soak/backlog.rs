@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use super::ledger::PathReport;
+use super::ledger::{PathReport, Trouble};
 use super::world::World;
 
 /// Connections opened per probe.
@@ -97,10 +97,9 @@ impl Probe {
                     report.tally.delivered += 1;
                 }
                 Ok(Answer::Dropped(how)) => {
-                    report.tally.missing += 1;
                     report.reason(&format!("dropped by {} {}", world.describe(&self.server), self.when));
                     report.tally.unserved_connections += 1;
-                    report.examples.add("missing", || {
+                    report.count(Trouble::Missing, || {
                         format!(
                             "a connection to {} opened with its request written at {:.2}s, {}: {how}, unanswered",
                             world.describe(&self.server),
@@ -110,8 +109,7 @@ impl Probe {
                     });
                 }
                 Ok(Answer::Stalled) | Err(_) => {
-                    report.tally.stalled += 1;
-                    report.examples.add("stalled", || {
+                    report.count(Trouble::Stalled, || {
                         format!(
                             "a connection to {} opened {} at {:.2}s: no answer within {:?}",
                             world.describe(&self.server),

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::dispatch::parse_label;
-use super::ledger::{Outcome, PathReport, Receipt, Receipts};
+use super::ledger::{Outcome, PathReport, Receipt, Receipts, Trouble};
 use super::replies::unserved;
 use super::world::{Backoff, End, Phase, World};
 
@@ -220,8 +220,7 @@ fn heard(
         let (room, uid, text) = (parts.next(), parts.next(), parts.next());
         let parsed = parse_label(text.unwrap_or(""), 'u').filter(|(sender, _)| uid == Some(&format!("u{sender}")));
         let Some((sender, seq)) = parsed.filter(|_| room == Some(log.room.as_str())) else {
-            report.tally.wrong += 1;
-            report.examples.add("wrong", || {
+            report.count(Trouble::Wrong, || {
                 format!(
                     "u{} in {} on {} got {line:?}; {}",
                     log.label,
@@ -260,15 +259,13 @@ fn heard(
     // refused yet delivered, not as lost. Any other line is wrong.
     let last = log.said.iter().rposition(|s| s.outcome.acked());
     let contradicts = line.starts_with("ERR") && last.is_some();
-    let kind = if contradicts {
-        report.tally.refused_but_delivered += 1;
+    let trouble = if contradicts {
         report.reason(line);
-        "refused but delivered"
+        Trouble::RefusedButDelivered
     } else {
-        report.tally.wrong += 1;
-        "wrong"
+        Trouble::Wrong
     };
-    report.examples.add(kind, || {
+    report.count(trouble, || {
         let last = match last {
             Some(seq) if contradicts => format!(
                 "after its last SAY, u{}:{seq} said at {:.2}s, had come back to it as a MSG",
@@ -304,8 +301,7 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
                 .get(&receipt.sender)
                 .and_then(|s| s.said.get(receipt.seq as usize).map(|m| (*s, m)));
             let Some((s, m)) = said.filter(|(s, _)| s.room == r.room) else {
-                report.tally.wrong += 1;
-                report.examples.add("wrong", || {
+                report.count(Trouble::Wrong, || {
                     format!(
                         "u{} in {} on {} got u{}:{}, which nobody in the room said",
                         r.label,

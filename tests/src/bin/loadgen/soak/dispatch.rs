@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::ledger::{Outcome, PathReport, Receipt, Receipts};
+use super::ledger::{Outcome, PathReport, Receipt, Receipts, Trouble};
 use super::replies::{count_connections, unserved};
 use super::rng::Rng;
 use super::world::{CHECK, End, Phase, Reconnect, World};
@@ -145,8 +145,7 @@ async fn receive(
         }
     };
     if id.is_empty() || id.contains(char::is_whitespace) {
-        report.tally.wrong += 1;
-        report.examples.add("wrong", || {
+        report.count(Trouble::Wrong, || {
             format!("WHOAMI on {} answered {id:?}", world.describe(server))
         });
         return (End::Dropped, None);
@@ -174,8 +173,7 @@ async fn receive(
                 match parse_label(&line, 'd') {
                     Some((sender, seq)) => log.receipts.push(Receipt { sender, seq, at: Instant::now() }),
                     None => {
-                        report.tally.wrong += 1;
-                        report.examples.add("wrong", || format!(
+                        report.count(Trouble::Wrong, || format!(
                             "receiver {} session {} got {line:?}, which no sender sent; {}",
                             world.describe(server), log.id, world.faults_before(Instant::now())));
                     }
@@ -316,8 +314,7 @@ async fn send(
                 served = true;
                 let answered = if line == "OK" || line.starts_with("ERR") { outstanding.pop_front() } else { None };
                 let Some(seq) = answered else {
-                    report.tally.wrong += 1;
-                    report.examples.add("wrong", || format!(
+                    report.count(Trouble::Wrong, || format!(
                         "sender d{} on {} got {line:?}, not an answer to a DISPATCH in flight; {}",
                         log.label, world.describe(&log.server), world.faults_before(Instant::now())));
                     continue;
@@ -327,9 +324,8 @@ async fn send(
                 if line == "OK" {
                     sent.outcome = Outcome::Acked(Instant::now());
                     if sent.sent_at.elapsed() > world.slow {
-                        report.tally.slow += 1;
                         let (took, sent_at, to) = (sent.sent_at.elapsed(), sent.sent_at, sent.to_server.clone());
-                        report.examples.add("slow", || format!(
+                        report.count(Trouble::Slow, || format!(
                             "DISPATCH d{}:{seq} from {} to {}, sent at {:.2}s, answered OK after {took:.1?}; {}",
                             log.label, world.describe(&log.server), world.describe(&to), world.secs(sent_at),
                             world.faults_before(sent_at)));
@@ -412,8 +408,7 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                 if via != DISPATCH {
                     continue;
                 }
-                report.tally.wrong += 1;
-                report.examples.add("wrong", || {
+                report.count(Trouble::Wrong, || {
                     format!(
                         "receiver {} session {} got d{}:{}, which was never sent",
                         world.describe(&r.server),
@@ -428,9 +423,8 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                 continue;
             }
             if m.to != r.incarnation {
-                report.tally.wrong += 1;
                 let meant = by_incarnation.get(&m.to);
-                report.examples.add("wrong", || {
+                report.count(Trouble::Wrong, || {
                     format!(
                         "d{}:{} sent from {} to {} session {} arrived at {} session {} instead; {}",
                         s.label,
@@ -469,8 +463,7 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
             if m.no_session && r.open_at(cut) {
                 // The session had answered WHOAMI before the DISPATCH and was still connected
                 // at the end: the host had it, and said it did not.
-                report.tally.wrongly_refused += 1;
-                report.examples.add("wrongly refused", || {
+                report.count(Trouble::WronglyRefused, || {
                     format!(
                         "d{}:{seq} from {} to {} session {} (connected throughout) answered ERR no session; sent at {:.2}s, {}",
                         s.label,

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::ledger::PathReport;
+use super::ledger::{PathReport, Trouble};
 use super::replies::count_connections;
 use super::rng::Rng;
 use super::world::{CHECK, End, Phase, Reconnect, World};
@@ -196,8 +196,7 @@ async fn session(
             }
             Err(Cycle::Missing(line)) => {
                 report.tally.acked += 1;
-                report.tally.missing += 1;
-                report.examples.add("missing", || {
+                report.count(Trouble::Missing, || {
                     format!(
                         "ftp on {}: {name} ({size} bytes) stored (226), then RETR answered {line:?} at {:.2}s; {}",
                         world.describe(server),
@@ -208,8 +207,7 @@ async fn session(
             }
             Err(Cycle::Differs(got)) => {
                 report.tally.acked += 1;
-                report.tally.wrong += 1;
-                report.examples.add("wrong", || {
+                report.count(Trouble::Wrong, || {
                     format!(
                         "ftp on {}: {name} stored {size} bytes crc32 {:08x}, read back {} bytes crc32 {:08x} at {:.2}s; {}",
                         world.describe(server),

@@ -109,6 +109,52 @@ impl Examples {
     }
 }
 
+/// A kind of trouble that is counted in the tally and told by examples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    Stalled,
+    Slow,
+    Missing,
+    Duplicate,
+    Reordered,
+    Wrong,
+    RefusedButDelivered,
+    WronglyRefused,
+    UnservedConnection,
+}
+
+impl Trouble {
+    /// Its kind among the examples.
+    fn kind(self) -> &'static str {
+        match self {
+            Trouble::Stalled => "stalled",
+            Trouble::Slow => "slow",
+            Trouble::Missing => "missing",
+            Trouble::Duplicate => "duplicate",
+            Trouble::Reordered => "reordered",
+            Trouble::Wrong => "wrong",
+            Trouble::RefusedButDelivered => "refused but delivered",
+            Trouble::WronglyRefused => "wrongly refused",
+            Trouble::UnservedConnection => "unserved connection",
+        }
+    }
+
+    /// Its count in `tally`.
+    fn count(self, tally: &mut Tally) -> &mut u64 {
+        match self {
+            Trouble::Stalled => &mut tally.stalled,
+            Trouble::Slow => &mut tally.slow,
+            Trouble::Missing => &mut tally.missing,
+            Trouble::Duplicate => &mut tally.duplicate,
+            Trouble::Reordered => &mut tally.reordered,
+            Trouble::Wrong => &mut tally.wrong,
+            Trouble::RefusedButDelivered => &mut tally.refused_but_delivered,
+            Trouble::WronglyRefused => &mut tally.wrongly_refused,
+            Trouble::UnservedConnection => &mut tally.unserved_connections,
+        }
+    }
+}
+
 /// One path's tally, examples, and why messages were refused.
 #[derive(Debug, Default)]
 pub struct PathReport {
@@ -119,6 +165,12 @@ pub struct PathReport {
 }
 
 impl PathReport {
+    /// Counts one `trouble`, with `text` as an example of it while few are kept.
+    pub fn count(&mut self, trouble: Trouble, text: impl FnOnce() -> String) {
+        *trouble.count(&mut self.tally) += 1;
+        self.examples.add(trouble.kind(), text);
+    }
+
     pub fn merge(&mut self, other: PathReport) {
         self.tally.add(&other.tally);
         self.examples.merge(other.examples);
@@ -256,10 +308,7 @@ impl Judgement {
             Judgement::Delivered => tally.delivered += 1,
             Judgement::Late => tally.late += 1,
             Judgement::DroppedWithSession => tally.dropped_with_session += 1,
-            Judgement::Missing(missing) => {
-                tally.missing += 1;
-                report.examples.add("missing", || tell(missing));
-            }
+            Judgement::Missing(missing) => report.count(Trouble::Missing, || tell(missing)),
         }
     }
 }
@@ -296,15 +345,13 @@ impl Receipts {
         entry.1 += 1;
         let first = entry.1 == 1;
         if entry.1 == 2 {
-            report.tally.duplicate += 1;
-            report.examples.add("duplicate", || tell(Disorder::Twice));
+            report.count(Trouble::Duplicate, || tell(Disorder::Twice));
         } else if first && outcome == Outcome::Refused {
             report.tally.refused_but_delivered += 1;
         }
         match from.highest {
             Some(high) if receipt.seq < high && first && outcome.acked() => {
-                report.tally.reordered += 1;
-                report.examples.add("reordered", || tell(Disorder::After(high)));
+                report.count(Trouble::Reordered, || tell(Disorder::After(high)));
             }
             _ if !outcome.acked() => {}
             Some(high) if receipt.seq < high => {}

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 
-use super::ledger::PathReport;
+use super::ledger::{PathReport, Trouble};
 use super::rng::Rng;
 use super::world::{Connections, End, Phase, Reconnect, World};
 
@@ -99,8 +99,7 @@ fn settle(world: &World, end: End, served: bool, what: &str, pending: &mut VecDe
 
 /// Counts a connection the host closed without answering anything sent on it.
 pub fn unserved(world: &World, what: &str, sent_at: Instant, report: &mut PathReport) {
-    report.tally.unserved_connections += 1;
-    report.examples.add("unserved connection", || {
+    report.count(Trouble::UnservedConnection, || {
         format!(
             "{what}: closed by the host without an answer to what was sent at {:.2}s; {}",
             world.secs(sent_at),
@@ -142,10 +141,9 @@ async fn echo_connection(world: &World, stream: TcpStream, load: &mut Load, repo
                     want => Some((i, want, got)),
                 });
                 if let Some((i, want, got)) = mismatch {
-                    report.tally.wrong += 1;
                     let at = received + i as u64;
                     let message = pending.front().map_or(u64::MAX, |p| p.seq);
-                    report.examples.add("wrong", || {
+                    report.count(Trouble::Wrong, || {
                         format!(
                             "echo on {}: connection e{label}, message {message}, byte {at} of the stream is {got:#04x}, expected {}; {}",
                             world.describe(&load.server),
@@ -231,14 +229,12 @@ async fn command_connection(world: &World, stream: TcpStream, load: &mut Load, r
                     Some(p) => {
                         world.end(1);
                         report.tally.acked += 1;
-                        report.tally.wrong += 1;
-                        report.examples.add("wrong", || format!(
+                        report.count(Trouble::Wrong, || format!(
                             "command on {}: connection c{label} sent {:?}, got {line:?} instead of {:?}; {}",
                             world.describe(&load.server), p.request, p.reply, world.faults_before(Instant::now())));
                     }
                     None => {
-                        report.tally.wrong += 1;
-                        report.examples.add("wrong", || format!(
+                        report.count(Trouble::Wrong, || format!(
                             "command on {}: connection c{label} got {line:?} with nothing asked; {}",
                             world.describe(&load.server), world.faults_before(Instant::now())));
                     }

@@ -262,37 +262,34 @@ fn start_traffic(
     let period = Duration::from_secs(1) / options.rate;
     let per_instance = options.connections as usize;
     let window = options.window as usize;
+    // Echo first, then command: the order the traffic's seeds are forked in.
+    let mut clients = |kind, servers: &[String]| -> Vec<JoinHandle<PathReport>> {
+        let slots = servers.iter().flat_map(|s| std::iter::repeat_n(s, per_instance));
+        slots
+            .map(|server| {
+                let load = replies::Load {
+                    kind,
+                    server: server.clone(),
+                    window,
+                    period,
+                    rng: rng.fork(),
+                };
+                let world = world.clone();
+                tokio::spawn(async move { replies::client(&world, load).await })
+            })
+            .collect()
+    };
+    let echo = clients(replies::Kind::Echo, &targets.echo);
+    let command = clients(replies::Kind::Command, &targets.command);
     let mut traffic = Traffic {
-        echo: Vec::new(),
-        command: Vec::new(),
+        echo,
+        command,
         receivers: Vec::new(),
         senders: Vec::new(),
         admin_sender: None,
         users: Vec::new(),
         ftp: Vec::new(),
     };
-    let load = |server: &str, rng: &mut Rng| replies::Load {
-        server: server.to_owned(),
-        window,
-        period,
-        rng: rng.fork(),
-    };
-    for server in &targets.echo {
-        for _ in 0..per_instance {
-            let (world, load) = (world.clone(), load(server, rng));
-            traffic
-                .echo
-                .push(tokio::spawn(async move { replies::echo(&world, load).await }));
-        }
-    }
-    for server in &targets.command {
-        for _ in 0..per_instance {
-            let (world, load) = (world.clone(), load(server, rng));
-            traffic
-                .command
-                .push(tokio::spawn(async move { replies::command(&world, load).await }));
-        }
-    }
     for (slot, server) in targets
         .command
         .iter()

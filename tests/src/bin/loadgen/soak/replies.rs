@@ -24,8 +24,36 @@ struct Pending {
     reply: String,
 }
 
+/// What a traffic connection sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// Bytes, to an `echo` instance.
+    Echo,
+    /// `PING`, `ADD` and `ECHO` lines, to a `command` instance.
+    Command,
+}
+
+impl Kind {
+    /// Its name in examples.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Echo => "echo",
+            Kind::Command => "command",
+        }
+    }
+
+    /// What its examples call what it sends.
+    fn requests(self) -> &'static str {
+        match self {
+            Kind::Echo => "messages",
+            Kind::Command => "requests",
+        }
+    }
+}
+
 /// One traffic connection's settings.
 pub struct Load {
+    pub kind: Kind,
     pub server: String,
     /// Requests in flight.
     pub window: usize,
@@ -34,13 +62,17 @@ pub struct Load {
     pub rng: Rng,
 }
 
-/// Echo traffic on one connection slot of an `echo` instance, until the run ends.
-pub async fn echo(world: &World, mut load: Load) -> PathReport {
+/// Echo or command traffic, as `load.kind` says, on one connection slot of an instance, until
+/// the run ends.
+pub async fn client(world: &World, mut load: Load) -> PathReport {
     let mut report = PathReport::default();
     let server = load.server.clone();
     let mut connections = Reconnect::new(&server);
     while let Some(stream) = connections.next(world).await {
-        let end = echo_connection(world, stream, &mut load, &mut report).await;
+        let end = match load.kind {
+            Kind::Echo => echo_connection(world, stream, &mut load, &mut report).await,
+            Kind::Command => command_connection(world, stream, &mut load, &mut report).await,
+        };
         if !connections.ended(world, end) {
             break;
         }
@@ -55,25 +87,41 @@ pub fn count_connections(report: &mut PathReport, counts: Connections) {
     report.tally.closed_by_host += counts.closed_by_host;
 }
 
-/// Command traffic on one connection slot of a `command` instance, until the run ends.
-pub async fn command(world: &World, mut load: Load) -> PathReport {
-    let mut report = PathReport::default();
-    let server = load.server.clone();
-    let mut connections = Reconnect::new(&server);
-    while let Some(stream) = connections.next(world).await {
-        let end = command_connection(world, stream, &mut load, &mut report).await;
-        if !connections.ended(world, end) {
-            break;
-        }
-    }
-    count_connections(&mut report, connections.counts);
-    report
-}
-
 fn ticker(period: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick
+}
+
+/// How a connection ends at a tick, if it does: the run is finishing, or the requests in flight
+/// have waited longer than the reply timeout since the last progress (a stall, with an example).
+fn ends_at_tick(
+    world: &World,
+    load: &Load,
+    pending: &VecDeque<Pending>,
+    last_progress: Instant,
+    report: &mut PathReport,
+) -> Option<End> {
+    if world.phase() == Phase::Finish {
+        return Some(End::Finish);
+    }
+    if pending.is_empty() || last_progress.elapsed() <= world.reply_timeout {
+        return None;
+    }
+    let since = pending.front().map_or(last_progress, |p| p.sent_at).max(last_progress);
+    report.examples.add("stalled", || {
+        format!(
+            "{} on {}: {} {} unanswered from {:.2}s for {:?}; {}",
+            load.kind.name(),
+            world.describe(&load.server),
+            pending.len(),
+            load.kind.requests(),
+            world.secs(since),
+            world.reply_timeout,
+            world.faults_before(since)
+        )
+    });
+    Some(End::Dropped)
 }
 
 /// Settles the requests still pending when a connection ends: a host that closed it refused
@@ -163,16 +211,8 @@ async fn echo_connection(world: &World, stream: TcpStream, load: &mut Load, repo
                 }
             }
             _ = tick.tick() => {
-                if world.phase() == Phase::Finish {
-                    break End::Finish;
-                }
-                if !pending.is_empty() && last_progress.elapsed() > world.reply_timeout {
-                    let since = pending.front().map_or(last_progress, |p| p.sent_at).max(last_progress);
-                    report.examples.add("stalled", || format!(
-                        "echo on {}: {} messages unanswered from {:.2}s for {:?}; {}",
-                        world.describe(&load.server), pending.len(), world.secs(since),
-                        world.reply_timeout, world.faults_before(since)));
-                    break End::Dropped;
+                if let Some(end) = ends_at_tick(world, load, &pending, last_progress, report) {
+                    break end;
                 }
                 if world.running() && pending.len() < load.window {
                     let size = 16 + load.rng.below(2048) as usize;
@@ -241,16 +281,8 @@ async fn command_connection(world: &World, stream: TcpStream, load: &mut Load, r
                 }
             }
             _ = tick.tick() => {
-                if world.phase() == Phase::Finish {
-                    break End::Finish;
-                }
-                if !pending.is_empty() && last_progress.elapsed() > world.reply_timeout {
-                    let since = pending.front().map_or(last_progress, |p| p.sent_at).max(last_progress);
-                    report.examples.add("stalled", || format!(
-                        "command on {}: {} requests unanswered from {:.2}s for {:?}; {}",
-                        world.describe(&load.server), pending.len(), world.secs(since),
-                        world.reply_timeout, world.faults_before(since)));
-                    break End::Dropped;
+                if let Some(end) = ends_at_tick(world, load, &pending, last_progress, report) {
+                    break end;
                 }
                 if world.running() && pending.len() < load.window {
                     let (request, reply) = match load.rng.below(3) {

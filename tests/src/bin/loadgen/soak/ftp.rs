@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::ledger::{PathReport, Trouble};
+use super::ledger::{PathReport, Tally, Trouble};
 use super::replies::count_connections;
 use super::rng::Rng;
 use super::world::{CHECK, End, Phase, Reconnect, World};
@@ -29,6 +29,17 @@ impl Fail {
         match self {
             Fail::Closed(t) | Fail::Refused(t) | Fail::Stalled(t) => t,
         }
+    }
+
+    /// Counts a cycle that failed at `step` (`upload`, `download`): stalled, or else in the
+    /// count `otherwise` picks; its reason with it. Returns how the connection ends.
+    fn count(&self, step: &str, otherwise: fn(&mut Tally) -> &mut u64, report: &mut PathReport) -> End {
+        match self {
+            Fail::Stalled(_) => report.tally.stalled += 1,
+            _ => *otherwise(&mut report.tally) += 1,
+        }
+        report.reason(&format!("{step}: {}", self.text()));
+        ended(self)
     }
 }
 
@@ -172,30 +183,17 @@ async fn session(
         world.begin(1);
         let outcome = cycle(world, &mut control, &name, &data).await;
         world.end(1);
+        // Stored (226): acknowledged, whatever the download gives.
+        if !matches!(outcome, Err(Cycle::Upload(_))) {
+            report.tally.acked += 1;
+        }
         match outcome {
-            Ok(()) => {
-                report.tally.acked += 1;
-                report.tally.delivered += 1;
-            }
-            Err(Cycle::Upload(fail)) => {
-                match fail {
-                    Fail::Stalled(_) => report.tally.stalled += 1,
-                    _ => report.tally.refused += 1,
-                }
-                report.reason(&format!("upload: {}", fail.text()));
-                return ended(&fail);
-            }
-            Err(Cycle::Download(fail)) => {
-                report.tally.acked += 1;
-                match fail {
-                    Fail::Stalled(_) => report.tally.stalled += 1,
-                    _ => report.tally.dropped_with_session += 1,
-                }
-                report.reason(&format!("download: {}", fail.text()));
-                return ended(&fail);
-            }
+            Ok(()) => report.tally.delivered += 1,
+            // Not stored: refused (the client saw an error), unless it stalled.
+            Err(Cycle::Upload(fail)) => return fail.count("upload", |t| &mut t.refused, report),
+            // The download failed: dropped with the session, unless it stalled.
+            Err(Cycle::Download(fail)) => return fail.count("download", |t| &mut t.dropped_with_session, report),
             Err(Cycle::Missing(line)) => {
-                report.tally.acked += 1;
                 report.count(Trouble::Missing, || {
                     format!(
                         "ftp on {}: {name} ({size} bytes) stored (226), then RETR answered {line:?} at {:.2}s; {}",
@@ -206,7 +204,6 @@ async fn session(
                 });
             }
             Err(Cycle::Differs(got)) => {
-                report.tally.acked += 1;
                 report.count(Trouble::Wrong, || {
                     format!(
                         "ftp on {}: {name} stored {size} bytes crc32 {:08x}, read back {} bytes crc32 {:08x} at {:.2}s; {}",

@@ -40,6 +40,16 @@ impl UserLog {
     fn open_at(&self, at: Instant) -> bool {
         self.closed_at.is_none_or(|closed| closed > at)
     }
+
+    /// `u<label> in <room> on <connector>`, for examples.
+    fn who(&self, world: &World) -> String {
+        format!(
+            "u{} in {} on {}",
+            self.label,
+            self.room,
+            world.describe(&self.connector)
+        )
+    }
 }
 
 /// One user slot in `room`: asks the gate, enters, talks; reconnects as a new user whenever
@@ -158,8 +168,8 @@ async fn talk(world: &World, stream: TcpStream, log: &mut UserLog, period: Durat
                 if let Some(since) = waiting_since.filter(|t| t.elapsed() > world.reply_timeout) {
                     let what = if log.entered_at.is_none() { "ENTER" } else { "SAY" };
                     report.examples.add("stalled", || format!(
-                        "{what} of {uid} in {} on {} unanswered from {:.2}s for {:?}; {}",
-                        log.room, world.describe(&log.connector), world.secs(since),
+                        "{what} of {} unanswered from {:.2}s for {:?}; {}",
+                        log.who(world), world.secs(since),
                         world.reply_timeout, world.faults_before(since)));
                     break End::Dropped;
                 }
@@ -221,13 +231,7 @@ fn heard(
         let parsed = parse_label(text.unwrap_or(""), 'u').filter(|(sender, _)| uid == Some(&format!("u{sender}")));
         let Some((sender, seq)) = parsed.filter(|_| room == Some(log.room.as_str())) else {
             report.count(Trouble::Wrong, || {
-                format!(
-                    "u{} in {} on {} got {line:?}; {}",
-                    log.label,
-                    log.room,
-                    world.describe(&log.connector),
-                    world.faults_before(now)
-                )
+                format!("{} got {line:?}; {}", log.who(world), world.faults_before(now))
             });
             return None;
         };
@@ -275,10 +279,8 @@ fn heard(
             _ => "with nothing asked".to_owned(),
         };
         format!(
-            "u{} in {} on {} got {line:?} {last}; {}",
-            log.label,
-            log.room,
-            world.describe(&log.connector),
+            "{} got {line:?} {last}; {}",
+            log.who(world),
             world.faults_before(log.said.last().map_or(now, |s| s.sent_at))
         )
     });
@@ -303,10 +305,8 @@ pub fn analyse(world: &World, users: &[UserLog], cut: Instant) -> PathReport {
             let Some((s, m)) = said.filter(|(s, _)| s.room == r.room) else {
                 report.count(Trouble::Wrong, || {
                     format!(
-                        "u{} in {} on {} got u{}:{}, which nobody in the room said",
-                        r.label,
-                        r.room,
-                        world.describe(&r.connector),
+                        "{} got u{}:{}, which nobody in the room said",
+                        r.who(world),
                         receipt.sender,
                         receipt.seq
                     )

@@ -84,6 +84,11 @@ impl ReceiverLog {
     fn open_at(&self, at: Instant) -> bool {
         self.closed_at.is_none_or(|closed| closed > at)
     }
+
+    /// `<server> session <id>`, for examples.
+    fn session(&self, world: &World) -> String {
+        format!("{} session {}", world.describe(&self.server), self.id)
+    }
 }
 
 /// A receiver slot on `server`: reconnects (with a new id) whenever its session closes.
@@ -174,8 +179,8 @@ async fn receive(
                     Some((sender, seq)) => log.receipts.push(Receipt { sender, seq, at: Instant::now() }),
                     None => {
                         report.count(Trouble::Wrong, || format!(
-                            "receiver {} session {} got {line:?}, which no sender sent; {}",
-                            world.describe(server), log.id, world.faults_before(Instant::now())));
+                            "receiver {} got {line:?}, which no sender sent; {}",
+                            log.session(world), world.faults_before(Instant::now())));
                     }
                 }
             }
@@ -410,9 +415,8 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                 }
                 report.count(Trouble::Wrong, || {
                     format!(
-                        "receiver {} session {} got d{}:{}, which was never sent",
-                        world.describe(&r.server),
-                        r.id,
+                        "receiver {} got d{}:{}, which was never sent",
+                        r.session(world),
                         receipt.sender,
                         receipt.seq
                     )
@@ -426,14 +430,12 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                 let meant = by_incarnation.get(&m.to);
                 report.count(Trouble::Wrong, || {
                     format!(
-                        "d{}:{} sent from {} to {} session {} arrived at {} session {} instead; {}",
+                        "d{}:{} sent from {} to {} arrived at {} instead; {}",
                         s.label,
                         receipt.seq,
                         world.describe(&s.server),
-                        meant.map_or("?".to_owned(), |t| world.describe(&t.server)),
-                        meant.map_or("?", |t| t.id.as_str()),
-                        world.describe(&r.server),
-                        r.id,
+                        meant.map_or("? session ?".to_owned(), |t| t.session(world)),
+                        r.session(world),
                         world.faults_before(m.sent_at)
                     )
                 });
@@ -441,12 +443,11 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
             }
             seen.note(r.incarnation, receipt, m.outcome, &mut report, |disorder| {
                 format!(
-                    "d{}:{} from {} reached {} session {} {}; sent at {:.2}s, {}",
+                    "d{}:{} from {} reached {} {}; sent at {:.2}s, {}",
                     s.label,
                     receipt.seq,
                     world.describe(&s.server),
-                    world.describe(&r.server),
-                    r.id,
+                    r.session(world),
                     disorder.words('d', s.label),
                     world.secs(m.sent_at),
                     world.faults_before(m.sent_at)
@@ -465,11 +466,10 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
                 // at the end: the host had it, and said it did not.
                 report.count(Trouble::WronglyRefused, || {
                     format!(
-                        "d{}:{seq} from {} to {} session {} (connected throughout) answered ERR no session; sent at {:.2}s, {}",
+                        "d{}:{seq} from {} to {} (connected throughout) answered ERR no session; sent at {:.2}s, {}",
                         s.label,
                         world.describe(&s.server),
-                        world.describe(&r.server),
-                        r.id,
+                        r.session(world),
                         world.secs(m.sent_at),
                         world.faults_before(m.sent_at)
                     )
@@ -482,12 +482,11 @@ pub fn analyse(world: &World, via: &str, senders: &[SenderLog], receivers: &[Rec
             judgement.count(&mut report, |missing| {
                 let state = missing.words("open throughout", 'd', s.label, &|t| world.secs(t));
                 format!(
-                    "d{}:{seq} ({}) from {} to {} session {} ({state}): sent at {:.2}s, OK at {:.2}s, never arrived; {}",
+                    "d{}:{seq} ({}) from {} to {} ({state}): sent at {:.2}s, OK at {:.2}s, never arrived; {}",
                     s.label,
                     s.via,
                     world.describe(&s.server),
-                    world.describe(&r.server),
-                    r.id,
+                    r.session(world),
                     world.secs(m.sent_at),
                     world.secs(acked_at),
                     world.faults_before(m.sent_at)

@@ -1,7 +1,11 @@
 //! The accept loop of one listener: enforces `max_connections`, sets TCP_NODELAY and
 //! SO_OOBINLINE, registers the session and spawns its task; backs off when the process is out
-//! of descriptors. At a stop it takes every connection the kernel has already queued before the
-//! listener closes, so none of them is reset.
+//! of descriptors.
+//!
+//! At a stop it takes every connection the kernel has already queued before the listener
+//! closes, so none of them is reset: it first has the kernel drop new connection requests (a
+//! socket filter that drops SYN segments: their clients retry, and find the port closed), lets
+//! the handshakes under way complete, then accepts until the queue is empty.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,7 +53,7 @@ impl AcceptLoop {
         loop {
             let accepted = tokio::select! {
                 biased;
-                () = self.listen.cancelled() => return self.take_backlog(),
+                () = self.listen.cancelled() => return self.take_backlog().await,
                 accepted = self.listener.accept() => accepted,
             };
             match accepted {
@@ -61,7 +65,7 @@ impl AcceptLoop {
                     let server = &self.admission.instance.name;
                     tracing::warn!(%server, "accept failed: {e}; retrying in {backoff:?}");
                     tokio::select! {
-                        () = self.listen.cancelled() => return self.take_backlog(),
+                        () = self.listen.cancelled() => return self.take_backlog().await,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -71,20 +75,95 @@ impl AcceptLoop {
         }
     }
 
-    /// Takes every connection the kernel has already accepted for us; they drain like any
-    /// session (the stop has begun, so each handles what its peer sent, flushes and closes).
-    fn take_backlog(self) {
-        let Ok(listener) = self.listener.into_std() else {
-            return;
-        };
-        // Still non-blocking: `accept` answers WouldBlock once the queue is empty.
-        while let Ok((stream, remote)) = listener.accept() {
+    /// Takes every connection the kernel has already accepted for us, and those whose
+    /// handshake is under way; they drain like any session (the stop has begun, so each handles
+    /// what its peer sent, flushes and closes).
+    async fn take_backlog(self) {
+        if let Err(e) = refuse_new_connections(&self.listener) {
+            tracing::debug!(server = %self.admission.instance.name, "cannot filter new connections: {e}");
+        }
+        self.admit_queued();
+        tokio::time::sleep(HANDSHAKES_UNDER_WAY).await;
+        self.admit_queued();
+    }
+
+    /// Accepts every connection in the queue now.
+    fn admit_queued(&self) {
+        loop {
+            // Straight on the (non-blocking) socket: it answers WouldBlock once the queue is
+            // empty, whatever the reactor last saw.
+            let accepted = socket2::SockRef::from(&self.listener).accept();
+            let Ok((socket, remote)) = accepted else { break };
+            let Some(remote) = remote.as_socket() else { break };
+            let stream = std::net::TcpStream::from(socket);
             let _ = stream.set_nonblocking(true);
             match TcpStream::from_std(stream) {
                 Ok(stream) => self.admission.admit(stream, remote),
                 Err(_) => break,
             }
         }
+    }
+}
+
+/// How long a stop waits for handshakes under way to complete before it closes a listener
+/// (loopback and a LAN take well under a millisecond).
+const HANDSHAKES_UNDER_WAY: Duration = Duration::from_millis(20);
+
+/// Has the kernel drop the SYN segments that reach `listener` from now on (a classic BPF socket
+/// filter: the TCP header's flags at offset 13, SYN = 0x02), while the segments that complete
+/// handshakes already begun still pass.
+fn refuse_new_connections(listener: &TcpListener) -> std::io::Result<()> {
+    use nix::libc::{SO_ATTACH_FILTER, SOL_SOCKET, setsockopt, sock_filter, sock_fprog};
+    use std::os::fd::AsRawFd;
+    let program = [
+        // ldb [13]: the flags byte of the TCP header
+        sock_filter {
+            code: 0x30,
+            jt: 0,
+            jf: 0,
+            k: 13,
+        },
+        // jset #SYN: a SYN goes to the next instruction, anything else skips it
+        sock_filter {
+            code: 0x45,
+            jt: 0,
+            jf: 1,
+            k: 0x02,
+        },
+        // ret #0: drop
+        sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // ret #-1: keep the whole segment
+        sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
+    ];
+    let filter = sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `filter` points at `program`, both alive across the call; the kernel copies the
+    // program before it returns.
+    let set = unsafe {
+        setsockopt(
+            listener.as_raw_fd(),
+            SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            std::ptr::from_ref(&filter).cast(),
+            std::mem::size_of::<sock_fprog>() as nix::libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -132,4 +211,26 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
         e.raw_os_error().map(Errno::from_raw),
         Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream as StdTcpStream;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn once_filtered_a_listener_takes_no_new_connection_but_keeps_its_queue() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = StdTcpStream::connect(addr).unwrap();
+        refuse_new_connections(&listener).unwrap();
+        // The SYN is dropped: the client's connect does not complete (it would retry in a second).
+        let late = StdTcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(late.is_err(), "a connection got through the filter");
+        // What was queued before is still there to be taken.
+        let (taken, from) = socket2::SockRef::from(&listener).accept().unwrap();
+        assert_eq!(from.as_socket(), Some(queued.local_addr().unwrap()));
+        drop(taken);
+    }
 }

@@ -98,8 +98,8 @@ pub enum Op {
         /// The session id.
         session: u64,
     },
-    /// (Host to agent.) Stop gracefully, draining for at most `timeout_ms` → `null`; the agent
-    /// exits after answering.
+    /// (Host to agent.) Stop gracefully, draining for at most `timeout_ms` → `null`; the host
+    /// ends the agent once answered.
     Stop {
         /// The drain bound.
         timeout_ms: u64,

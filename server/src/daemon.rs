@@ -113,7 +113,9 @@ pub fn main(builder: HostBuilder) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let builder = builder.admin_token_override(env_token());
+    let builder = builder
+        .admin_token_override(env_token())
+        .admin_listen_override(args.admin.clone());
     let code = runtime.block_on(run(builder, config));
     // Sessions of stopped instances are gone; anything left (a stuck handler) must not delay exit.
     runtime.shutdown_background();
@@ -208,10 +210,16 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    host.start_autostart().await;
-    tracing::info!(admin = %url, "host ready");
-    println!("supersocketd ready: admin={url}");
-    signals.serve(&host).await;
+    // Signals are answered from now on, the boot included.
+    let boot = {
+        let host = host.clone();
+        async move {
+            host.start_autostart().await;
+            tracing::info!(admin = %url, "host ready");
+            println!("supersocketd ready: admin={url}");
+        }
+    };
+    signals.serve(&host, boot).await;
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
     }
@@ -257,11 +265,15 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT, then shuts the host down gracefully; a second SIGINT during
-    /// the shutdown exits at once. A reload runs beside the signals, never in their way.
-    async fn serve(mut self, host: &Host) {
+    /// Runs `boot`, and meanwhile and after waits for SIGTERM or SIGINT, then shuts the host
+    /// down gracefully; a second SIGINT during the shutdown exits at once. A reload runs beside
+    /// the signals, never in their way.
+    async fn serve(mut self, host: &Host, boot: impl Future<Output = ()>) {
+        let mut boot = std::pin::pin!(boot);
+        let mut booted = false;
         loop {
             tokio::select! {
+                () = &mut boot, if !booted => booted = true,
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
                 _ = self.hup.recv() => drop(tokio::spawn(reload(host.clone()))),

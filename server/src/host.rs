@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ReloadReport, ServerState};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ConfigErrors, ConfigSource, ServerConfig};
+use crate::config::{AdminAddr, Config, ConfigErrors, ConfigSource, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
 use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
 use crate::isolation::spawn::Processes;
@@ -32,6 +31,7 @@ pub struct HostBuilder {
     types: ServerTypes,
     routes: HashMap<String, RouteFn>,
     token_override: Option<String>,
+    admin_override: Option<AdminAddr>,
 }
 
 impl Default for HostBuilder {
@@ -54,6 +54,7 @@ impl HostBuilder {
             types,
             routes: HashMap::new(),
             token_override: None,
+            admin_override: None,
         }
     }
 
@@ -88,6 +89,12 @@ impl HostBuilder {
     /// The types known so far (used to validate configs).
     pub fn types(&self) -> &ServerTypes {
         &self.types
+    }
+
+    /// An admin address that wins over the config's (the daemon passes `--admin`).
+    pub fn admin_listen_override(mut self, admin: Option<AdminAddr>) -> Self {
+        self.admin_override = admin;
+        self
     }
 
     /// An admin token that wins over the config's, now and after every reload (the daemon
@@ -134,6 +141,7 @@ impl HostBuilder {
             inner: Arc::new(HostInner {
                 types: self.types,
                 token_override: self.token_override,
+                admin_override: self.admin_override,
                 env,
                 views,
                 reload: tokio::sync::Mutex::new(()),
@@ -176,6 +184,8 @@ struct HostInner {
     types: ServerTypes,
     /// Admin token that wins over the config's.
     token_override: Option<String>,
+    /// Admin address that wins over the config's.
+    admin_override: Option<AdminAddr>,
     /// What instances are made with (for instances a reload adds).
     env: InstanceEnv,
     /// What the agents know of the instances.
@@ -236,30 +246,36 @@ impl Host {
     /// one with no servers (unless `allow_empty`), changes nothing. A change that cannot be
     /// applied (a new port in use) leaves that instance with its old config and is reported.
     pub async fn reload(&self, allow_empty: bool) -> Result<ReloadReport, ReloadError> {
-        if self.is_stopping() {
+        // One reload at a time, each reading the file when its turn comes: the last one asked
+        // applies the file as it is last.
+        let _serialised = self.inner.reload.lock().await;
+        let shutting_down = &self.inner.env.life.shutting_down;
+        if shutting_down.is_cancelled() {
             return Err(ReloadError::ShuttingDown);
         }
         let source = self.config().source.clone();
         let types = self.inner.types.clone();
-        // Reading the file and checking its TLS files and type options touch the disk.
+        // Reading the file and checking its TLS files and type options touch the disk. A read
+        // that blocks (a FIFO) is abandoned at shutdown.
         let loaded = tokio::task::spawn_blocking(move || match &source {
             ConfigSource::File(path) => Config::load(path, &types),
             ConfigSource::Embedded => Config::embedded(&types),
-        })
-        .await;
-        let mut next = match loaded {
-            Ok(loaded) => loaded.map_err(ReloadError::Invalid)?,
-            Err(_) => return Err(ReloadError::ShuttingDown),
+        });
+        let mut next = tokio::select! {
+            loaded = loaded => match loaded {
+                Ok(loaded) => loaded.map_err(ReloadError::Invalid)?,
+                Err(_) => return Err(ReloadError::ShuttingDown),
+            },
+            () = shutting_down.cancelled() => return Err(ReloadError::ShuttingDown),
         };
         if next.servers.is_empty() && !allow_empty {
             return Err(ReloadError::Empty);
         }
-        let _serialised = self.inner.reload.lock().await;
-        if self.is_stopping() {
-            return Err(ReloadError::ShuttingDown);
-        }
         if self.inner.token_override.is_some() {
             next.admin.token.clone_from(&self.inner.token_override);
+        }
+        if let Some(admin) = &self.inner.admin_override {
+            next.admin.listen = admin.clone();
         }
         if next.admin.listen != self.config().admin.listen {
             tracing::warn!(
@@ -460,12 +476,7 @@ struct Plan {
 
 /// Checks that the new listeners of a changed instance could be bound, beside those it holds.
 async fn probe(instance: &Instance, next: &ServerConfig) -> Result<(), String> {
-    let held: Vec<SocketAddr> = instance
-        .info()
-        .listeners
-        .iter()
-        .filter_map(|l| Some(SocketAddr::new(l.ip.parse().ok()?, l.port)))
-        .collect();
+    let held = instance.held();
     let next = next.clone();
     tokio::task::spawn_blocking(move || crate::runtime::listener::probe(&next, &held))
         .await

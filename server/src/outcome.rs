@@ -39,16 +39,18 @@ pub enum OpError {
 pub struct Pending<T>(State<T>);
 
 enum State<T> {
-    /// The outcome is known (taken once polled).
-    Ready(Option<Result<T, OpError>>),
+    /// The outcome is known.
+    Ready(Result<T, OpError>),
     /// The outcome comes later.
     Waiting(BoxFuture<'static, Result<T, OpError>>),
+    /// Polled to its end.
+    Done,
 }
 
 impl<T> Pending<T> {
     /// An operation whose outcome is known now.
     pub fn ready(outcome: Result<T, OpError>) -> Self {
-        Self(State::Ready(Some(outcome)))
+        Self(State::Ready(outcome))
     }
 
     /// An operation whose outcome `future` gives.
@@ -56,11 +58,11 @@ impl<T> Pending<T> {
         Self(State::Waiting(Box::pin(future)))
     }
 
-    /// The outcome, if it is known without waiting.
-    pub fn now(&mut self) -> Option<Result<T, OpError>> {
-        match &mut self.0 {
-            State::Ready(outcome) => outcome.take(),
-            State::Waiting(_) => None,
+    /// The outcome if it is known without waiting, else the operation back.
+    pub fn now(self) -> Result<Result<T, OpError>, Self> {
+        match self.0 {
+            State::Ready(outcome) => Ok(outcome),
+            state => Err(Self(state)),
         }
     }
 
@@ -70,8 +72,9 @@ impl<T> Pending<T> {
         T: 'static,
     {
         match self.0 {
-            State::Ready(outcome) => Pending::ready(outcome.expect("a pending outcome is taken once").map(f)),
+            State::Ready(outcome) => Pending::ready(outcome.map(f)),
             State::Waiting(future) => Pending::waiting(async move { future.await.map(f) }),
+            State::Done => Pending(State::Done),
         }
     }
 }
@@ -83,10 +86,17 @@ impl<T> Future for Pending<T> {
     type Output = Result<T, OpError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().0 {
-            State::Ready(outcome) => Poll::Ready(outcome.take().expect("a pending outcome is polled once it is ready")),
-            State::Waiting(future) => future.as_mut().poll(cx),
-        }
+        let state = &mut self.get_mut().0;
+        let outcome = match state {
+            State::Waiting(future) => std::task::ready!(future.as_mut().poll(cx)),
+            State::Ready(_) => match std::mem::replace(state, State::Done) {
+                State::Ready(outcome) => outcome,
+                _ => unreachable!("the state was just seen ready"),
+            },
+            State::Done => panic!("a Pending polled after it gave its outcome"),
+        };
+        *state = State::Done;
+        Poll::Ready(outcome)
     }
 }
 
@@ -95,6 +105,7 @@ impl<T> std::fmt::Debug for Pending<T> {
         f.write_str(match self.0 {
             State::Ready(_) => "Pending::Ready",
             State::Waiting(_) => "Pending::Waiting",
+            State::Done => "Pending::Done",
         })
     }
 }
@@ -105,12 +116,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_ready_outcome_is_known_now_and_a_waiting_one_later() {
-        let mut ready = Pending::ready(Ok(3));
-        assert_eq!(ready.now(), Some(Ok(3)));
+        assert!(matches!(Pending::ready(Ok(3)).now(), Ok(Ok(3))));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut waiting =
-            Pending::waiting(async move { rx.await.map_err(|_| OpError::NotRunning) }).map(|n: u32| n * 2);
-        assert_eq!(waiting.now(), None);
+        let waiting = Pending::waiting(async move { rx.await.map_err(|_| OpError::NotRunning) }).map(|n: u32| n * 2);
+        let Err(waiting) = waiting.now() else {
+            panic!("the outcome is not known yet");
+        };
         tx.send(21).unwrap();
         assert_eq!(waiting.await, Ok(42));
     }

@@ -425,3 +425,105 @@ async fn a_killed_agent_is_restarted_at_once_and_a_stopped_one_shows_no_sessions
         "{stopped}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_ends_a_back_off_at_once() {
+    let host = HostProcess::start(
+        r#"
+        [[servers]]
+        name = "Slow"
+        type = "echo"
+        isolation = "process"
+        restart = { backoff = "30s", max_backoff = "30s" }
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    // Two crashes in a row: the next restart would wait 30 s.
+    let first = host.server("Slow").await["pid"].as_u64().unwrap();
+    signal(first, Signal::SIGKILL);
+    let second = host
+        .wait_server("Slow", Duration::from_secs(10), |s| {
+            s["state"] == "running" && s["pid"].as_u64() != Some(first)
+        })
+        .await;
+    signal(second["pid"].as_u64().unwrap(), Signal::SIGKILL);
+    host.wait_server("Slow", Duration::from_secs(10), |s| s["state"] == "backoff")
+        .await;
+    let asked = Instant::now();
+    let started = host.ctl(&["start", "Slow"]);
+    assert_eq!(
+        (started.code, started.stdout.trim()),
+        (0, "Slow: running"),
+        "{started:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "it waited {:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_answered_while_a_first_start_retries() {
+    let scratch = Scratch::new("retrying");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = scratch.write("cert.pem", made.cert.pem());
+    let key = scratch.write("key.pem", made.signing_key.serialize_pem());
+    let mut host = HostProcess::start(&format!(
+        r#"
+        shutdown_timeout = "1s"
+        [[servers]]
+        name = "Retrying"
+        type = "echo"
+        autostart = false
+        isolation = "process"
+        tls = {{ cert = "{}", key = "{}" }}
+        restart = {{ max_retries = 5, backoff = "20s", max_backoff = "20s" }}
+        listeners = [{{ ip = "Loopback", port = 0 }}]
+        "#,
+        cert.display(),
+        key.display()
+    ));
+    // Every agent fails to load the key: the start retries with 20 s between attempts.
+    std::fs::remove_file(&key).unwrap();
+    let start = {
+        let (http, admin) = (host.http().clone(), host.admin.clone());
+        tokio::spawn(async move {
+            let url = format!("{admin}/api/v1/servers/Retrying/start");
+            http.post(url).send().await.map(|r| r.status().as_u16())
+        })
+    };
+    host.wait_server("Retrying", Duration::from_secs(10), |s| s["state"] == "backoff")
+        .await;
+    let signalled = Instant::now();
+    host.signal(Signal::SIGTERM);
+    let status = host.wait_exit(Duration::from_secs(15)).expect("the host exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    if let Ok(answered) = start.await.unwrap() {
+        assert_ne!(answered, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_stop_with_an_absurd_timeout_leaves_no_agent_behind() {
+    let host = HostProcess::start(
+        r#"
+        [[servers]]
+        name = "Agent"
+        type = "echo"
+        isolation = "process"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let pid = host.server("Agent").await["pid"].as_u64().unwrap();
+    let (status, body) = host.post("/api/v1/servers/Agent/stop?timeout=4000000000000000h").await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("stopped")), "{body}");
+    assert!(kill(Pid::from_raw(pid as i32), None).is_err(), "the agent is gone");
+    assert!(!host.stderr().contains("panic"), "{}", host.stderr());
+    assert_eq!(host.ctl(&["start", "Agent"]).code, 0);
+}

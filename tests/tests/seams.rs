@@ -119,3 +119,24 @@ async fn mixed_levels() {
         across(a, b).await;
     }
 }
+
+/// A client that sends its requests and closes its side at once still gets every answer,
+/// those that wait for another process included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_gets_every_answer() {
+    use tokio::io::AsyncReadExt;
+    for (a, b) in [("none", "process"), ("process", "process"), ("none", "none")] {
+        let host = HostProcess::start(&config(a, b, ""));
+        let mut target = LineClient::connect(host.port("B", 0).await).await;
+        let id = target.request("WHOAMI").await;
+        let mut client = supersocket_tests::net::connect(host.port("A", 0).await).await;
+        let requests = format!("DISPATCH B {id} hello\r\nPING\r\n");
+        client.write_all(requests.as_bytes()).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answers = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut answers)).await;
+        assert!(matches!(read, Ok(Ok(_))), "{a}->{b}: {read:?}");
+        assert_eq!(answers, "OK\r\nPONG\r\n", "{a}->{b}");
+        assert_eq!(target.recv().await, "hello", "{a}->{b}");
+    }
+}

@@ -17,7 +17,13 @@ use super::Instance;
 use crate::outcome::{BoxFuture, OpError, Pending};
 use crate::session::SessionId;
 
-/// The operations on a running instance.
+/// Bound on a send, multicast or broadcast to another process: room in the target's queue
+/// comes within `SEND_PATIENCE`, and the rest is the trip.
+pub(crate) const DELIVERY_DEADLINE: Duration = Duration::from_secs(3);
+/// Bound on a call, a session list or a kick.
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The operations on a running instance. Every one ends within its deadline.
 pub(crate) trait Backend: Send + Sync {
     /// Submits bytes for one of its sessions (see [`Instance::send_to`]).
     fn send_to(&self, session: SessionId, bytes: Bytes) -> Pending<()>;
@@ -48,6 +54,9 @@ pub(crate) trait Run: Send {
     fn ended(&self) -> bool {
         false
     }
+
+    /// An explicit start of a run that waits to restart (a back-off): restart now.
+    fn start_now(&self) {}
 }
 
 /// Starts runs of an instance at one isolation level.

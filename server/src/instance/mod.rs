@@ -7,6 +7,7 @@
 mod backend;
 mod stats;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use backend::StartError;
-pub(crate) use backend::{Backend, Launch, Launchers, Run};
+pub(crate) use backend::{Backend, DELIVERY_DEADLINE, Launch, Launchers, REQUEST_DEADLINE, Run};
 pub(crate) use stats::InstanceStats;
 
 use crate::config::ServerConfig;
@@ -36,6 +37,9 @@ async fn finish_detached<T: Send + 'static>(operation: impl Future<Output = T> +
         },
     }
 }
+
+/// How long a start waits for a run that is restarting to serve again.
+const RESTART_WAIT: Duration = Duration::from_secs(15);
 
 /// What an instance needs of the host it lives in.
 #[derive(Clone)]
@@ -79,6 +83,9 @@ struct Status {
     restarts: u64,
     /// The agent's pid under process isolation.
     pid: Option<u32>,
+    /// The addresses the current run's listeners hold, from its start to its end (also while
+    /// an agent restarts: the host keeps the sockets).
+    held: Vec<SocketAddr>,
 }
 
 /// A named server instance.
@@ -110,6 +117,7 @@ impl Instance {
                 listeners: Vec::new(),
                 restarts: 0,
                 pid: None,
+                held: Vec::new(),
             }),
             run: tokio::sync::Mutex::new(None),
             backend: RwLock::new(None),
@@ -223,8 +231,12 @@ impl Instance {
     async fn start_locked(self: &Arc<Self>, run: &mut Option<Box<dyn Run>>) -> Result<(), StartError> {
         match run.take() {
             Some(current) if !current.ended() => {
+                let restarting = matches!(self.state(), ServerState::Backoff | ServerState::Starting);
+                if restarting {
+                    current.start_now();
+                }
                 *run = Some(current);
-                return Ok(());
+                return if restarting { self.running_again().await } else { Ok(()) };
             }
             // A run that ended on its own (a supervisor that gave up) is cleared; an explicit
             // start begins afresh.
@@ -260,7 +272,32 @@ impl Instance {
             }
             Err(StartError(message)) => {
                 self.set_backend(None);
+                self.status().held.clear();
                 failed(self, message)
+            }
+        }
+    }
+
+    /// Waits until a run that restarts serves again (or gives up).
+    async fn running_again(&self) -> Result<(), StartError> {
+        let mut topology = self.env.topology.subscribe();
+        let deadline = tokio::time::Instant::now() + RESTART_WAIT;
+        loop {
+            match self.state() {
+                ServerState::Running => return Ok(()),
+                ServerState::Backoff | ServerState::Starting => {}
+                _ => {
+                    let error = self.status().last_error.clone();
+                    return Err(StartError(
+                        error.unwrap_or_else(|| format!("{} did not start", self.name)),
+                    ));
+                }
+            }
+            if tokio::time::timeout_at(deadline, topology.changed()).await.is_err() {
+                return Err(StartError(format!(
+                    "{} was not running again within {RESTART_WAIT:?}",
+                    self.name
+                )));
             }
         }
     }
@@ -287,6 +324,7 @@ impl Instance {
     /// Stops a run and keeps its counters.
     async fn finish_run(&self, run: Box<dyn Run>, timeout: Duration) {
         run.stop(timeout, self.env.life.hurry.clone()).await;
+        self.status().held.clear();
         if let Some(backend) = self.set_backend(None) {
             let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
             *totals = *totals
@@ -295,6 +333,16 @@ impl Instance {
                     ..backend.stats()
                 };
         }
+    }
+
+    /// Records the addresses a run's listeners hold, for as long as the run lasts.
+    pub(crate) fn hold(&self, addresses: Vec<SocketAddr>) {
+        self.status().held = addresses;
+    }
+
+    /// The addresses the current run holds (a changed config need not bind them anew).
+    pub(crate) fn held(&self) -> Vec<SocketAddr> {
+        self.status().held.clone()
     }
 
     /// Records a run that now serves: its process, its listeners, how to reach it.

@@ -8,10 +8,12 @@ use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use nix::sys::signal::{SigHandler, Signal};
 use supersocket_proto::agent::{Event, Init, Op, View};
 use tokio::net::UnixStream;
 
@@ -34,14 +36,16 @@ const LAST_WORD: Duration = Duration::from_secs(5);
 /// Runs the agent of instance `name`, with the host's server types and custom routes, until the
 /// host hangs up.
 pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &str) -> ExitCode {
+    // The host ends agents (a stop, or its own end); signals meant for the host's process group
+    // (Ctrl-C in a terminal, a service manager's SIGTERM to every process) must not kill this
+    // one before the host has drained it.
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
+    }
     // SAFETY: the host placed the control socket at descriptor 3 for this process before exec,
     // and nothing else in the process uses that descriptor.
     let control = unsafe { StdUnixStream::from(OwnedFd::from_raw_fd(CONTROL_FD)) };
-    // This program runs: the host may bind listeners again (see `spawn::wait_for_first_byte`).
-    if let Err(e) = std::io::Write::write_all(&mut &control, &[super::spawn::FIRST_BYTE]) {
-        eprintln!("supersocketd agent {name}: the host is gone: {e}");
-        return ExitCode::from(1);
-    }
     let (init, fds) = match super::frame::recv_with_fds::<Init>(&control) {
         Ok(received) => received,
         Err(e) => {
@@ -74,9 +78,10 @@ pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &
     let mut listeners = fds;
     let links = listeners.split_off(listeners.len().saturating_sub(init.links.len()));
     let listeners = listeners.into_iter().map(std::net::TcpListener::from).collect();
-    runtime.block_on(run((types, routes), control, init, listeners, links));
+    let stopped = runtime.block_on(run((types, routes), control, init, listeners, links));
     runtime.shutdown_background();
-    ExitCode::SUCCESS
+    // Ending for any other reason than the host's stop is a failure (its policy restarts it).
+    if stopped { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 async fn run(
@@ -85,12 +90,12 @@ async fn run(
     init: Init,
     listeners: Vec<std::net::TcpListener>,
     links: Vec<OwnedFd>,
-) {
+) -> bool {
     let Ok(stream) = control
         .set_nonblocking(true)
         .and_then(|()| UnixStream::from_std(control))
     else {
-        return;
+        return false;
     };
     let config = serde_json::from_value::<ServerConfig>(init.server).map(|config| ServerConfig {
         // In its agent the instance runs in-process: the agent is its isolation.
@@ -111,6 +116,7 @@ async fn run(
         direct: Mutex::default(),
         link: OnceLock::new(),
         env: env(Launchers::default()),
+        stopped: AtomicBool::new(false),
     });
     for (server, fd) in init.links.iter().zip(links) {
         agent.link_to(server, fd);
@@ -119,7 +125,10 @@ async fn run(
     let _ = agent.link.set(link.clone());
     let config = match config {
         Ok(config) => config,
-        Err(e) => return agent.fail(&link, format!("bad server config from the host: {e}")).await,
+        Err(e) => {
+            agent.fail(&link, format!("bad server config from the host: {e}")).await;
+            return false;
+        }
     };
     let host = HostHandle(Arc::downgrade(&directory));
     let launch = LocalLaunch::with_listeners(types, host, listeners);
@@ -134,7 +143,8 @@ async fn run(
     // The host's instances are known before the service starts.
     agent.mirror(init.view);
     if let Err(e) = local.start().await {
-        return agent.fail(&link, e.0).await;
+        agent.fail(&link, e.0).await;
+        return false;
     }
     link.event(Event::Ready {
         listeners: local.info().listeners,
@@ -146,7 +156,8 @@ async fn run(
             _ = every.tick() => link.event(Event::Stats(local.counters())),
         }
     }
-    // The host hung up (or died): nothing is left to serve for.
+    // The host hung up (or died), or stopped the instance: nothing is left to serve for.
+    agent.stopped.load(Ordering::Acquire)
 }
 
 /// One of the host's other instances, and the way to it (through the host).
@@ -167,6 +178,8 @@ struct Agent {
     /// What the views of the host's other instances are made with: no launchers (the host
     /// runs them).
     env: InstanceEnv,
+    /// The host stopped the instance.
+    stopped: AtomicBool,
 }
 
 impl Agent {
@@ -291,6 +304,7 @@ impl Serve for Agent {
                 );
             }
             Op::Stop { timeout_ms } => {
+                self.stopped.store(true, Ordering::Release);
                 let link = link.clone();
                 tokio::spawn(async move {
                     local.stop(Duration::from_millis(timeout_ms)).await;

@@ -140,8 +140,8 @@ pub(crate) fn recv_with_fds<T: DeserializeOwned>(socket: &StdUnixStream) -> std:
     }
     let mut buffer = BytesMut::from(&prefix[..]);
     let rest = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-    if rest > MAX_FRAME {
-        return Err(std::io::Error::other("control frame too long"));
+    if rest > MAX_FRAME || rest + 4 < PREFIX {
+        return Err(std::io::Error::other(format!("malformed first frame of {rest} bytes")));
     }
     let mut body = vec![0u8; rest + 4 - PREFIX];
     std::io::Read::read_exact(&mut &*socket, &mut body)?;

@@ -3,9 +3,10 @@
 //!
 //! - Frames queue in one buffer that a writer task writes whenever it wakes, so many messages
 //!   cost one write; a reader task takes whole frames out of large reads.
-//! - Every request has a deadline. Requests in flight are bounded in number and bytes; beyond
-//!   that they wait in line, first come first served, so a stalled peer makes its senders wait
-//!   (and then fail), never the process grow.
+//! - Every request has a deadline. Requests in flight are bounded in number and bytes, and so
+//!   are the bytes not yet written; beyond that requests wait in line, first come first served,
+//!   and the line itself is bounded: a stalled peer makes its senders wait (and then fail),
+//!   never the process grow.
 //! - When the channel ends (the peer died or hung up, or a frame broke the format), every
 //!   request still open fails at once: one never sent as [`OpError::NotRunning`], one sent as
 //!   [`OpError::Unanswered`] (it may have been carried out: a caller must not repeat it).
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use supersocket_proto::agent::{Event, Failure, Message, Op, Outcome};
+use supersocket_proto::agent::{Event, Failure, MAX_FRAME, Message, Op, Outcome};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, oneshot};
@@ -33,8 +34,11 @@ use crate::outcome::{OpError, Pending};
 const MAX_IN_FLIGHT: usize = 4096;
 /// Most payload bytes in flight on one link (one bigger request still passes an idle link).
 const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
-/// Most requests waiting for room; beyond it a request fails at once.
+/// Most bytes queued for the socket and not written yet (one bigger frame still passes).
+const MAX_UNWRITTEN: usize = 8 * 1024 * 1024;
+/// Most requests, and bytes, waiting for room; beyond them a request fails at once.
 const MAX_WAITING: usize = 64 * 1024;
+const MAX_WAITING_BYTES: usize = 16 * 1024 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -75,6 +79,8 @@ struct State {
     in_flight_bytes: usize,
     /// Requests not sent yet for want of room, in order.
     waiting: VecDeque<Waiting>,
+    /// Bytes of the frames in `waiting`.
+    waiting_bytes: usize,
     /// The channel has ended: nothing more is sent.
     ended: bool,
 }
@@ -87,9 +93,11 @@ struct Waiting {
 }
 
 impl State {
-    fn has_room(&self, bytes: usize) -> bool {
-        self.in_flight.is_empty()
-            || (self.in_flight.len() < MAX_IN_FLIGHT && self.in_flight_bytes + bytes <= MAX_IN_FLIGHT_BYTES)
+    fn has_room(&self, bytes: usize, frame: usize) -> bool {
+        let unwritten = self.outgoing.is_empty() || self.outgoing.len() + frame <= MAX_UNWRITTEN;
+        let in_flight = self.in_flight.is_empty()
+            || (self.in_flight.len() < MAX_IN_FLIGHT && self.in_flight_bytes + bytes <= MAX_IN_FLIGHT_BYTES);
+        unwritten && in_flight
     }
 
     fn send(&mut self, id: u64, frame: &[u8], bytes: usize, reply: oneshot::Sender<Outcome>) {
@@ -104,13 +112,16 @@ impl State {
         let mut sent = false;
         while let Some(next) = self.waiting.front() {
             if next.reply.is_closed() {
+                let frame = next.frame.len();
                 self.waiting.pop_front();
+                self.waiting_bytes -= frame;
                 continue;
             }
-            if !self.has_room(next.bytes) {
+            if !self.has_room(next.bytes, next.frame.len()) {
                 break;
             }
             let Some(next) = self.waiting.pop_front() else { break };
+            self.waiting_bytes -= next.frame.len();
             self.send(next.id, &next.frame, next.bytes, next.reply);
             sent = true;
         }
@@ -167,13 +178,14 @@ impl Link {
             if state.ended {
                 return Pending::ready(Err(OpError::NotRunning));
             }
-            if state.waiting.is_empty() && state.has_room(bytes) {
+            if state.waiting.is_empty() && state.has_room(bytes, frame.len()) {
                 state.send(id, &frame, bytes, reply);
                 drop(state);
                 self.0.written.notify_one();
-            } else if state.waiting.len() >= MAX_WAITING {
+            } else if state.waiting.len() >= MAX_WAITING || state.waiting_bytes + frame.len() > MAX_WAITING_BYTES {
                 return Pending::ready(Err(OpError::Unanswered));
             } else {
+                state.waiting_bytes += frame.len();
                 state.waiting.push_back(Waiting {
                     id,
                     frame,
@@ -184,7 +196,7 @@ impl Link {
         }
         let guard = Unsettled { link: self.clone(), id };
         // From now, however late the sender awaits the outcome.
-        let deadline = Instant::now() + deadline;
+        let deadline = Instant::now().checked_add(deadline).unwrap_or_else(far_future);
         Pending::waiting(async move {
             let outcome = tokio::time::timeout_at(deadline, outcome).await;
             drop(guard);
@@ -197,23 +209,35 @@ impl Link {
         })
     }
 
-    /// Answers request `id` of the other side.
+    /// Answers request `id` of the other side. An answer too large for a frame (a session
+    /// list of millions) is answered as refused, so that the asker learns it at once.
     pub(crate) fn reply(&self, id: u64, outcome: Result<serde_json::Value, OpError>) {
         let message = Message::Reply {
             id,
             outcome: outcome.map_err(failure),
         };
-        self.queue(&message, None);
+        if self.queue(&message, None).is_err() {
+            let refused = Failure::Refused {
+                message: format!("the answer is over the channel's limit of {MAX_FRAME} bytes"),
+            };
+            let _ = self.queue(
+                &Message::Reply {
+                    id,
+                    outcome: Err(refused),
+                },
+                None,
+            );
+        }
     }
 
     /// Tells the other side something.
     pub(crate) fn event(&self, event: Event) {
-        self.queue(&Message::Event(event), None);
+        let _ = self.queue(&Message::Event(event), None);
     }
 
     /// Tells the other side something and hands it `fd`.
     pub(crate) fn event_with_fd(&self, event: Event, fd: OwnedFd) {
-        self.queue(&Message::Event(event), Some(fd));
+        let _ = self.queue(&Message::Event(event), Some(fd));
     }
 
     /// The next descriptor the other side handed over, in the order they came.
@@ -221,14 +245,12 @@ impl Link {
         self.0.fds.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
     }
 
-    fn queue(&self, message: &Message, fd: Option<OwnedFd>) {
-        let Ok(frame) = frame::encode(message, &[]) else {
-            tracing::error!("a message too large for the agent channel was dropped: {message:?}");
-            return;
-        };
+    /// Queues a message to write; an error if it cannot be encoded (too large).
+    fn queue(&self, message: &Message, fd: Option<OwnedFd>) -> std::io::Result<()> {
+        let frame = frame::encode(message, &[])?;
         let mut state = self.state();
         if state.ended {
-            return;
+            return Ok(());
         }
         if let Some(fd) = fd {
             let at = state.outgoing.len();
@@ -237,6 +259,7 @@ impl Link {
         state.outgoing.extend_from_slice(&frame);
         drop(state);
         self.0.written.notify_one();
+        Ok(())
     }
 
     /// How long since the other side was last heard from.
@@ -253,6 +276,7 @@ impl Link {
             state.ended = true;
             state.outgoing = Vec::new();
             state.outgoing_fds = Vec::new();
+            state.waiting_bytes = 0;
             (std::mem::take(&mut state.in_flight), std::mem::take(&mut state.waiting))
         };
         for (reply, _) in in_flight.into_values() {
@@ -289,6 +313,10 @@ impl Link {
             };
             if written.is_err() {
                 return self.close();
+            }
+            // Room for requests that waited for the socket to take what was queued.
+            if self.state().admit() {
+                self.0.written.notify_one();
             }
             batch.clear();
             // A batch that grew large once does not stay large.
@@ -415,6 +443,11 @@ async fn receive(stream: &UnixStream, buffer: &mut [u8], fds: &mut Vec<OwnedFd>)
             done => return done,
         }
     }
+}
+
+/// A deadline no run reaches (for a bound too large to add to now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// Closes the link when a task of its ends, however it ends (a panic included), so that no
@@ -581,6 +614,32 @@ mod tests {
                 "the descriptors came in order, each with its frame"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_holds_a_bounded_number_of_bytes() {
+        // The other end is never read.
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let link = Link::start(ours, Arc::new(Silent));
+        let megabyte = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let op = || Op::Broadcast { server: "s".into() };
+        let mut refused_at_once = 0;
+        let mut pending = Vec::new();
+        for _ in 0..40 {
+            match link.request(op(), megabyte.clone(), Duration::from_secs(60)).now() {
+                Ok(Err(OpError::Unanswered)) => refused_at_once += 1,
+                Ok(other) => panic!("an outcome without an answer: {other:?}"),
+                Err(waiting) => pending.push(waiting),
+            }
+            tokio::task::yield_now().await;
+        }
+        let state = link.state();
+        let held = state.outgoing.len() + state.waiting_bytes;
+        assert!(
+            held <= MAX_UNWRITTEN + MAX_WAITING_BYTES + (2 << 20),
+            "{held} bytes held"
+        );
+        assert!(refused_at_once > 0, "past its bounds a request fails at once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,15 +10,10 @@ use supersocket_proto::SessionInfo;
 use supersocket_proto::agent::{Counters, Op};
 
 use super::link::Link;
-use crate::instance::Backend;
+use crate::instance::{Backend, DELIVERY_DEADLINE, REQUEST_DEADLINE};
 use crate::outcome::{BoxFuture, OpError, Pending};
 use crate::session::SessionId;
 
-/// Bound on a send or broadcast: room in the target's queue comes within `SEND_PATIENCE`, and
-/// the rest is the trip.
-pub(crate) const DELIVERY_DEADLINE: Duration = Duration::from_secs(3);
-/// Bound on a call, a session list, a kick.
-pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// A link silent for this long is reported as trouble (it reports every `STATS_EVERY`).
 pub(crate) const SILENCE_REPORTED: Duration = Duration::from_secs(1);
 

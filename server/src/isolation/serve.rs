@@ -59,10 +59,10 @@ pub(crate) fn serve(link: &Link, id: u64, op: Op, payload: Bytes, target: Option
 }
 
 /// Replies now if the outcome is known, else once it is.
-fn reply_when(link: &Link, id: u64, mut pending: Pending<Value>) {
+fn reply_when(link: &Link, id: u64, pending: Pending<Value>) {
     match pending.now() {
-        Some(outcome) => link.reply(id, outcome),
-        None => {
+        Ok(outcome) => link.reply(id, outcome),
+        Err(pending) => {
             let link = link.clone();
             tokio::spawn(async move { link.reply(id, pending.await) });
         }

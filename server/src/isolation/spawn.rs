@@ -102,6 +102,13 @@ impl AgentProcess {
     }
 }
 
+impl Drop for AgentProcess {
+    /// An agent nobody holds any more is killed (an abandoned start leaves no process behind).
+    fn drop(&mut self) {
+        self.kill.notify_one();
+    }
+}
+
 /// Starts real agent processes: this binary, as `agent --name NAME`.
 pub(crate) struct Processes;
 
@@ -130,7 +137,7 @@ impl Spawn for Processes {
             // Waiting for the agent's first byte and sending the first frame block: off the
             // runtime's workers.
             let host_end = tokio::task::spawn_blocking(move || {
-                // The agent says it runs: its copies of the host's descriptors are gone.
+                // The child says it holds no copy of the host's descriptors any more.
                 wait_for_first_byte(&host_end)?;
                 drop(spawning);
                 let listeners = listeners.iter().map(AsFd::as_fd);
@@ -168,9 +175,10 @@ fn fork(server: &str) -> Result<(tokio::process::Child, StdUnixStream), String> 
         .stdout(Stdio::null())
         .kill_on_drop(true);
     let control = agent_end.as_raw_fd();
-    // SAFETY: runs in the child between fork and exec and only makes async-signal-safe system
-    // calls: dup2 puts the control socket at descriptor 3 (without close-on-exec) and prctl
-    // asks the kernel to kill the child when the host dies, so no agent outlives it.
+    // SAFETY: runs in the child between fork and exec, allocates nothing and only makes
+    // async-signal-safe system calls: dup2 puts the control socket at descriptor 3 (without
+    // close-on-exec), prctl asks the kernel to kill the child when the host dies (so no agent
+    // outlives it), close_range (or close) drops the other descriptors, write tells the host.
     unsafe {
         command.pre_exec(move || {
             // Already at 3, it only needs close-on-exec cleared.
@@ -183,6 +191,19 @@ fn fork(server: &str) -> Result<(tokio::process::Child, StdUnixStream), String> 
                 return Err(std::io::Error::last_os_error());
             }
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // Every other descriptor of the host goes now, not at the exec (whose closing the
+            // kernel finishes after the parent already sees the exec done): the host binds no
+            // listener until this child has let go of its copies, which the byte below tells.
+            // (The error channel of the exec goes too: an agent that cannot be executed shows as
+            // one that hung up before it was ready.)
+            if nix::libc::syscall(nix::libc::SYS_close_range, 4, u32::MAX, 0) != 0 {
+                for fd in 4..1024 {
+                    nix::libc::close(fd);
+                }
+            }
+            if nix::libc::write(3, [FIRST_BYTE].as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -191,12 +212,14 @@ fn fork(server: &str) -> Result<(tokio::process::Child, StdUnixStream), String> 
     Ok((child, host_end))
 }
 
-/// What an agent writes on its channel first, once it runs.
-pub(crate) const FIRST_BYTE: u8 = b'!';
+/// What a child writes on its channel first, once it holds no descriptor of the host's but its
+/// channel.
+const FIRST_BYTE: u8 = b'!';
 
-/// Waits (bounded) for the agent's first byte on its channel (blocking socket).
+/// Waits (bounded) for the child's first byte on its channel (blocking socket): it comes
+/// microseconds after the fork.
 fn wait_for_first_byte(socket: &StdUnixStream) -> std::io::Result<()> {
-    socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
     let mut byte = [0u8];
     std::io::Read::read_exact(&mut &*socket, &mut byte)?;
     socket.set_read_timeout(None)?;

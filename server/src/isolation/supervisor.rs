@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use supersocket_proto::ListenerInfo;
 use supersocket_proto::agent::{Counters, Event, Init, Op};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -77,8 +77,10 @@ impl Launch for AgentLaunch {
                 .await
                 .map_err(|_| StartError("the start was cut short".into()))?
                 .map_err(StartError)?;
+            instance.hold(listeners.iter().filter_map(|l| l.local_addr().ok()).collect());
             let (first, started) = oneshot::channel();
             let (stop, stop_asked) = watch::channel(None);
+            let start_now = Arc::new(Notify::new());
             let supervisor = Supervisor {
                 instance: instance.clone(),
                 remote: Arc::new(Remote::new(instance.name())),
@@ -88,11 +90,16 @@ impl Launch for AgentLaunch {
                 spawner: self.spawner.clone(),
                 life: self.life.clone(),
                 stop: stop_asked,
+                start_now: start_now.clone(),
                 base: Counters::default(),
             };
             let task = tokio::spawn(supervisor.run(first));
             match started.await {
-                Ok(Ok(())) => Ok(Box::new(AgentRun { stop, supervisor: task }) as Box<dyn Run>),
+                Ok(Ok(())) => Ok(Box::new(AgentRun {
+                    stop,
+                    start_now,
+                    supervisor: task,
+                }) as Box<dyn Run>),
                 Ok(Err(error)) => Err(StartError(error)),
                 Err(_) => Err(StartError("the supervisor ended".into())),
             }
@@ -106,6 +113,8 @@ type StopAsk = Option<(Duration, CancellationToken)>;
 /// A supervised process instance.
 struct AgentRun {
     stop: watch::Sender<StopAsk>,
+    /// Ends a back-off at once (an explicit start).
+    start_now: Arc<Notify>,
     supervisor: JoinHandle<()>,
 }
 
@@ -120,6 +129,10 @@ impl Run for AgentRun {
     fn ended(&self) -> bool {
         self.supervisor.is_finished()
     }
+
+    fn start_now(&self) {
+        self.start_now.notify_one();
+    }
 }
 
 struct Supervisor {
@@ -133,6 +146,7 @@ struct Supervisor {
     spawner: Arc<dyn Spawn>,
     life: HostLife,
     stop: watch::Receiver<StopAsk>,
+    start_now: Arc<Notify>,
     /// Counters of the agents of this run that ended.
     base: Counters,
 }
@@ -163,12 +177,18 @@ impl Supervisor {
         let mut replaced_to_drain = false;
         loop {
             let restart = self.instance.config().restart;
-            let mut stop = self.stop.clone();
-            let launched = tokio::select! {
+            // A stop asked while an agent starts waits for the start to end (no half-started
+            // agent is left behind), then stops that agent like any other.
+            let launched = {
+                let mut stop = self.stop.clone();
                 // One started only to drain the backlog at a stop is not announced as running.
-                launched = self.launch_agent(stop_when_up.is_none()) => launched,
-                _ = stop.changed(), if stop_when_up.is_none() => {
-                    return answer(&mut first, Err("stopped before it started".into()));
+                let launch = self.launch_agent(stop_when_up.is_none());
+                tokio::pin!(launch);
+                loop {
+                    tokio::select! {
+                        launched = &mut launch => break launched,
+                        _ = stop.changed(), if stop_when_up.is_none() => stop_when_up = stop.borrow().clone(),
+                    }
                 }
             };
             let error = match launched {
@@ -246,11 +266,14 @@ impl Supervisor {
             };
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = self.stop.changed() => {
-                    if first.is_some() {
-                        return answer(&mut first, Err("stopped during back-off".into()));
-                    }
-                    stop_when_up = self.stop.borrow().clone();
+                () = self.start_now.notified() => {}
+                _ = self.stop.changed() => stop_when_up = self.stop.borrow().clone(),
+                // A first start that still retries at shutdown gives up: its stop cannot come
+                // before it ends.
+                () = self.life.shutting_down.cancelled(), if first.is_some() => {
+                    let error = "the host is shutting down".to_owned();
+                    self.instance.mark_down(Ending::GaveUp, Some(error.clone()));
+                    return answer(&mut first, Err(error));
                 }
             }
         }
@@ -318,19 +341,9 @@ impl Supervisor {
 
     /// Waits until the agent exits, falls silent, or a stop is asked.
     async fn watch(&mut self, agent: &Agent) -> Ended {
-        let link = agent.link.clone();
-        let silent = async move {
-            let mut every = tokio::time::interval(SILENCE_LIMIT / 6);
-            loop {
-                every.tick().await;
-                if link.silent_for() >= SILENCE_LIMIT {
-                    return;
-                }
-            }
-        };
         tokio::select! {
             exit = agent.process.exited() => Ended::Exited(exit),
-            () = silent => Ended::Silent,
+            () = silence(&agent.link) => Ended::Silent,
             _ = self.stop.changed() => match self.stop.borrow().clone() {
                 Some((timeout, hurry)) => Ended::StopAsked(timeout, hurry),
                 None => Ended::StopAsked(Duration::ZERO, CancellationToken::new()),
@@ -367,16 +380,29 @@ impl Supervisor {
                     timeout_ms: timeout.as_millis() as u64,
                 },
                 Bytes::new(),
-                timeout + STOP_MARGIN,
+                timeout.saturating_add(STOP_MARGIN),
             );
             tokio::select! {
                 _ = asked => {}
                 () = hurry.cancelled() => {}
                 _ = agent.process.exited() => {}
+                // One that freezes while it drains is not waited for.
+                () = silence(&agent.link) => {}
             }
         }
         agent.process.kill().await;
         self.agent_gone(&agent);
+    }
+}
+
+/// Resolves once the agent at the other end of `link` has sent nothing for [`SILENCE_LIMIT`].
+async fn silence(link: &Link) {
+    let mut every = tokio::time::interval(SILENCE_LIMIT / 6);
+    loop {
+        every.tick().await;
+        if link.silent_for() >= SILENCE_LIMIT {
+            return;
+        }
     }
 }
 

@@ -266,7 +266,8 @@ where
                 () = entry.outbox.wait() => self.deliver_outbox().await,
                 () = poll_fn(|cx| self.replies.poll_settled(cx)), if self.replies.waiting() => self.on_settled().await,
                 read = read_some(&mut self.io, &mut self.rbuf), if !self.replies.full() => match read {
-                    Ok(0) => return CloseReason::RemoteClosing,
+                    // Boxed, as the drain: it runs once, and idle sessions would carry its state.
+                    Ok(0) => return Box::pin(self.on_peer_closed()).await,
                     Ok(n) => self.on_read(n).await,
                     Err(_) => return CloseReason::SocketError,
                 },
@@ -403,6 +404,16 @@ where
     async fn close_politely(&mut self, reason: CloseReason) -> CloseReason {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
         reason
+    }
+
+    /// The peer closed its side: it may still read, so the replies it is owed (those that wait
+    /// for an outcome, and those of packages that waited for them) are written before the
+    /// session ends.
+    async fn on_peer_closed(&mut self) -> CloseReason {
+        if self.settle_all().await.is_ok() {
+            let _ = self.flush().await;
+        }
+        CloseReason::RemoteClosing
     }
 
     /// Writes replies as they settle, and handles the packages that waited for them, until no

@@ -26,7 +26,7 @@ use self::types::{ErasedService, ServerTypes};
 use crate::config::ServerConfig;
 use crate::context::InstanceContext;
 use crate::dispatch::HostHandle;
-use crate::instance::{Backend, Instance, Launch, Run, StartError};
+use crate::instance::{Backend, Instance, Launch, REQUEST_DEADLINE, Run, StartError};
 use crate::outcome::{BoxFuture, OpError, Pending};
 use crate::session::{CloseReason, QueueLimits, SessionId};
 
@@ -70,6 +70,7 @@ impl Launch for LocalLaunch {
             .await
             .map_err(|_| StartError("the start was cut short".into()))?
             .map_err(StartError)?;
+            instance.hold(prepared.listeners.iter().filter_map(|l| l.local_addr().ok()).collect());
             let (run, listeners, backend) = prepared.start(instance.name(), config, self.host.clone())?;
             instance.mark_running(None, listeners, backend.clone());
             backend.service.started(&backend.context);
@@ -261,9 +262,10 @@ impl Backend for LocalBackend {
         // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
         let answer = context.runtime.spawn(service.call(context.clone(), request));
         Box::pin(async move {
-            match answer.await {
-                Ok(answer) => answer.map_err(OpError::Refused),
-                Err(_) => Err(OpError::Refused("the handler panicked".into())),
+            match tokio::time::timeout(REQUEST_DEADLINE, answer).await {
+                Ok(Ok(answer)) => answer.map_err(OpError::Refused),
+                Ok(Err(_)) => Err(OpError::Refused("the handler panicked".into())),
+                Err(_) => Err(OpError::Unanswered),
             }
         })
     }

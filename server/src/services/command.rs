@@ -79,10 +79,10 @@ fn dispatch(session: &mut Session<'_>, args: &str) {
         session.reply_line(DispatchAnswer::new(server, id, Err(OpError::NoSession)));
         return;
     };
-    let mut sent = target.send_to(session_id, line_bytes(text));
+    let sent = target.send_to(session_id, line_bytes(text));
     match sent.now() {
-        Some(outcome) => session.reply_line(DispatchAnswer::new(server, id, outcome)),
-        None => {
+        Ok(outcome) => session.reply_line(DispatchAnswer::new(server, id, outcome)),
+        Err(sent) => {
             let (server, id) = (server.to_owned(), id.to_owned());
             session.reply_later(async move {
                 let answer = DispatchAnswer::new(&server, &id, sent.await);

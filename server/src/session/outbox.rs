@@ -52,6 +52,8 @@ struct Queue {
     bytes: usize,
     /// Messages that did not fit, in the order they came.
     waiting: VecDeque<Waiter>,
+    /// Bytes in `waiting`.
+    waiting_bytes: usize,
     /// Set when the session writes its last: nothing more is taken.
     sealed: bool,
 }
@@ -95,6 +97,7 @@ impl Queue {
                 break;
             }
             let Some(waiter) = self.waiting.pop_front() else { break };
+            self.waiting_bytes -= waiter.message.len();
             // A sender that stopped waiting still gets its message delivered: it was submitted.
             let _ = waiter.admitted.send(Ok(()));
             self.push(waiter.message);
@@ -120,7 +123,7 @@ impl Outbox {
     }
 
     /// Places a message: in the queue if nothing waits before it and it fits, else in line.
-    /// A line as long as the queue itself marks a slow reader.
+    /// A line as long as the queue itself (in messages or bytes) marks a slow reader.
     pub(super) fn queue(&self, message: Bytes) -> Queued {
         let mut queue = self.lock();
         // Under the lock: `close` and `seal` refuse what waits under it too.
@@ -133,12 +136,15 @@ impl Outbox {
             self.notify.notify_one();
             return Queued::Now;
         }
-        if queue.waiting.len() >= self.limits.messages {
+        let line_full = queue.waiting.len() >= self.limits.messages
+            || (!queue.waiting.is_empty() && queue.waiting_bytes + message.len() > self.limits.bytes);
+        if line_full {
             drop(queue);
             self.close(CloseReason::Timeout);
             return Queued::Refused(OpError::QueueFull);
         }
         let (admitted, outcome) = oneshot::channel();
+        queue.waiting_bytes += message.len();
         queue.waiting.push_back(Waiter { message, admitted });
         Queued::Later(outcome)
     }
@@ -165,7 +171,11 @@ impl Outbox {
     }
 
     fn refuse_waiting(&self, refusal: OpError) {
-        let waiting = std::mem::take(&mut self.lock().waiting);
+        let waiting = {
+            let mut queue = self.lock();
+            queue.waiting_bytes = 0;
+            std::mem::take(&mut queue.waiting)
+        };
         for waiter in waiting {
             let _ = waiter.admitted.send(Err(refusal.clone()));
         }
@@ -269,8 +279,9 @@ mod tests {
     async fn bytes_are_bounded_as_well_as_messages() {
         let session = entry(100, 4);
         assert_eq!(session.submit(Bytes::from_static(b"abc")).await, Ok(()));
-        let mut second = session.submit(Bytes::from_static(b"de"));
-        assert_eq!(second.now(), None, "over the byte bound: it waits");
+        let Err(second) = session.submit(Bytes::from_static(b"de")).now() else {
+            panic!("over the byte bound: it waits");
+        };
         let mut out = BytesMut::new();
         session.outbox.drain_into(&mut out);
         assert_eq!(second.await, Ok(()));
@@ -279,6 +290,17 @@ mod tests {
         assert_eq!(session.submit(Bytes::from_static(b"0123456789")).await, Ok(()));
         session.outbox.drain_into(&mut out);
         assert_eq!(&out[..], b"abcde0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_in_bytes_than_the_queue_marks_a_slow_reader() {
+        let session = entry(100, 4);
+        assert_eq!(session.submit(Bytes::from_static(b"abcd")).await, Ok(()));
+        let first = session.submit(Bytes::from_static(b"efg"));
+        let overflow = session.submit(Bytes::from_static(b"hij"));
+        assert_eq!(overflow.await, Err(OpError::QueueFull));
+        assert_eq!(session.outbox.close_requested(), Some(CloseReason::Timeout));
+        assert_eq!(first.await, Err(OpError::QueueFull), "what waited is refused too");
     }
 
     #[tokio::test]

@@ -80,10 +80,9 @@ fn submit_to_all(sessions: Vec<Arc<SessionEntry>>, message: &Bytes) -> Pending<u
     let mut accepted = 0;
     let mut waiting = Vec::new();
     for session in sessions {
-        let mut submitted = session.submit(message.clone());
-        match submitted.now() {
-            Some(outcome) => accepted += usize::from(outcome.is_ok()),
-            None => waiting.push(submitted),
+        match session.submit(message.clone()).now() {
+            Ok(outcome) => accepted += usize::from(outcome.is_ok()),
+            Err(submitted) => waiting.push(submitted),
         }
     }
     if waiting.is_empty() {

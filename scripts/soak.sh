@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Chaos soak: "nothing lost at the seams" (SPEC §9). Starts a release host on a config that mixes
-# isolation levels — echo in none and process; command in none, runtime and process; the pomelo
-# chat cluster with the gate in none, connectors in runtime and process and chat backends in
-# process; an ftp instance — and runs `loadgen soak` against it: echo, command, DISPATCH, chat
+# Chaos soak: "nothing lost at the seams" (SPEC §9). Starts a release host on
+# tests/configs/soak.toml, which mixes isolation levels — echo in none and process; command in none,
+# runtime and process; the pomelo chat cluster with the gate in none, connectors in runtime and
+# process and chat backends in process; an ftp instance — and runs `loadgen soak` against it: echo,
+# command, DISPATCH, chat
 # and FTP traffic with every message checked, while agents are killed and frozen, instances
 # stopped, restarted and reloaded; then SIGTERM. Prints a summary and loadgen's JSON line; exits
 # non-zero if a message was lost, an agent outlived the host, or the host did not exit 0.
@@ -19,70 +20,7 @@ work=$(mktemp -d)
 host_pid=""
 trap '[[ -n "$host_pid" ]] && kill -KILL "$host_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
-cat > "$work/host.toml" <<'TOML'
-shutdown_timeout = "3s"
-
-[[servers]]
-name = "EchoNone"
-type = "echo"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "EchoProc"
-type = "echo"
-isolation = "process"
-listeners = [{ ip = "Loopback", port = 0 }]
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "CmdNone"
-type = "command"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "CmdRuntime"
-type = "command"
-isolation = "runtime"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "CmdProc"
-type = "command"
-isolation = "process"
-listeners = [{ ip = "Loopback", port = 0 }]
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "gate"
-type = "gate"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "connector-rt"
-type = "connector"
-isolation = "runtime"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "connector-proc"
-type = "connector"
-isolation = "process"
-listeners = [{ ip = "Loopback", port = 0 }]
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "chat-backend"
-type = "chat"
-isolation = "process"
-replicas = 2
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "Ftp"
-type = "ftp"
-listeners = [{ ip = "Loopback", port = 0 }]
-options = { root = "ftp-root" }
-TOML
+cp tests/configs/soak.toml "$work/host.toml"
 
 start_host "$work/host.toml" "$work"
 echo "host pid $host_pid, admin $admin; soaking for $duration" >&2

@@ -10,72 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 use supersocket_tests::HostProcess;
 
-/// Every level in every role: echo in none and process; command in none, runtime and process;
-/// the chat cluster's gate in none, connectors in runtime and process, backends in process.
-const MIXED: &str = r#"
-shutdown_timeout = "3s"
-
-[[servers]]
-name = "EchoNone"
-type = "echo"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "EchoProc"
-type = "echo"
-isolation = "process"
-listeners = [{ ip = "Loopback", port = 0 }]
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "CmdNone"
-type = "command"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "CmdRuntime"
-type = "command"
-isolation = "runtime"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "CmdProc"
-type = "command"
-isolation = "process"
-listeners = [{ ip = "Loopback", port = 0 }]
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "gate"
-type = "gate"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "connector-rt"
-type = "connector"
-isolation = "runtime"
-listeners = [{ ip = "Loopback", port = 0 }]
-
-[[servers]]
-name = "connector-proc"
-type = "connector"
-isolation = "process"
-listeners = [{ ip = "Loopback", port = 0 }]
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "chat-backend"
-type = "chat"
-isolation = "process"
-replicas = 2
-restart = { policy = "always", max_retries = 1000, backoff = "100ms", max_backoff = "500ms" }
-
-[[servers]]
-name = "Ftp"
-type = "ftp"
-listeners = [{ ip = "Loopback", port = 0 }]
-options = { root = "ftp-root" }
-"#;
+/// Every level in every role (the config `scripts/soak.sh` runs for longer).
+const MIXED: &str = include_str!("../configs/soak.toml");
 
 #[test]
 fn nothing_is_lost_at_the_seams_while_faults_hit_the_host() {

@@ -3,10 +3,10 @@
 # tests/configs/soak.toml, which mixes isolation levels — echo in none and process; command in none,
 # runtime and process; the pomelo chat cluster with the gate in none, connectors in runtime and
 # process and chat backends in process; an ftp instance — and runs `loadgen soak` against it: echo,
-# command, DISPATCH, chat
-# and FTP traffic with every message checked, while agents are killed and frozen, instances
-# stopped, restarted and reloaded; then SIGTERM. Prints a summary and loadgen's JSON line; exits
-# non-zero if a message was lost, an agent outlived the host, or the host did not exit 0.
+# command, DISPATCH, chat and FTP traffic with every message checked, while agents are killed and
+# frozen, instances stopped, restarted and reloaded; then SIGTERM. Prints a summary and loadgen's
+# JSON line; exits non-zero if a message was lost, an agent outlived the host, or the host did not
+# exit 0.
 #
 #   scripts/soak.sh [DURATION]        default 60s; SEED=N replays a run's fault schedule;
 #                                     SOAK_ARGS="--fault-every 400ms ..." adds loadgen options

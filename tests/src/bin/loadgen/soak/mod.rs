@@ -90,8 +90,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     supersocket_proto::parse_duration(text).map_err(|e| e.to_string())
 }
 
-/// Longest whole run, setup and shutdown included.
-const MAX_RUN: Duration = Duration::from_secs(600);
+/// Longest whole run, setup and shutdown included: ten minutes of traffic and their margins.
+const MAX_RUN: Duration = Duration::from_secs(720);
 
 /// The instances the traffic uses, by type.
 #[derive(Default)]

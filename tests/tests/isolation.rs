@@ -28,6 +28,7 @@ listeners = [{ ip = "Loopback", port = 0 }]
 name = "AgentEcho"
 type = "echo"
 isolation = "process"
+threads = 1
 restart = { policy = "on-failure", max_retries = 3, backoff = "100ms", max_backoff = "400ms" }
 listeners = [{ ip = "Loopback", port = 0 }]
 
@@ -50,6 +51,11 @@ fn process(pid: u64) -> (String, u64) {
         .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok());
     (cmdline, parent.unwrap_or(0))
+}
+
+/// How many threads a process runs.
+fn threads(pid: u64) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
 }
 
 fn alive(pid: u64) -> bool {
@@ -89,6 +95,14 @@ async fn every_level_serves_and_agents_are_real_processes() {
         );
         assert_eq!(parent, host_pid, "the host started it");
     }
+    // An agent runs one worker per core unless `threads` says otherwise; with one, its main
+    // thread is the worker. (Both also have the thread that prepared the instance.)
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        threads(cmd_pid) - threads(echo_pid),
+        cores,
+        "AgentCmd has a worker per core, AgentEcho (threads = 1) none besides its main thread"
+    );
     let table = host.ctl(&["list"]);
     assert!(
         table

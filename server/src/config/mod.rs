@@ -130,8 +130,9 @@ pub struct ServerConfig {
     pub autostart: bool,
     /// Where it runs.
     pub isolation: Isolation,
-    /// Worker threads of its own runtime (isolation `runtime`).
-    pub threads: usize,
+    /// Worker threads of its own runtime: under isolation `runtime` 1 if unset; in an agent
+    /// (isolation `process`) one per core if unset, as the host's runtime has.
+    pub threads: Option<usize>,
     /// Addresses to listen on (may be empty for a backend-only instance).
     pub listeners: Vec<ListenerConfig>,
     /// How many following ports to try when a port is busy.
@@ -167,7 +168,7 @@ impl Default for ServerConfig {
             server_type: String::new(),
             autostart: true,
             isolation: Isolation::None,
-            threads: 1,
+            threads: None,
             listeners: Vec::new(),
             port_fallback: 0,
             max_connections: 10_000,

@@ -177,7 +177,7 @@ fn read_server(
         server.isolation = isolation(&f, errs).unwrap_or(root_isolation);
     }
     if let Some(f) = table.take("threads") {
-        server.threads = f.integer(1, 1024, errs).map_or(1, |n| n as usize);
+        server.threads = f.integer(1, 1024, errs).map(|n| n as usize);
     }
     let replicas = table
         .take("replicas")

@@ -53,19 +53,16 @@ pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &
             return ExitCode::from(1);
         }
     };
-    // The agent is the instance's own runtime: `threads` workers, as under isolation `runtime`
-    // (one worker is this thread: no scheduler between threads to pay for).
-    let threads = init
-        .server
-        .get("threads")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(1);
+    // The agent is the instance's own runtime: `threads` workers, one per core if unset (as the
+    // host's runtime). One worker is this thread alone: no scheduler between threads to pay for.
+    let threads = init.server.get("threads").and_then(serde_json::Value::as_u64);
     let runtime = match threads {
-        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        n => tokio::runtime::Builder::new_multi_thread()
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n.min(1024) as usize)
             .enable_all()
             .build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,

@@ -102,7 +102,7 @@ fn prepare(
     let runtime = match config.isolation {
         supersocket_proto::Isolation::Runtime => Some(
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.threads)
+                .worker_threads(config.threads.unwrap_or(1))
                 .thread_name(format!("ss-{}", config.name))
                 .enable_all()
                 .build()

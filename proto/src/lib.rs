@@ -262,6 +262,10 @@ pub enum ErrorCode {
     Conflict,
     /// 413
     PayloadTooLarge,
+    /// 414
+    UriTooLong,
+    /// 431
+    HeadersTooLarge,
     /// 500, with the cause of a failed start
     StartFailed,
     /// 500
@@ -281,6 +285,8 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
+            Self::UriTooLong => 414,
+            Self::HeadersTooLarge => 431,
             Self::StartFailed | Self::Internal => 500,
             Self::Unavailable => 503,
         }

@@ -106,6 +106,7 @@ pub fn main(builder: HostBuilder) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    raise_descriptor_limit(config.admin.limits.max_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -149,6 +150,26 @@ fn init_logging(args: &Args) -> Result<(), String> {
         tracing::error!(thread = thread.name().unwrap_or("?"), %location, "panic: {payload}");
     }));
     Ok(())
+}
+
+/// Sessions are descriptors, so the soft limit on them is raised to the hard one, as servers
+/// do. The admin port holds at most `admin_connections` of them (and its listener): the rest
+/// stay for the instances. An admin allowed half of them or more is worth a warning.
+fn raise_descriptor_limit(admin_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    if admin_connections as u64 >= limit / 2 {
+        tracing::warn!(
+            "admin.max_connections = {admin_connections} may take half of the {limit} descriptors this process may open"
+        );
+    }
 }
 
 /// `$SUPERSOCKET_TOKEN`, which wins over the config's token.
@@ -200,9 +221,10 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
         AdminAddr::Unix(path) => Some(path.clone()),
         AdminAddr::Tcp(_) => None,
     };
+    let limits = config.admin.limits;
     let host = builder.build(config);
-    let router = admin::router(host.clone(), listener.local_addr());
-    tokio::spawn(listener.serve(router));
+    let router = admin::router(host.clone(), listener.local_addr(), limits.header_timeout);
+    tokio::spawn(listener.serve(router, limits));
     let signals = match Signals::new() {
         Ok(signals) => signals,
         Err(e) => {

@@ -1,7 +1,9 @@
 //! Admin API errors: a status code and `{"error": {"code": "...", "message": "..."}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use supersocket_proto::{ErrorBody, ErrorCode, ErrorDetail};
 
@@ -46,18 +48,62 @@ impl ApiError {
     pub fn no_session(server: &str, id: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("server {server:?} has no session {id:?}"))
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
+    /// Its status code.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// Its body, the envelope of every error answer.
+    pub fn body(self) -> ErrorBody {
+        ErrorBody {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
                 details: self.details,
             },
-        };
-        (status, Json(body)).into_response()
+        }
+    }
+}
+
+/// Gives every error answer the envelope: those that come from below the handlers (a body
+/// over the limit or too slow, a path that is not UTF-8) are plain text, and become JSON here.
+pub async fn envelope(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let code = match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        409 => ErrorCode::Conflict,
+        413 => ErrorCode::PayloadTooLarge,
+        414 => ErrorCode::UriTooLong,
+        431 => ErrorCode::HeadersTooLarge,
+        503 => ErrorCode::Unavailable,
+        400..500 => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    };
+    (status, Json(ApiError::new(code, message).body())).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body())).into_response()
     }
 }

@@ -1,10 +1,11 @@
 //! The admin API's manners: Host and Origin checks against DNS rebinding and cross-site
-//! requests, the bearer token (constant-time) on every route but health, and the body limit.
+//! requests, the bearer token (constant-time) on every route but the probes', and the body
+//! limit.
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use supersocket_proto::{ErrorCode, MAX_ADMIN_BODY};
@@ -18,24 +19,31 @@ const HEALTH_ROUTES: [&str; 3] = ["/livez", "/healthz", "/readyz"];
 
 /// Checks every request before it reaches a handler.
 pub async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    if let Err(error) = check(&state, request.uri().path(), request.headers()) {
+    if let Err(error) = check(&state, request.uri(), request.headers()) {
         return error.into_response();
     }
     next.run(request).await
 }
 
-fn check(state: &AdminState, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check(state: &AdminState, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
     // A unix socket is out of a browser's reach: Host and Origin say nothing there.
     if let Some(own) = state.own {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if let Some(host) = host
-            && !host_allowed(host, own)
-        {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!("Host {host:?} is not this admin API's address (use {own} or localhost)"),
-            ));
-        }
+        let host = match headers.get(header::HOST).map(|v| v.to_str()) {
+            Some(Ok(host)) if host_allowed(host, own) => Some(host),
+            Some(Ok(host)) => {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("Host {host:?} is not this admin API's address (use {own} or localhost)"),
+                ));
+            }
+            Some(Err(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "the Host header is not visible ASCII",
+                ));
+            }
+            None => return Err(ApiError::new(ErrorCode::Forbidden, "a request needs a Host header")),
+        };
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             let same = origin
@@ -49,17 +57,8 @@ fn check(state: &AdminState, path: &str, headers: &HeaderMap) -> Result<(), ApiE
             }
         }
     }
-    if !HEALTH_ROUTES.contains(&path)
-        && let Some(token) = state.host.admin_token()
-    {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return Err(ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token"));
-        }
+    if !HEALTH_ROUTES.contains(&uri.path()) {
+        authorized(state, headers)?;
     }
     let length = headers
         .get(header::CONTENT_LENGTH)
@@ -71,6 +70,23 @@ fn check(state: &AdminState, path: &str, headers: &HeaderMap) -> Result<(), ApiE
         ));
     }
     Ok(())
+}
+
+/// Whether the request carries the bearer token, when one is set.
+pub fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = state.host.admin_token() else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token"))
+    }
 }
 
 /// A Host is fine when it names this machine's loopback, or is an IP literal this listener

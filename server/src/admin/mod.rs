@@ -1,10 +1,11 @@
 //! The embedded admin API (SPEC §6): axum routes over the host, guarded by Host/Origin checks
-//! and the bearer token, served on TCP or a unix socket.
+//! and the bearer token, served on TCP or a unix socket within limits of its own.
 
 mod error;
 mod guard;
 mod metrics;
 mod routes;
+mod serve;
 
 use std::net::SocketAddr;
 
@@ -15,7 +16,7 @@ use supersocket_proto::MAX_ADMIN_BODY;
 
 pub use error::ApiError;
 
-use crate::config::AdminAddr;
+use crate::config::{AdminAddr, AdminLimits};
 use crate::host::Host;
 
 /// What every handler gets.
@@ -26,8 +27,9 @@ pub struct AdminState {
     own: Option<SocketAddr>,
 }
 
-/// The admin API's router over `host`, listening at `own` (`None` for a unix socket).
-pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
+/// The admin API's router over `host`, listening at `own` (`None` for a unix socket); a
+/// request's body must arrive within `body_timeout`.
+pub fn router(host: Host, own: Option<SocketAddr>, body_timeout: std::time::Duration) -> Router {
     let state = AdminState { host, own };
     let server = "/servers/{name}";
     let api = Router::new()
@@ -52,6 +54,8 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(axum::middleware::from_fn(error::envelope))
         .with_state(state)
 }
 
@@ -102,11 +106,8 @@ impl AdminListener {
         }
     }
 
-    /// Serves `router` until the process exits.
-    pub async fn serve(self, router: Router) -> std::io::Result<()> {
-        match self {
-            Self::Tcp(listener) => axum::serve(listener, router).await,
-            Self::Unix(listener, _) => axum::serve(listener, router).await,
-        }
+    /// Serves `router` within `limits` until the process exits.
+    pub async fn serve(self, router: Router, limits: AdminLimits) -> std::io::Result<()> {
+        serve::serve(self, router, limits).await
     }
 }

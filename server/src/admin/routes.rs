@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -37,14 +37,22 @@ pub struct ReadyQuery {
 }
 
 /// `GET /readyz`: 200 when every autostart server runs and the host is not stopping, else 503.
-pub async fn readyz(State(state): State<AdminState>, Query(query): Query<ReadyQuery>) -> (StatusCode, Json<Readiness>) {
+/// Open to probes; `?verbose` (instance names, states and errors) needs the token.
+pub async fn readyz(
+    State(state): State<AdminState>,
+    Query(query): Query<ReadyQuery>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Readiness>), ApiError> {
+    if query.verbose.is_some() {
+        super::guard::authorized(&state, &headers)?;
+    }
     let readiness = state.host.readiness(query.verbose.is_some());
     let status = if readiness.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(readiness))
+    Ok((status, Json(readiness)))
 }
 
 /// `GET /api/v1/host`.

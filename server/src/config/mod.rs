@@ -72,6 +72,30 @@ pub struct AdminConfig {
     pub listen: AdminAddr,
     /// Bearer token every non-health route requires, if set (`token` or `token_file`).
     pub token: Option<String>,
+    /// Its own limits, apart from the instances'.
+    pub limits: AdminLimits,
+}
+
+/// What the admin listener allows a peer, so that no client of it can take what the instances
+/// or other clients need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Open connections; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// From a request's first byte to the end of its headers, and for its body.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The admin API's listening address.

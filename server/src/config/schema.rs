@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::node::{Node, Value};
 use super::{
-    AdminAddr, AdminConfig, Config, ConfigError, ConfigSource, Isolation, ListenerConfig, RestartConfig, RestartPolicy,
-    ServerConfig, TlsConfig, parse_duration,
+    AdminAddr, AdminConfig, AdminLimits, Config, ConfigError, ConfigSource, Isolation, ListenerConfig, RestartConfig,
+    RestartPolicy, ServerConfig, TlsConfig, parse_duration,
 };
 
 /// Lines of the keys that cross-server validation reports on.
@@ -54,6 +54,7 @@ pub(super) fn read(root: &Node, source: ConfigSource) -> (Draft, Vec<ConfigError
         admin: AdminConfig {
             listen: AdminAddr::parse(DEFAULT_ADMIN).expect("default admin address parses"),
             token: None,
+            limits: AdminLimits::default(),
         },
         admin_line: None,
         servers: Vec::new(),
@@ -116,7 +117,30 @@ fn read_admin(field: &Field<'_>, base_dir: &std::path::Path, admin: &mut AdminCo
         }
         (None, None) => {}
     }
-    table.finish("listen, token, token_file", errs);
+    let limits = &mut admin.limits;
+    if let Some(field) = table.take("max_connections")
+        && let Some(n) = field.integer(1, 100_000, errs)
+    {
+        limits.max_connections = n as usize;
+    }
+    for (key, slot) in [
+        ("header_timeout", &mut limits.header_timeout),
+        ("idle_timeout", &mut limits.idle_timeout),
+    ] {
+        if let Some(field) = table.take(key)
+            && let Some(bound) = duration(&field, errs)
+        {
+            if bound.is_zero() {
+                errs.at(&field, format!("`{key}` must be above zero"));
+            } else {
+                *slot = bound;
+            }
+        }
+    }
+    table.finish(
+        "listen, token, token_file, max_connections, header_timeout, idle_timeout",
+        errs,
+    );
 }
 
 fn nonempty_token(token: &str, field: &Field<'_>, errs: &mut Errors) -> bool {

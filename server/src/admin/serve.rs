@@ -1,0 +1,363 @@
+//! Serves the admin API on its listener with limits of its own, so that no client of the admin
+//! port can take what the instances or the other clients need:
+//!
+//! - at most `max_connections` open; one more is closed as soon as it is accepted;
+//! - a request's headers must arrive within `header_timeout` of its first byte (and its body
+//!   within as long again); a connection with no request in flight is closed after
+//!   `idle_timeout`;
+//! - the read buffer is small, so each connection holds a few KiB;
+//! - hyper's own answers to requests it cannot parse (400, 414, 431) carry the JSON error
+//!   envelope, as every other answer does.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::{Request, StatusCode};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use supersocket_proto::ErrorCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use super::{AdminListener, ApiError};
+use crate::config::AdminLimits;
+
+/// The most bytes of a request's line and headers (hyper's smallest buffer).
+const MAX_HEAD: usize = 8 * 1024;
+/// The most header fields in a request.
+const MAX_HEADERS: usize = 64;
+/// How long to wait before accepting again when the process is out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts admin connections until the process exits.
+pub(super) async fn serve(listener: AdminListener, router: Router, limits: AdminLimits) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = match &listener {
+            AdminListener::Tcp(tcp) => tcp.accept().await.map(|(stream, _)| Accepted::Tcp(stream)),
+            AdminListener::Unix(unix, _) => unix.accept().await.map(|(stream, _)| Accepted::Unix(stream)),
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) if is_transient(&e) => {
+                tracing::debug!("admin accept: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Over the limit: closed at once (dropping the stream), before a byte is read.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        match stream {
+            Accepted::Tcp(stream) => tokio::spawn(connection(stream, router.clone(), limits, slot)),
+            Accepted::Unix(stream) => tokio::spawn(connection(stream, router.clone(), limits, slot)),
+        };
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Errors after which the listener still works: out of descriptors or memory, or a peer that
+/// left before it was accepted.
+fn is_transient(error: &io::Error) -> bool {
+    use io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    matches!(error.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+        || error.raw_os_error().is_some_and(|code| {
+            use nix::errno::Errno;
+            [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM].contains(&Errno::from_raw(code))
+        })
+}
+
+/// Serves one connection until it closes, breaks a limit, or idles out.
+async fn connection<S>(stream: S, router: Router, limits: AdminLimits, _slot: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let watch = Arc::new(Watch::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        watch: watch.clone(),
+        answer: None,
+    });
+    let service = {
+        let watch = watch.clone();
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let busy = Busy::begin(&watch);
+            let router = router.clone();
+            async move {
+                let response = match router.oneshot(request.map(Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
+            }
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(io, service);
+    tokio::select! {
+        _ = connection => {}
+        () = watch.expired(limits) => {}
+    }
+}
+
+/// What a connection is doing, for its timeouts.
+struct Watch {
+    state: Mutex<WatchState>,
+    changed: Notify,
+}
+
+struct WatchState {
+    /// Requests whose answer is not fully sent.
+    busy: usize,
+    /// When the first byte of the next request's head came, while none is in flight.
+    head_since: Option<Instant>,
+    /// When the connection last had nothing in flight.
+    idle_since: Instant,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(WatchState {
+                busy: 0,
+                head_since: None,
+                idle_since: Instant::now(),
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes came in.
+    fn read(&self) {
+        let mut state = self.state();
+        if state.busy == 0 && state.head_since.is_none() {
+            state.head_since = Some(Instant::now());
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Ends when the connection has broken a timeout.
+    async fn expired(&self, limits: AdminLimits) {
+        loop {
+            let changed = self.changed.notified();
+            let deadline = {
+                let state = self.state();
+                match (state.busy, state.head_since) {
+                    (0, Some(since)) => Some(since + limits.header_timeout),
+                    (0, None) => Some(state.idle_since + limits.idle_timeout),
+                    // A request's body has `header_timeout` to arrive (see the router's layers);
+                    // its answer may take as long as it needs.
+                    _ => None,
+                }
+            };
+            match deadline {
+                Some(deadline) => tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep_until(deadline) => return,
+                },
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// A request in flight, until its answer is sent (or the connection ends).
+struct Busy(Arc<Watch>);
+
+impl Busy {
+    fn begin(watch: &Arc<Watch>) -> Self {
+        let mut state = watch.state();
+        state.busy += 1;
+        state.head_since = None;
+        drop(state);
+        watch.changed.notify_one();
+        Self(watch.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.busy -= 1;
+        state.idle_since = Instant::now();
+        drop(state);
+        self.0.changed.notify_one();
+    }
+}
+
+/// An answer's body, which keeps its request in flight until it is sent.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's stream: tells the watch when bytes come, and puts the JSON envelope on
+/// hyper's own error answers.
+struct Watched<S> {
+    inner: S,
+    watch: Arc<Watch>,
+    /// Our answer in place of hyper's, and how much of it is written.
+    answer: Option<(Vec<u8>, usize)>,
+}
+
+impl<S: AsyncWrite + Unpin> Watched<S> {
+    /// Writes what is left of our answer; ready when it is all written.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.answer {
+            if *written == bytes.len() {
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.watch.read();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.answer.is_some() {
+            // After its error answer hyper writes nothing more; whatever it is, ours replaced it.
+            std::task::ready!(self.poll_answer(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if let Some(status) = hypers_own_answer(buf) {
+            self.answer = Some((envelope(status), 0));
+            std::task::ready!(self.poll_answer(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_answer(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_answer(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The status of an answer hyper wrote by itself: one to a request it could not parse, the
+/// only kind of answer that is an error without a body (every answer of the router to an
+/// error carries the envelope).
+fn hypers_own_answer(bytes: &[u8]) -> Option<StatusCode> {
+    let rest = bytes.strip_prefix(b"HTTP/1.1 ")?;
+    let status = StatusCode::from_bytes(rest.get(..3)?).ok()?;
+    let head_end = memchr::memmem::find(bytes, b"\r\n\r\n")?;
+    let head = &bytes[..head_end];
+    let empty = memchr::memmem::find(&head.to_ascii_lowercase(), b"\r\ncontent-length: 0\r\n").is_some()
+        || head.to_ascii_lowercase().ends_with(b"\r\ncontent-length: 0");
+    (status.is_client_error() && empty && head_end + 4 == bytes.len()).then_some(status)
+}
+
+/// A whole HTTP answer with `status` and the JSON envelope; the connection closes after it.
+fn envelope(status: StatusCode) -> Vec<u8> {
+    let (code, message) = match status {
+        StatusCode::URI_TOO_LONG => (
+            ErrorCode::UriTooLong,
+            format!("the request target is over {MAX_HEAD} bytes"),
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            ErrorCode::HeadersTooLarge,
+            format!("the request's headers are over {MAX_HEAD} bytes or {MAX_HEADERS} fields"),
+        ),
+        _ => (ErrorCode::BadRequest, "the request is not valid HTTP/1.1".to_owned()),
+    };
+    let body = serde_json::to_vec(&ApiError::new(code, message).body()).unwrap_or_default();
+    let mut answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hypers_bodiless_error_answers_are_replaced() {
+        let own = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Sun, 22 Nov 2026 05:00:00 GMT\r\n\r\n";
+        assert_eq!(
+            hypers_own_answer(own),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        let last = b"HTTP/1.1 400 Bad Request\r\ndate: Sun, 22 Nov 2026 05:00:00 GMT\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hypers_own_answer(last), Some(StatusCode::BAD_REQUEST));
+        for ours in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 60\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n{",
+            b"{\"error\": 1}",
+        ] {
+            assert_eq!(hypers_own_answer(ours), None, "{}", String::from_utf8_lossy(ours));
+        }
+    }
+
+    #[test]
+    fn the_envelope_is_a_whole_answer() {
+        let answer = String::from_utf8(envelope(StatusCode::URI_TOO_LONG)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "uri_too_long");
+    }
+}

@@ -1,0 +1,277 @@
+//! The admin port's own limits, against the real host over raw TCP: a bounded number of
+//! connections that can never take the instances' descriptors, header and idle timeouts, and
+//! the JSON error envelope on answers that come from below the handlers.
+
+use std::time::{Duration, Instant};
+
+use supersocket_tests::HostProcess;
+use supersocket_tests::net::{IO_TIMEOUT, closes_within, connect, echo_roundtrip, free_consecutive_ports};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn admin_port(host: &HostProcess) -> u16 {
+    host.admin.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Sends `request` on a new connection and reads the answer to its end (the host closes
+/// after it, or it says `connection: close`): status and JSON body.
+async fn raw(port: u16, request: &[u8]) -> (u16, serde_json::Value) {
+    let (mut reader, mut writer) = connect(port).await.into_split();
+    // Written while the answer is read: the host may answer before it has read it all.
+    let request = request.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    let answer = answer(&mut reader).await;
+    drop(writing.await);
+    answer
+}
+
+/// Reads one answer: status and JSON body.
+async fn answer(stream: &mut (impl AsyncReadExt + Unpin)) -> (u16, serde_json::Value) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed without an answer: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a content-length")
+        .parse()
+        .unwrap();
+    let mut body = got[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the body ended early");
+        body.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.contains("content-type: application/json"), "{head}");
+    (status, serde_json::from_slice(&body[..length]).unwrap())
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_holds_at_most_its_connections_and_the_instances_keep_serving() {
+    // A fixed port for the instance: asking the API for it would hold an admin connection.
+    let echo = free_consecutive_ports(1);
+    let host = HostProcess::start(&format!(
+        r#"
+        [admin]
+        max_connections = 8
+
+        [[servers]]
+        name = "Echo"
+        type = "echo"
+        listeners = [{{ ip = "Loopback", port = {echo} }}]
+        "#
+    ));
+    let port = admin_port(&host);
+    let before = open_descriptors(host.pid());
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(connect(port).await);
+    }
+    // Once the eight are served, every further connection is closed at once, however many.
+    let probe = b"GET /livez HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    held[0].write_all(probe).await.unwrap();
+    assert_eq!(answer(&mut held[0]).await.0, 200);
+    let mut refused = 0;
+    for _ in 0..500 {
+        let mut extra = connect(port).await;
+        if closes_within(&mut extra, IO_TIMEOUT).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 500, "connections over the limit are closed");
+    let after = open_descriptors(host.pid());
+    assert!(after <= before + 8 + 2, "descriptors {before} -> {after}");
+
+    // The instances have every descriptor they need.
+    let mut clients = Vec::new();
+    for i in 0..200u32 {
+        let mut client = connect(echo).await;
+        assert_eq!(echo_roundtrip(&mut client, &i.to_be_bytes()).await, i.to_be_bytes());
+        clients.push(client);
+    }
+
+    // The held connections still answer; one that closes gives its place back.
+    for stream in &mut held[1..] {
+        stream.write_all(probe).await.unwrap();
+        assert_eq!(answer(stream).await.0, 200);
+    }
+    drop(held.pop());
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut again = connect(port).await;
+        again.write_all(probe).await.unwrap();
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(IO_TIMEOUT, again.peek(&mut first)).await {
+            Ok(Ok(1)) => {
+                assert_eq!(answer(&mut again).await.0, 200);
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "the freed place was never given back"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_idle_connections_are_closed() {
+    let host = HostProcess::start(
+        r#"
+        [admin]
+        header_timeout = "1s"
+        idle_timeout = "2s"
+        "#,
+    );
+    let port = admin_port(&host);
+
+    // Headers that never end: closed after header_timeout, though bytes keep coming.
+    let mut slow = connect(port).await;
+    let began = Instant::now();
+    slow.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(b"x-slow: 1\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::ZERO, slow.read(&mut byte)).await {
+            closed = true;
+            break;
+        }
+    }
+    let took = began.elapsed();
+    assert!(closed, "a header one line every 100 ms was kept open 4 s");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before header_timeout"
+    );
+
+    // A connection that never sends, and one idle after its answer: closed after idle_timeout.
+    let mut silent = connect(port).await;
+    let mut kept = connect(port).await;
+    kept.write_all(b"GET /livez HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut kept).await.0, 200);
+    let idle_from = Instant::now();
+    assert!(
+        closes_within(&mut silent, Duration::from_secs(5)).await,
+        "silent kept open"
+    );
+    assert!(closes_within(&mut kept, Duration::from_secs(5)).await, "idle kept open");
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        idle_from.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_below_the_handlers_carry_the_envelope() {
+    let host = HostProcess::start("[admin]\ntoken = \"s3cret\"\n");
+    let port = admin_port(&host);
+    let auth = "authorization: Bearer s3cret\r\n";
+
+    let long_target = format!(
+        "GET /api/v1/servers/{} HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let (status, body) = raw(port, long_target.as_bytes()).await;
+    assert!(status == 414 || status == 431, "{status} {body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+
+    let many = format!(
+        "GET /livez HTTP/1.1\r\nhost: localhost\r\n{}\r\n",
+        "x-pad: 0123456789\r\n".repeat(100)
+    );
+    let (status, body) = raw(port, many.as_bytes()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (431, Some("headers_too_large"))
+    );
+
+    let (status, body) = raw(port, b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+
+    let bad_utf8 = format!("GET /api/v1/servers/%FF%FE HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n");
+    let (status, body) = raw(port, bad_utf8.as_bytes()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+
+    // A chunked body over the limit: 413 in the envelope.
+    let mut chunked = format!(
+        "POST /api/v1/servers/x/sessions/1/send HTTP/1.1\r\nhost: localhost\r\n{auth}content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..20 {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(&chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = raw(port, &chunked).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+
+    // Host missing or not visible ASCII: refused.
+    for request in [
+        &b"GET /livez HTTP/1.1\r\n\r\n"[..],
+        b"GET /livez HTTP/1.0\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nhost: local\xffhost\r\n\r\n",
+    ] {
+        let (status, body) = raw(port, request).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+
+    // Plain /readyz stays open to probes; its details need the token.
+    let plain = raw(port, b"GET /readyz HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
+    assert_eq!(plain.0, 200);
+    for query in ["verbose", "verbose=1", "verb%6Fse", "x=1&verbose"] {
+        let request = format!("GET /readyz?{query} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+        let (status, body) = raw(port, request.as_bytes()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{query}"
+        );
+    }
+    let request = format!("GET /readyz?verbose HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n");
+    assert_eq!(raw(port, request.as_bytes()).await.0, 200);
+}

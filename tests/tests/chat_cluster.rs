@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use supersocket_tests::HostProcess;
 use supersocket_tests::net::LineClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -59,11 +57,6 @@ impl User {
             .await
             .parse()
             .expect("QUERY answers host:port");
-        Self::at(addr, uid, room).await
-    }
-
-    /// A user of the connector at `addr`, whatever the gate would say.
-    async fn at(addr: SocketAddr, uid: String, room: String) -> Self {
         let (reader, writer) = supersocket_tests::net::connect_addr(addr).await.into_split();
         let (tx, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -199,59 +192,6 @@ async fn the_same_with_gate_shared_connectors_on_runtimes_and_chats_in_agents() 
         .replace("type = \"chat\"\n", "type = \"chat\"\nisolation = \"process\"\n");
     assert_eq!(mixed.matches("isolation = ").count(), 2);
     sixty_users(&mixed).await;
-}
-
-/// A connector whose agent froze holds up no speaker: a member on another connector gets every
-/// line at once, in order, while the frozen agent waits to be noticed and replaced.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_connector_holds_up_no_speaker() {
-    let host = HostProcess::start(
-        r#"
-        shutdown_timeout = "1s"
-        [[servers]]
-        name = "near"
-        type = "connector"
-        listeners = [{ ip = "Loopback", port = 0 }]
-
-        [[servers]]
-        name = "far"
-        type = "connector"
-        isolation = "process"
-        listeners = [{ ip = "Loopback", port = 0 }]
-
-        [[servers]]
-        name = "chat-server"
-        type = "chat"
-        isolation = "process"
-        "#,
-    );
-    let near: SocketAddr = ([127, 0, 0, 1], host.port("near", 0).await).into();
-    let far: SocketAddr = ([127, 0, 0, 1], host.port("far", 0).await).into();
-    let mut users = Vec::new();
-    for (addr, uid) in [(near, "speaker"), (near, "listener"), (far, "absent")] {
-        let mut user = User::at(addr, uid.into(), "room".into()).await;
-        user.send(&format!("ENTER {uid} room")).await;
-        let answer = user.collect(Duration::from_secs(5), 1, |l| l.starts_with("OK ")).await;
-        assert!(answer[0].ends_with(uid), "{answer:?}");
-        users.push(user);
-    }
-    let far_pid = host.server("far").await["pid"].as_u64().unwrap();
-    kill(Pid::from_raw(far_pid as i32), Signal::SIGSTOP).expect("freeze the agent");
-
-    let said = Instant::now();
-    for k in 0..5 {
-        users[0].send(&format!("SAY line-{k}")).await;
-    }
-    let wanted: Vec<String> = (0..5).map(|k| format!("MSG room speaker line-{k}")).collect();
-    let got = users[1]
-        .collect(Duration::from_secs(10), 5, |l| l.starts_with("MSG "))
-        .await;
-    assert_eq!(got, wanted);
-    assert!(
-        said.elapsed() < Duration::from_millis(1500),
-        "the lines took {:?} behind the frozen connector",
-        said.elapsed()
-    );
 }
 
 /// The whole scenario on a cluster config.

@@ -24,6 +24,7 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
     let before = [
         "shutdown_timeout = \"1s\"\n".to_owned(),
         server("Keep", ""),
+        server("Own", "isolation = \"runtime\""),
         server("Drop", ""),
         server("Change", "max_connections = 10"),
     ]
@@ -37,6 +38,8 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
     let after = [
         "shutdown_timeout = \"1s\"\n".to_owned(),
         server("Keep", ""),
+        // Its default written out: the same config.
+        server("Own", "isolation = \"runtime\"\nthreads = 1"),
         server("Change", "max_connections = 20"),
         server("Add", ""),
     ]
@@ -48,7 +51,7 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
     assert_eq!(report["added"], serde_json::json!(["Add"]));
     assert_eq!(report["removed"], serde_json::json!(["Drop"]));
     assert_eq!(report["changed"], serde_json::json!(["Change"]));
-    assert_eq!(report["unchanged"], serde_json::json!(["Keep"]));
+    assert_eq!(report["unchanged"], serde_json::json!(["Keep", "Own"]));
 
     assert_eq!(
         kept.request("WHOAMI").await,
@@ -74,13 +77,13 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["Keep", "Change", "Add"], "the new config order");
+    assert_eq!(names, ["Keep", "Own", "Change", "Add"], "the new config order");
 
     // The table form names each group.
     let again = host.ctl(&["reload"]);
     assert_eq!(
         again.stdout,
-        "added      -\nremoved    -\nchanged    -\nunchanged  Keep, Change, Add\n"
+        "added      -\nremoved    -\nchanged    -\nunchanged  Keep, Own, Change, Add\n"
     );
 }
 

@@ -65,6 +65,10 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
 }
 
+/// The most worker threads an agent runs when its config does not say: one per core up to
+/// this, so that a host of many agents on a large machine does not run thousands of threads.
+pub const AGENT_THREADS: usize = 4;
+
 /// Where and how the admin API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
@@ -155,7 +159,7 @@ pub struct ServerConfig {
     /// Where it runs.
     pub isolation: Isolation,
     /// Worker threads of its own runtime: under isolation `runtime` 1 if unset; in an agent
-    /// (isolation `process`) one per core if unset, as the host's runtime has.
+    /// (isolation `process`) one per core, at most [`AGENT_THREADS`], if unset.
     pub threads: Option<usize>,
     /// Addresses to listen on (may be empty for a backend-only instance).
     pub listeners: Vec<ListenerConfig>,

@@ -203,6 +203,10 @@ fn read_server(
     if let Some(f) = table.take("threads") {
         server.threads = f.integer(1, 1024, errs).map(|n| n as usize);
     }
+    if server.isolation == Isolation::Runtime {
+        // Unset and its default are one config: a reload must not restart the instance for it.
+        server.threads.get_or_insert(1);
+    }
     let replicas = table
         .take("replicas")
         .and_then(|f| f.integer(1, 1000, errs))

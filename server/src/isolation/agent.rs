@@ -21,7 +21,7 @@ use super::link::{Link, Serve};
 use super::remote::Remote;
 use super::serve::{serve, server_of};
 use super::supervisor::STATS_EVERY;
-use crate::config::{Isolation, ServerConfig};
+use crate::config::{AGENT_THREADS, Isolation, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, RouteFn};
 use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
 use crate::runtime::LocalLaunch;
@@ -53,16 +53,18 @@ pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &
             return ExitCode::from(1);
         }
     };
-    // The agent is the instance's own runtime: `threads` workers, one per core if unset (as the
-    // host's runtime). One worker is this thread alone: no scheduler between threads to pay for.
-    let threads = init.server.get("threads").and_then(serde_json::Value::as_u64);
+    // The agent is the instance's own runtime: `threads` workers, one per core up to a bound if
+    // unset. One worker is this thread alone: no scheduler between threads to pay for.
+    let threads = match init.server.get("threads").and_then(serde_json::Value::as_u64) {
+        Some(n) => n.clamp(1, 1024) as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(AGENT_THREADS)),
+    };
     let runtime = match threads {
-        Some(0 | 1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.min(1024) as usize)
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
             .enable_all()
             .build(),
-        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,

@@ -101,9 +101,8 @@ impl ChatService {
             Some(members) => members,
             missing => missing.insert(gather(instance, &name).await?),
         };
-        // Lines are queued for the members under the room's lock, so they keep one order. The
-        // asker waits for them to be queued, not delivered: what it asks next queues behind them
-        // on the same channels, and a slow connector holds up no one.
+        // Lines are queued for the members under the room's lock, so they keep one order;
+        // their delivery is awaited after it.
         let (answer, deliveries) = match request {
             ChatRequest::Enter { room, member, silent } => {
                 let mut joined = Vec::new();
@@ -144,10 +143,13 @@ impl ChatService {
             }
         };
         drop(guard);
-        settle_later(&name, deliveries);
+        let mut delivered = 0;
+        for delivery in deliveries {
+            delivered += delivery.await.unwrap_or(0);
+        }
         Ok(match answer {
             Answer::Members(uids) => json!({ "members": uids }),
-            Answer::Said => json!({ "said": true }),
+            Answer::Said => json!({ "delivered": delivered }),
             Answer::Left(left) => json!({ "left": left }),
         })
     }
@@ -191,8 +193,8 @@ async fn gather(instance: &InstanceContext, room: &str) -> Result<Vec<Member>, S
 }
 
 /// Queues `line` for every member: one multicast per connector, with its members in the order
-/// they entered. The outcomes come later, by connector.
-fn push(instance: &InstanceContext, members: &[Member], line: &str) -> Vec<(String, Pending<usize>)> {
+/// they entered. The outcomes (how many took it) come later.
+fn push(instance: &InstanceContext, members: &[Member], line: &str) -> Vec<Pending<usize>> {
     let bytes = line_bytes(line);
     // Members of a room share a few connectors.
     let mut by_connector: Vec<(&str, Vec<SessionId>)> = Vec::new();
@@ -205,50 +207,8 @@ fn push(instance: &InstanceContext, members: &[Member], line: &str) -> Vec<(Stri
     }
     by_connector
         .into_iter()
-        .filter_map(|(name, sessions)| {
-            Some((
-                name.to_owned(),
-                instance.host().instance(name)?.multicast(sessions, bytes.clone()),
-            ))
-        })
+        .filter_map(|(name, sessions)| Some(instance.host().instance(name)?.multicast(sessions, bytes.clone())))
         .collect()
-}
-
-/// Awaits the outcomes of lines queued for the members of `room`, apart from the request that
-/// queued them: they were promised, so the instance stopping does not cancel them (each ends
-/// within its delivery deadline). A line a connector did not take is logged.
-fn settle_later(room: &str, deliveries: Vec<(String, Pending<usize>)>) {
-    let mut waiting = Vec::new();
-    for (connector, delivery) in deliveries {
-        match delivery.now() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => undelivered(room, &connector, &e),
-            Err(delivery) => waiting.push((connector, delivery)),
-        }
-    }
-    if waiting.is_empty() {
-        return;
-    }
-    let room = room.to_owned();
-    tokio::spawn(async move {
-        for (connector, delivery) in waiting {
-            if let Err(e) = delivery.await {
-                undelivered(&room, &connector, &e);
-            }
-        }
-    });
-}
-
-fn undelivered(room: &str, connector: &str, error: &OpError) {
-    match error {
-        // Its sessions closed with it: the members left.
-        OpError::NotRunning => tracing::debug!(room, connector, "a line for the room's members there: {error}"),
-        _ => tracing::warn!(
-            room,
-            connector,
-            "a line for the room's members there was not taken: {error}"
-        ),
-    }
 }
 
 impl Service for ChatService {

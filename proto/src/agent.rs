@@ -26,6 +26,8 @@ pub struct Init {
     pub server: serde_json::Value,
     /// Session ids this agent hands out start here, so they stay unique in the host.
     pub session_ids_from: u64,
+    /// The key that makes the host's session ids unguessable.
+    pub session_key: [u64; 2],
     /// The host's instances as they are now.
     pub view: View,
     /// The instances whose agents' sockets follow the listening sockets, in this order.

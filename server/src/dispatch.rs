@@ -14,6 +14,10 @@ use crate::instance::Instance;
 /// config order); `None` refuses the key.
 pub type RouteFn = Arc<dyn Fn(&str, &[Arc<Instance>]) -> Option<usize> + Send + Sync>;
 
+/// Whether an instance of the named type may write into the sessions of a type (the type's
+/// [`Service::accepts_writes_from`](crate::Service::accepts_writes_from)).
+pub(crate) type WritersFn = fn(&str) -> bool;
+
 /// The default route: `crc32(key) % n`, CRC-32/ISO-HDLC (zlib's).
 pub fn crc32_index(key: &str, n: usize) -> Option<usize> {
     (n > 0).then(|| crc32fast::hash(key.as_bytes()) as usize % n)
@@ -36,16 +40,19 @@ pub(crate) struct Directory {
     instances: RwLock<Vec<Arc<Instance>>>,
     /// Custom routes by type.
     routes: HashMap<String, RouteFn>,
+    /// Who may write into each type's sessions.
+    writers: HashMap<String, WritersFn>,
     /// Bumped whenever an instance enters or leaves `running` (the instances bump it), or the
     /// set of instances changes.
     topology: Arc<watch::Sender<u64>>,
 }
 
 impl Directory {
-    pub(crate) fn new(routes: HashMap<String, RouteFn>) -> Self {
+    pub(crate) fn new(routes: HashMap<String, RouteFn>, writers: HashMap<String, WritersFn>) -> Self {
         Self {
             instances: RwLock::default(),
             routes,
+            writers,
             topology: Arc::new(watch::Sender::new(0)),
         }
     }
@@ -120,6 +127,17 @@ impl HostHandle {
     /// An instance by name.
     pub fn instance(&self, name: &str) -> Option<Arc<Instance>> {
         self.0.upgrade()?.instance(name)
+    }
+
+    /// Whether `target`'s type lets an instance of `writer_type` write into its sessions.
+    pub fn accepts_writes(&self, target: &Instance, writer_type: &str) -> bool {
+        let Some(directory) = self.0.upgrade() else {
+            return false;
+        };
+        directory
+            .writers
+            .get(&target.config().server_type)
+            .is_none_or(|accepts| accepts(writer_type))
     }
 
     /// The running instances of a type, in config order.

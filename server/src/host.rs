@@ -19,7 +19,9 @@ use crate::isolation::view::Views;
 use crate::runtime::LocalLaunch;
 use crate::runtime::types::ServerTypes;
 use crate::service::{Service, ServiceContext};
-use crate::services::{ChatService, CommandService, ConnectorService, EchoService, FtpService, GateService};
+use crate::services::{
+    COMMAND_TYPE, ChatService, CommandService, ConnectorService, EchoService, FtpService, GateService,
+};
 use crate::timefmt::rfc3339;
 
 /// Bound on waiting for the agents to acknowledge a change before it is reported done.
@@ -45,7 +47,7 @@ impl HostBuilder {
     pub fn new() -> Self {
         let mut types = ServerTypes::default();
         types.register("echo", |_: &_| Ok::<_, String>(EchoService));
-        types.register("command", |_: &_| Ok::<_, String>(CommandService));
+        types.register(COMMAND_TYPE, CommandService::from_config);
         types.register("gate", |_: &_| Ok::<_, String>(GateService));
         types.register("connector", |_: &_| Ok::<_, String>(ConnectorService::default()));
         types.register("chat", |_: &_| Ok::<_, String>(ChatService::default()));
@@ -109,7 +111,7 @@ impl HostBuilder {
         if self.token_override.is_some() {
             config.admin.token.clone_from(&self.token_override);
         }
-        let directory = Arc::new(Directory::new(self.routes));
+        let directory = Arc::new(Directory::new(self.routes, self.types.writers()));
         let views = Arc::new(Views::new(Arc::downgrade(&directory)));
         let life = HostLife::default();
         let local: Arc<LocalLaunch> = Arc::new(LocalLaunch::new(

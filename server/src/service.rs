@@ -23,6 +23,18 @@ pub trait Service: Send + Sync + 'static {
     /// A fresh filter for a new session; packages longer than `max_package_length` must fail.
     fn filter(&self, max_package_length: usize) -> Self::Filter;
 
+    /// Whether an instance of type `writer_type` may write into the sessions of this type
+    /// (`DISPATCH` and the like; the writer's own rules apply too). Every type may by default;
+    /// a type whose sessions speak a protocol no other instance must inject into refuses
+    /// (`ftp` refuses every one).
+    fn accepts_writes_from(writer_type: &str) -> bool
+    where
+        Self: Sized,
+    {
+        let _ = writer_type;
+        true
+    }
+
     /// A session opened.
     fn connected(&self, session: &mut Session<'_>) -> impl Future<Output = ()> + Send {
         let _ = session;

@@ -73,7 +73,7 @@ pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &
             return ExitCode::from(1);
         }
     };
-    SessionId::start_at(init.session_ids_from);
+    SessionId::start_at(init.session_ids_from, init.session_key);
     let mut listeners = fds;
     let links = listeners.split_off(listeners.len().saturating_sub(init.links.len()));
     let listeners = listeners.into_iter().map(std::net::TcpListener::from).collect();
@@ -101,7 +101,7 @@ async fn run(
         isolation: Isolation::None,
         ..config
     });
-    let directory = Arc::new(Directory::new(routes));
+    let directory = Arc::new(Directory::new(routes, types.writers()));
     let env = |launchers| InstanceEnv {
         launchers,
         topology: directory.topology(),

@@ -36,6 +36,7 @@ use crate::dispatch::Directory;
 use crate::instance::{Ending, HostLife, Instance, Launch, Run, StartError};
 use crate::outcome::BoxFuture;
 use crate::runtime::listener::bind_all;
+use crate::session::SessionId;
 
 /// How long an agent may take to report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -297,6 +298,7 @@ impl Supervisor {
         let init = Init {
             server: serde_json::to_value(&*config).map_err(|e| e.to_string())?,
             session_ids_from: LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 40,
+            session_key: SessionId::key(),
             view,
             links,
         };
@@ -546,7 +548,7 @@ mod tests {
 
     /// An instance whose agents `fake` plays, in a directory of its own.
     fn supervised(fake: Arc<Fake>, restart: RestartConfig) -> (Arc<Instance>, Arc<Directory>) {
-        let directory = Arc::new(Directory::new(Default::default()));
+        let directory = Arc::new(Directory::new(Default::default(), Default::default()));
         let views = Arc::new(Views::new(Arc::downgrade(&directory)));
         let life = HostLife::default();
         let launch = AgentLaunch::new(Arc::downgrade(&directory), views, fake, life.clone());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::driver::{Connection, SessionSetup};
 use crate::config::{ServerConfig, TypeCatalog};
 use crate::context::InstanceContext;
+use crate::dispatch::WritersFn;
 use crate::outcome::BoxFuture;
 use crate::service::{Service, ServiceContext};
 
@@ -85,6 +86,8 @@ where
 #[derive(Clone, Default)]
 pub struct ServerTypes {
     factories: BTreeMap<String, Arc<dyn MakeService>>,
+    /// Each type's [`Service::accepts_writes_from`].
+    writers: BTreeMap<String, WritersFn>,
 }
 
 impl ServerTypes {
@@ -96,6 +99,12 @@ impl ServerTypes {
         E: Display,
     {
         self.factories.insert(name.to_owned(), Arc::new(factory));
+        self.writers.insert(name.to_owned(), S::accepts_writes_from);
+    }
+
+    /// Who may write into each type's sessions, for the instances' directory.
+    pub(crate) fn writers(&self) -> std::collections::HashMap<String, WritersFn> {
+        self.writers.iter().map(|(name, f)| (name.clone(), *f)).collect()
     }
 
     /// The names of every known type.

@@ -9,6 +9,7 @@ mod gate;
 
 use bytes::Bytes;
 pub use chat::ChatService;
+pub(crate) use command::COMMAND_TYPE;
 pub use command::CommandService;
 pub use connector::ConnectorService;
 pub use echo::EchoService;

@@ -48,6 +48,11 @@ impl SessionEntry {
         }
     }
 
+    /// When it was accepted (monotonic): sessions sort by it, oldest first.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Records activity now.
     pub(crate) fn touch(&self, now: Instant) {
         let ms = now.saturating_duration_since(self.started).as_millis() as u64;

@@ -4,61 +4,18 @@
 //! session lives in `context`.
 
 mod entry;
+mod id;
 mod outbox;
 mod registry;
 pub(crate) mod sweeper;
 
 use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) use entry::SessionEntry;
+pub use id::SessionId;
 pub(crate) use outbox::QueueLimits;
 pub use outbox::SEND_PATIENCE;
 pub(crate) use registry::SessionRegistry;
-
-/// Opaque session id, unique in the host for its lifetime; shown as lower-case hex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(u64);
-
-static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
-
-impl SessionId {
-    /// A fresh id.
-    pub(crate) fn next() -> Self {
-        Self(NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Makes this process hand out ids from `first` on (an agent gets its own range, so ids
-    /// stay unique in the host).
-    pub(crate) fn start_at(first: u64) {
-        NEXT_SESSION_ID.store(first.max(1), Ordering::Relaxed);
-    }
-
-    /// The id as it travels between processes.
-    pub(crate) fn to_wire(self) -> u64 {
-        self.0
-    }
-
-    /// An id that travelled between processes.
-    pub(crate) fn from_wire(id: u64) -> Self {
-        Self(id)
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x}", self.0)
-    }
-}
-
-impl FromStr for SessionId {
-    type Err = std::num::ParseIntError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        u64::from_str_radix(s, 16).map(Self)
-    }
-}
 
 /// Why a session closed (SPEC §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -40,7 +40,7 @@ impl SessionRegistry {
     /// Up to `limit` sessions, oldest first.
     pub(crate) fn list(&self, limit: usize) -> Vec<SessionInfo> {
         let mut all: Vec<_> = self.lock().values().cloned().collect();
-        all.sort_by_key(|s| s.id);
+        all.sort_by_key(|s| s.started());
         all.iter().take(limit).map(|s| s.info()).collect()
     }
 

@@ -182,6 +182,11 @@ impl Service for FtpService {
         lines::CommandLines::new(max_package_length)
     }
 
+    /// A line written into an FTP control connection would be a forged reply.
+    fn accepts_writes_from(_writer_type: &str) -> bool {
+        false
+    }
+
     async fn connected(&self, session: &mut Session<'_>) {
         let handle = session.handle();
         match self.jail() {

@@ -338,6 +338,73 @@ async fn pasv_announces_the_passive_address_and_login_comes_first() {
     assert!(control.closes_within(Duration::from_secs(5)).await);
 }
 
+/// A control connection from `source` (any address of 127.0.0.0/8), greeted.
+async fn control_from(port: u16, source: [u8; 4]) -> LineClient<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut control = LineClient::new(stream);
+    assert!(control.recv().await.starts_with("220 "));
+    control
+}
+
+/// One login attempt on a new connection from `source`: the PASS reply and how long it took.
+async fn login(port: u16, source: [u8; 4], user: &str, password: &str) -> (String, Duration) {
+    let mut control = control_from(port, source).await;
+    assert!(control.request(&format!("USER {user}")).await.starts_with("331 "));
+    let asked = std::time::Instant::now();
+    let reply = control.request(&format!("PASS {password}")).await;
+    (reply, asked.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_are_answered_ever_later_and_echoes_are_short() {
+    let ftp = FtpHost::start(r#"anonymous = false, users = [{ name = "alice", password = "right" }]"#).await;
+    // Each wrong password from an address waits longer before it is checked, even on a new
+    // connection: 0, then 250 ms, then 500 ms.
+    let source = [127, 0, 0, 2];
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let (reply, took) = login(ftp.port, source, "alice", "guess").await;
+        assert!(reply.starts_with("530 "), "{reply}");
+        waits.push(took);
+    }
+    assert!(waits[1] >= Duration::from_millis(200), "{waits:?}");
+    assert!(waits[2] >= Duration::from_millis(450), "{waits:?}");
+    // The user's failures slow it from another address too; a right password still logs in.
+    let (reply, took) = login(ftp.port, [127, 0, 0, 3], "alice", "right").await;
+    assert!(reply.starts_with("230 "), "{reply}");
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    // Someone else from a clean address is not slowed.
+    let (reply, took) = login(ftp.port, [127, 0, 0, 4], "bob", "guess").await;
+    assert!(
+        reply.starts_with("530 ") && took < Duration::from_millis(200),
+        "{reply} {took:?}"
+    );
+
+    // Arguments echoed back are cut short.
+    let mut control = control_from(ftp.port, [127, 0, 0, 5]).await;
+    let long = "x".repeat(100_000);
+    let reply = control.request(&format!("USER {long}")).await;
+    assert!(reply.starts_with("331 ") && reply.len() < 200, "{} bytes", reply.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epsv_all_refuses_pasv() {
+    let ftp = FtpHost::start("").await;
+    let mut control = LineClient::connect(ftp.port).await;
+    assert!(control.recv().await.starts_with("220 "));
+    assert!(control.request("USER anonymous").await.starts_with("331 "));
+    assert!(control.request("PASS guest").await.starts_with("230 "));
+    assert!(control.request("PASV").await.starts_with("227 "));
+    assert!(control.request("EPSV ALL").await.starts_with("200 "));
+    assert!(
+        control.request("PASV").await.starts_with("503 "),
+        "RFC 2428: only EPSV now"
+    );
+    assert!(control.request("EPSV").await.starts_with("229 "));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_mib_goes_up_and_down_intact_in_flat_memory() {
     let ftp = FtpHost::start("").await;

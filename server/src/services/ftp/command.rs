@@ -12,12 +12,15 @@ use nix::sys::stat::SFlag;
 use tokio::net::TcpListener;
 
 use super::jail::{Jail, JailError, Upload, VirtualPath, is_kind};
+use super::throttle::Admission;
 use super::transfer::{Payload, Running, Transfer};
 use super::{FtpService, FtpSession, Login, is_anonymous, listing, passive, reply};
 use crate::context::{InstanceContext, SessionHandle};
 
 /// Failed logins after which the control connection is closed.
 const MAX_LOGIN_FAILURES: u32 = 3;
+/// Most characters of a client's argument echoed in a reply.
+const MAX_ECHO: usize = 64;
 /// A data transfer through which nothing moves for this long ends, when the instance has no
 /// idle timeout of its own.
 const DEFAULT_DATA_IDLE: Duration = Duration::from_secs(300);
@@ -115,7 +118,7 @@ impl Command<'_> {
         let rename_from = state.rename_from.take();
         match verb.as_str() {
             "USER" => return Some(self.user(state, arg)),
-            "PASS" => return Some(self.pass(state, arg)),
+            "PASS" => return Some(self.pass(state, arg).await),
             "QUIT" => {
                 let _ = self.handle.send(reply::line(221, "Goodbye.")).await;
                 self.handle.close();
@@ -161,9 +164,13 @@ impl Command<'_> {
             "STRU" if arg.eq_ignore_ascii_case("F") => Some(reply::line(200, "Structure set to F.")),
             "MODE" | "STRU" => Some(reply::line(504, "Only stream mode and file structure are supported.")),
             "ALLO" => Some(reply::line(202, "No storage allocation necessary.")),
-            "PASV" => Some(self.passive(state, false)),
-            "EPSV" if arg.eq_ignore_ascii_case("ALL") => Some(reply::line(200, "EPSV ALL ok.")),
+            "EPSV" if arg.eq_ignore_ascii_case("ALL") => {
+                state.epsv_all = true;
+                Some(reply::line(200, "EPSV ALL ok."))
+            }
+            "PASV" if state.epsv_all => Some(reply::line(503, "EPSV ALL was given: use EPSV.")),
             "EPSV" => Some(self.passive(state, true)),
+            "PASV" => Some(self.passive(state, false)),
             "PORT" | "EPRT" => Some(reply::line(502, "Active mode is not supported; use PASV or EPSV.")),
             "REST" => Some(match arg.trim().parse::<u64>() {
                 Ok(offset) => {
@@ -193,7 +200,10 @@ impl Command<'_> {
                 Ok(path) => self.on_path(state, jail, &verb, path, rename_from).await,
                 Err(e) => refusal(e),
             }),
-            _ => Some(reply::line(502, format_args!("{verb} is not implemented."))),
+            _ => Some(reply::line(
+                502,
+                format_args!("{} is not implemented.", reply::clip(&verb, MAX_ECHO)),
+            )),
         }
     }
 
@@ -202,17 +212,30 @@ impl Command<'_> {
         if self.service.anonymous && is_anonymous(name) {
             reply::line(331, "Anonymous login ok, send your e-mail address as password.")
         } else {
-            reply::line(331, format_args!("Password required for {name}."))
+            reply::line(
+                331,
+                format_args!("Password required for {}.", reply::clip(name, MAX_ECHO)),
+            )
         }
     }
 
-    fn pass(&self, state: &mut FtpSession, password: &str) -> Bytes {
+    async fn pass(&self, state: &mut FtpSession, password: &str) -> Bytes {
         match std::mem::take(&mut state.login) {
-            Login::User(name) if self.service.admits(&name, password) => {
-                state.login = Login::In;
-                reply::line(230, "Logged in.")
-            }
-            Login::User(_) => {
+            Login::User(name) => {
+                let throttle = &self.service.throttle;
+                match throttle.admit(self.remote, &name) {
+                    Admission::Refused => {
+                        self.handle.close();
+                        return reply::line(421, "Too many failed logins from your address; try again later.");
+                    }
+                    Admission::After(wait) => tokio::time::sleep(wait).await,
+                }
+                if self.service.admits(&name, password) {
+                    throttle.succeeded(&name);
+                    state.login = Login::In;
+                    return reply::line(230, "Logged in.");
+                }
+                throttle.failed(self.remote, &name);
                 state.failures += 1;
                 if state.failures >= MAX_LOGIN_FAILURES {
                     self.handle.close();

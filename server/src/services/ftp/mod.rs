@@ -1,7 +1,8 @@
 //! `ftp`: SuperSocket's FTP server (SPEC §5) — RFC 959 with FEAT and OPTS (RFC 2389), EPSV
 //! (RFC 2428) and SIZE, MDTM, MLSD, MLST and REST (RFC 3659); passive data connections only.
 //!
-//! `lines` frames commands, `command` carries them out, `jail` keeps every path inside `root`, `passive` opens data listeners, `transfer` moves the
+//! `lines` frames commands, `command` carries them out, `throttle` slows password guessing,
+//! `jail` keeps every path inside `root`, `passive` opens data listeners, `transfer` moves the
 //! bytes in a task of its own, `listing` formats folders and `reply` writes replies. Every
 //! reply goes through the session's outbox, so that the control connection's replies and a
 //! transfer's (150 … 226) reach the client in the order they were made.
@@ -12,6 +13,7 @@ mod lines;
 mod listing;
 mod passive;
 mod reply;
+mod throttle;
 mod transfer;
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use command::Command;
 use jail::{Jail, VirtualPath};
 use passive::PortRange;
 use serde::Deserialize;
+use throttle::Throttle;
 use tokio::net::TcpListener;
 use transfer::Running;
 
@@ -87,6 +90,8 @@ pub struct FtpService {
     ports: PortRange,
     /// The address PASV announces instead of the control connection's.
     passive_address: Option<IpAddr>,
+    /// Failed logins by client address and user name.
+    throttle: Throttle,
     /// The state of every control connection.
     sessions: Mutex<HashMap<SessionId, FtpSession>>,
 }
@@ -110,6 +115,8 @@ struct FtpSession {
     login: Login,
     /// Wrong passwords so far.
     failures: u32,
+    /// EPSV ALL was given: no other way to open a data connection is accepted (RFC 2428).
+    epsv_all: bool,
     /// The working folder.
     cwd: VirtualPath,
     /// REST: where the next RETR or STOR begins.
@@ -142,6 +149,7 @@ impl FtpService {
             ports: PortRange::parse(options.passive_ports.as_deref()).map_err(|e| format!("options.{e}"))?,
             passive_address: options.passive_address,
             sessions: Mutex::default(),
+            throttle: Throttle::default(),
         })
     }
 
@@ -189,6 +197,12 @@ impl Service for FtpService {
 
     async fn connected(&self, session: &mut Session<'_>) {
         let handle = session.handle();
+        if self.throttle.refuses(session.remote_addr().ip()) {
+            let refusal = reply::line(421, "Too many failed logins from your address; try again later.");
+            let _ = handle.send(refusal).await;
+            handle.close();
+            return;
+        }
         match self.jail() {
             Ok(_) => {
                 let _ = handle.send(reply::line(220, "SuperSocket FTP server ready.")).await;

@@ -21,6 +21,14 @@ pub fn multi(code: u16, first: &str, lines: &[impl AsRef<str>], last: &str) -> B
     text.into()
 }
 
+/// What a client sent, echoed in a reply: at most `max` characters of it.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
+}
+
 /// A path in a 257 reply: quoted, with quotes inside doubled.
 pub fn quoted(path: &impl Display) -> String {
     format!("\"{}\"", path.to_string().replace('"', "\"\""))

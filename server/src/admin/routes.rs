@@ -171,15 +171,7 @@ pub async fn send(
 ) -> Result<impl IntoResponse, ApiError> {
     let instance = instance(&state, &name)?;
     let session = session_id(&name, &id)?;
-    let request: SendRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    let bytes = match (request.text, request.base64) {
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| ApiError::bad_request(format!("base64: {e}")))?,
-        _ => return Err(ApiError::bad_request("give exactly one of `text` and `base64`")),
-    };
+    let bytes = message(&body)?;
     let length = bytes.len();
     let sent = instance.send_to(session, bytes.into()).await;
     sent.map_err(|e| op_error(&name, Some(&id), e))?;
@@ -190,6 +182,18 @@ pub async fn send(
             bytes: length,
         }),
     ))
+}
+
+/// The bytes a send's body asks for: `{"text": ...}` or `{"base64": ...}`.
+fn message(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let request: SendRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    match (request.text, request.base64) {
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| ApiError::bad_request(format!("base64: {e}"))),
+        _ => Err(ApiError::bad_request("give exactly one of `text` and `base64`")),
+    }
 }
 
 /// The answer to an operation on a server that did not succeed.
@@ -322,4 +326,31 @@ pub async fn not_found() -> ApiError {
 /// A known path with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any body gets the bytes it asks for or a 400, never a panic.
+        #[test]
+        fn any_send_body_is_read_or_refused(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(error) = message(&body) {
+                prop_assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn text_and_base64_bodies_give_their_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), text in ".{0,64}") {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let body = serde_json::json!({ "base64": encoded }).to_string();
+            prop_assert_eq!(message(body.as_bytes()).unwrap(), bytes);
+            let body = serde_json::json!({ "text": text }).to_string();
+            prop_assert_eq!(message(body.as_bytes()).unwrap(), text.into_bytes());
+        }
+    }
 }

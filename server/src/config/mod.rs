@@ -337,3 +337,40 @@ impl Config {
         self.servers.iter().find(|s| s.name == name)
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The reader on any text: a config or a list of errors, never a panic.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::host::HostBuilder;
+
+    fn read(text: &str, json: bool) {
+        let types = HostBuilder::new();
+        let source = ConfigSource::File("fuzz.toml".into());
+        if let Err(errors) = Config::parse(text, json, source, types.types()) {
+            assert!(!errors.0.is_empty(), "an error names what is wrong");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text(text in "\\PC{0,200}") {
+            read(&text, false);
+            read(&text, true);
+        }
+
+        /// The embedded default with a stretch replaced by other text: mostly near-valid configs.
+        #[test]
+        fn a_config_with_a_stretch_replaced(start in any::<usize>(), length in 0usize..40, insert in "[\\[\\]{}=\",. a-z0-9_\n-]{0,40}") {
+            let text = EMBEDDED_DEFAULT;
+            let start = start % text.len();
+            let end = (start + length).min(text.len());
+            if text.is_char_boundary(start) && text.is_char_boundary(end) {
+                read(&format!("{}{insert}{}", &text[..start], &text[end..]), false);
+            }
+        }
+    }
+}

@@ -89,3 +89,132 @@ pub(crate) mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Every filter on any bytes, cut anywhere: no panic; no package, and nothing buffered,
+    //! beyond the limit; the same packages however the bytes arrive.
+
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+    use tokio_util::codec::Decoder;
+
+    use super::*;
+
+    /// What decoding `chunks` one after another gives: the packages, then whether it failed.
+    fn decode<F>(
+        mut filter: F,
+        chunks: &[&[u8]],
+        max: usize,
+        slack: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), TestCaseError>
+    where
+        F: Decoder<Item = BytesMut, Error = FilterError>,
+    {
+        let mut buf = BytesMut::new();
+        let mut packages = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match filter.decode(&mut buf) {
+                    Ok(Some(package)) => {
+                        prop_assert!(package.len() <= max, "a package of {} over {max}", package.len());
+                        packages.push(package.to_vec());
+                    }
+                    Ok(None) => break,
+                    Err(_) => return Ok((packages, true)),
+                }
+            }
+            prop_assert!(
+                buf.len() <= max + slack,
+                "{} bytes buffered over a limit of {max}",
+                buf.len()
+            );
+        }
+        Ok((packages, false))
+    }
+
+    /// `stream` cut at `cuts` (offsets taken modulo its length).
+    fn cut<'a>(stream: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut offsets: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for offset in offsets.into_iter().chain([stream.len()]) {
+            chunks.push(&stream[start..offset]);
+            start = offset;
+        }
+        chunks
+    }
+
+    fn same_however_cut<F>(
+        make: impl Fn() -> F,
+        stream: &[u8],
+        cuts: &[usize],
+        max: usize,
+        slack: usize,
+    ) -> Result<(), TestCaseError>
+    where
+        F: Decoder<Item = BytesMut, Error = FilterError>,
+    {
+        let whole = decode(make(), &[stream], max, slack)?;
+        let pieces = decode(make(), &cut(stream, cuts), max, slack)?;
+        // Cut up, a stream may fail sooner (a long package is proven long on fewer bytes), so
+        // compare the packages both gave.
+        let common = whole.0.len().min(pieces.0.len());
+        prop_assert_eq!(&whole.0[..common], &pieces.0[..common]);
+        if !whole.1 && !pieces.1 {
+            prop_assert_eq!(whole.0, pieces.0);
+        }
+        Ok(())
+    }
+
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        // Bytes that often are markers, so that packages do form.
+        proptest::collection::vec(
+            prop_oneof![any::<u8>(), Just(b'\n'), Just(b'\r'), Just(b'#'), Just(0u8)],
+            0..600,
+        )
+    }
+
+    fn cuts() -> impl Strategy<Value = Vec<usize>> {
+        proptest::collection::vec(any::<usize>(), 0..8)
+    }
+
+    proptest! {
+        #[test]
+        fn lines(stream in stream(), cuts in cuts(), max in 1usize..64) {
+            same_however_cut(|| LineFilter::new(max), &stream, &cuts, max, 2)?;
+        }
+
+        #[test]
+        fn terminators(stream in stream(), cuts in cuts(), max in 1usize..64, terminator in prop_oneof![Just(&b"##"[..]), Just(&b"\r\n"[..]), Just(&b"#"[..])]) {
+            same_however_cut(|| TerminatorFilter::new(terminator, max), &stream, &cuts, max, terminator.len())?;
+        }
+
+        #[test]
+        fn begin_end_marks(stream in stream(), cuts in cuts(), max in 1usize..64) {
+            same_however_cut(|| BeginEndMarkFilter::new(b"#", b"\n", max), &stream, &cuts, max, 2)?;
+        }
+
+        #[test]
+        fn fixed_sizes(stream in stream(), cuts in cuts(), size in 1usize..32) {
+            same_however_cut(|| FixedSizeFilter::new(size, size), &stream, &cuts, size, 0)?;
+        }
+
+        #[test]
+        fn fixed_headers(
+            stream in proptest::collection::vec(any::<u8>(), 0..600),
+            cuts in cuts(),
+            max in 4usize..128,
+            width in prop_oneof![Just(1usize), Just(2), Just(4)],
+            big in any::<bool>(),
+            whole in any::<bool>(),
+        ) {
+            let endian = if big { Endian::Big } else { Endian::Little };
+            let counts = if whole { LengthCounts::Whole } else { LengthCounts::Body };
+            same_however_cut(|| FixedHeaderFilter::new(0, width, endian, counts, max), &stream, &cuts, max, width)?;
+        }
+    }
+}

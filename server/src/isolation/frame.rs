@@ -203,4 +203,38 @@ mod tests {
         let _client = std::net::TcpStream::connect(addr).unwrap();
         assert!(passed.accept().is_ok());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any bytes: whole frames, a wait for more, or an error; never a panic, and never a
+            /// reservation beyond the largest frame.
+            #[test]
+            fn any_bytes_split_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let mut buffer = BytesMut::from(&bytes[..]);
+                while let Ok(Some(_)) = split(&mut buffer) {}
+                prop_assert!(buffer.capacity() <= MAX_FRAME + 4 + bytes.len());
+            }
+
+            /// What is encoded comes out whole, however the bytes arrive.
+            #[test]
+            fn frames_come_back_whole(id in any::<u64>(), payload in proptest::collection::vec(any::<u8>(), 0..512), cut in any::<usize>()) {
+                let frame = encode(&serde_json::json!({ "id": id }), &payload).unwrap();
+                let cut = cut % (frame.len() + 1);
+                let mut buffer = BytesMut::from(&frame[..cut]);
+                if cut < frame.len() {
+                    prop_assert!(split(&mut buffer).unwrap().is_none());
+                }
+                buffer.extend_from_slice(&frame[cut..]);
+                let (header, body) = split(&mut buffer).unwrap().unwrap();
+                let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+                prop_assert_eq!(header["id"].as_u64(), Some(id));
+                prop_assert_eq!(&body[..], &payload[..]);
+                prop_assert!(buffer.is_empty());
+            }
+        }
+    }
 }

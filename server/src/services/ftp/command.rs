@@ -451,3 +451,29 @@ impl Command<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any line: a verb in capitals and its argument, or not UTF-8; never a panic.
+        #[test]
+        fn any_command_line(line in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Some((verb, arg)) = parse(&line) {
+                prop_assert!(!verb.chars().any(|c| c.is_ascii_lowercase()));
+                prop_assert!(arg.len() < line.len() || arg.is_empty());
+            }
+        }
+
+        /// An echoed argument is at most MAX_ECHO characters and an ellipsis.
+        #[test]
+        fn echoes_are_short(text in "\\PC{0,300}") {
+            let clipped = reply::clip(&text, MAX_ECHO);
+            prop_assert!(clipped.chars().count() <= MAX_ECHO + 1);
+            prop_assert!(text.starts_with(clipped.trim_end_matches('…')));
+        }
+    }
+}

@@ -62,6 +62,9 @@ pub mod services;
 pub mod session;
 mod timefmt;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 pub use context::{InstanceContext, Session, SessionHandle, Traffic};
 pub use dispatch::{HostHandle, Route};
 pub use host::{Host, HostBuilder};

@@ -4,7 +4,7 @@
 //! agent.
 
 use supersocket_tests::HostProcess;
-use supersocket_tests::net::{LineClient, connect, echo_roundtrip};
+use supersocket_tests::net::{IO_TIMEOUT, LineClient, connect, echo_roundtrip};
 
 const CONFIG: &str = r#"
 [[servers]]
@@ -35,12 +35,18 @@ listeners = [{ ip = "Loopback", port = 0 }]
 options = { root = "." }
 "#;
 
-/// The id of the only session of `server`, from the API.
+/// The id of the only session of `server`, from the API, once the host has taken it.
 async fn only_session(host: &HostProcess, server: &str) -> String {
-    let (status, sessions) = host.get(&format!("/api/v1/servers/{server}/sessions")).await;
-    assert_eq!(status, 200, "{sessions}");
-    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
-    sessions[0]["id"].as_str().unwrap().to_owned()
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let (status, sessions) = host.get(&format!("/api/v1/servers/{server}/sessions")).await;
+        assert_eq!(status, 200, "{sessions}");
+        match sessions.as_array().map(Vec::len) {
+            Some(1) => return sessions[0]["id"].as_str().unwrap().to_owned(),
+            Some(0) if std::time::Instant::now() < deadline => continue,
+            _ => panic!("{server}: {sessions}"),
+        }
+    }
 }
 
 async fn no_injection(config: &str) {

@@ -185,7 +185,7 @@ pub async fn send(
 }
 
 /// The bytes a send's body asks for: `{"text": ...}` or `{"base64": ...}`.
-fn message(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub(super) fn message(body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let request: SendRequest = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     match (request.text, request.base64) {
         (Some(text), None) => Ok(text.into_bytes()),

@@ -150,6 +150,15 @@ pub(crate) fn recv_with_fds<T: DeserializeOwned>(socket: &StdUnixStream) -> std:
     Ok((serde_json::from_slice(&header)?, fds))
 }
 
+/// Bytes as a broken or hostile peer may send them: whole frames, a wait, or an error, and
+/// never a reservation beyond the largest frame.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_split(bytes: &[u8]) {
+    let mut buffer = BytesMut::from(bytes);
+    while let Ok(Some(_)) = split(&mut buffer) {}
+    assert!(buffer.capacity() <= MAX_FRAME + 4 + bytes.len());
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

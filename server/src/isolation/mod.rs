@@ -12,6 +12,9 @@
 
 pub(crate) mod agent;
 mod frame;
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use frame::fuzz_split as fuzz_frames;
 mod link;
 mod remote;
 mod serve;

@@ -5,6 +5,9 @@ mod command;
 mod connector;
 mod echo;
 mod ftp;
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use ftp::fuzz_line as fuzz_ftp_line;
 mod gate;
 
 use bytes::Bytes;

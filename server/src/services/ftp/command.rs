@@ -452,6 +452,16 @@ impl Command<'_> {
     }
 }
 
+/// A command line as a client may send it: parsed, and its verb echoed as replies echo it.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_line(line: &[u8]) {
+    if let Some((verb, arg)) = parse(line) {
+        assert!(!verb.chars().any(|c| c.is_ascii_lowercase()));
+        assert!(reply::clip(&verb, MAX_ECHO).chars().count() <= MAX_ECHO + 1);
+        assert!(reply::clip(arg, MAX_ECHO).chars().count() <= MAX_ECHO + 1);
+    }
+}
+
 #[cfg(test)]
 mod properties {
     use proptest::prelude::*;

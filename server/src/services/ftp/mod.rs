@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
 use command::Command;
+#[cfg(feature = "fuzzing")]
+pub(crate) use command::fuzz_line;
 use jail::{Jail, VirtualPath};
 use passive::PortRange;
 use serde::Deserialize;

@@ -259,10 +259,15 @@ fn heard(
         return None;
     }
     // Every SAY of this user has its outcome already. An ERR now contradicts one that came
-    // back as a MSG (the host delivered it, then told the sender it failed): counted as
-    // refused yet delivered, not as lost. Any other line is wrong.
+    // back as a MSG (the host delivered it to some members, then told the sender it failed, as
+    // when a chat backend dies with the line on its way to a connector): the SAY is refused,
+    // so the other members are owed nothing for it, and it counts as refused yet delivered.
+    // Any other line is wrong.
     let last = log.said.iter().rposition(|s| s.outcome.acked());
     let contradicts = line.starts_with("ERR") && last.is_some();
+    if let Some(seq) = last.filter(|_| contradicts) {
+        log.said[seq].outcome = Outcome::Refused;
+    }
     let trouble = if contradicts {
         report.reason(line);
         Trouble::RefusedButDelivered
@@ -455,5 +460,42 @@ mod tests {
         assert_eq!((t.sent, t.acked), (4, 4), "{t:?}");
         assert_eq!((t.delivered, t.missing, t.dropped_with_session), (3, 1, 1), "{t:?}");
         assert_eq!((t.wrong, t.duplicate, t.reordered), (1, 0, 0), "{t:?}");
+    }
+
+    #[test]
+    fn a_say_echoed_then_refused_is_owed_to_no_one() {
+        let w = World::new(
+            Admin::new("http://127.0.0.1:9").unwrap(),
+            Duration::from_secs(1),
+            BTreeMap::new(),
+        );
+        let t = |ms| at(&w, ms);
+        // u1's SAY came back to it, then its connector answered an error for it.
+        let mut speaker = user(1, "r", t(0), None);
+        speaker.said.push(Said {
+            sent_at: t(100),
+            outcome: Outcome::Acked(t(105)),
+        });
+        let mut report = PathReport::default();
+        let mut pending = None;
+        let ended = heard(
+            &w,
+            &mut speaker,
+            "ERR the server did not answer",
+            &mut pending,
+            &mut report,
+        );
+        assert!(ended.is_none());
+        assert_eq!(speaker.said[0].outcome, Outcome::Refused);
+        assert_eq!(report.tally.refused_but_delivered, 1);
+        // u2, on a connector the line never reached, misses nothing it was owed.
+        let member = user(2, "r", t(50), None);
+        let report = analyse(&w, &[speaker, member], t(10_000));
+        assert_eq!(
+            (report.tally.refused, report.tally.missing),
+            (1, 0),
+            "{:?}",
+            report.tally
+        );
     }
 }

@@ -262,8 +262,6 @@ pub enum ErrorCode {
     Conflict,
     /// 413
     PayloadTooLarge,
-    /// 414
-    UriTooLong,
     /// 431
     HeadersTooLarge,
     /// 500, with the cause of a failed start
@@ -285,7 +283,6 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
-            Self::UriTooLong => 414,
             Self::HeadersTooLarge => 431,
             Self::StartFailed | Self::Internal => 500,
             Self::Unavailable => 503,

@@ -223,7 +223,7 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
     };
     let limits = config.admin.limits;
     let host = builder.build(config);
-    let router = admin::router(host.clone(), listener.local_addr(), limits.header_timeout);
+    let router = admin::router(host.clone(), listener.local_addr());
     tokio::spawn(listener.serve(router, limits));
     let signals = match Signals::new() {
         Ok(signals) => signals,

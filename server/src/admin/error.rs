@@ -93,7 +93,6 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         405 => ErrorCode::MethodNotAllowed,
         409 => ErrorCode::Conflict,
         413 => ErrorCode::PayloadTooLarge,
-        414 => ErrorCode::UriTooLong,
         431 => ErrorCode::HeadersTooLarge,
         503 => ErrorCode::Unavailable,
         400..500 => ErrorCode::BadRequest,

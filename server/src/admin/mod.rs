@@ -35,9 +35,8 @@ pub struct AdminState {
     own: Option<SocketAddr>,
 }
 
-/// The admin API's router over `host`, listening at `own` (`None` for a unix socket); a
-/// request's body must arrive within `body_timeout`.
-pub fn router(host: Host, own: Option<SocketAddr>, body_timeout: std::time::Duration) -> Router {
+/// The admin API's router over `host`, listening at `own` (`None` for a unix socket).
+pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
     let state = AdminState { host, own };
     let server = "/servers/{name}";
     let api = Router::new()
@@ -62,7 +61,6 @@ pub fn router(host: Host, own: Option<SocketAddr>, body_timeout: std::time::Dura
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
         .layer(axum::middleware::from_fn(error::envelope))
         .with_state(state)
 }

@@ -2,14 +2,17 @@
 //! port can take what the instances or the other clients need:
 //!
 //! - at most `max_connections` open; one more is closed as soon as it is accepted;
-//! - a request's headers must arrive within `header_timeout` of its first byte (and its body
-//!   within as long again); a connection with no request in flight is closed after
-//!   `idle_timeout`;
+//! - a request's headers must arrive within `header_timeout` of its first byte, and its body
+//!   within as long again after them (however it trickles in); a connection with no request in
+//!   flight is closed after `idle_timeout`;
 //! - the read buffer is small, so each connection holds a few KiB;
-//! - hyper's own answers to requests it cannot parse (400, 414, 431) carry the JSON error
-//!   envelope, as every other answer does.
+//! - hyper's own answers to requests it cannot parse (400, and 431 for a request line or
+//!   headers over the buffer) carry the JSON error envelope, as every other answer does. They
+//!   are found by their first bytes in one write: hyper writes a head in one piece (this
+//!   stream does not take vectored writes).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -97,8 +100,10 @@ where
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let busy = Busy::begin(&watch);
             let router = router.clone();
+            let deadline = Box::pin(tokio::time::sleep(limits.header_timeout));
+            let request = request.map(|body| Body::new(Timed { body, deadline }));
             async move {
-                let response = match router.oneshot(request.map(Body::new)).await {
+                let response = match router.oneshot(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
@@ -166,8 +171,8 @@ impl Watch {
                 match (state.busy, state.head_since) {
                     (0, Some(since)) => Some(since + limits.header_timeout),
                     (0, None) => Some(state.idle_since + limits.idle_timeout),
-                    // A request's body has `header_timeout` to arrive (see the router's layers);
-                    // its answer may take as long as it needs.
+                    // A request's body has `header_timeout` to arrive (see `Timed`); its answer
+                    // may take as long as it needs.
                     _ => None,
                 }
             };
@@ -218,6 +223,35 @@ impl HttpBody for Tracked {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request's body, which must arrive by its deadline, however it trickles in.
+struct Timed {
+    body: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for Timed {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err("the request body did not arrive in time".into()))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -308,10 +342,6 @@ fn hypers_own_answer(bytes: &[u8]) -> Option<StatusCode> {
 /// A whole HTTP answer with `status` and the JSON envelope; the connection closes after it.
 fn envelope(status: StatusCode) -> Vec<u8> {
     let (code, message) = match status {
-        StatusCode::URI_TOO_LONG => (
-            ErrorCode::UriTooLong,
-            format!("the request target is over {MAX_HEAD} bytes"),
-        ),
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
             ErrorCode::HeadersTooLarge,
             format!("the request's headers are over {MAX_HEAD} bytes or {MAX_HEADERS} fields"),
@@ -353,11 +383,14 @@ mod tests {
 
     #[test]
     fn the_envelope_is_a_whole_answer() {
-        let answer = String::from_utf8(envelope(StatusCode::URI_TOO_LONG)).unwrap();
+        let answer = String::from_utf8(envelope(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)).unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{head}"
+        );
         assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(body["error"]["code"], "uri_too_long");
+        assert_eq!(body["error"]["code"], "headers_too_large");
     }
 }

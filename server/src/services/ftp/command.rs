@@ -12,7 +12,7 @@ use nix::sys::stat::SFlag;
 use tokio::net::TcpListener;
 
 use super::jail::{Jail, JailError, Upload, VirtualPath, is_kind};
-use super::throttle::Admission;
+use super::throttle::{Admission, UnderWay};
 use super::transfer::{Payload, Running, Transfer};
 use super::{FtpService, FtpSession, Login, is_anonymous, listing, passive, reply};
 use crate::context::{InstanceContext, SessionHandle};
@@ -223,19 +223,23 @@ impl Command<'_> {
         match std::mem::take(&mut state.login) {
             Login::User(name) => {
                 let throttle = &self.service.throttle;
-                match throttle.admit(self.remote, &name) {
+                let admitted = match throttle.admit(self.remote, &name) {
                     Admission::Refused => {
                         self.handle.close();
                         return reply::line(421, "Too many failed logins from your address; try again later.");
                     }
-                    Admission::After(wait) => tokio::time::sleep(wait).await,
-                }
-                if self.service.admits(&name, password) {
-                    throttle.succeeded(&name);
+                    Admission::After(wait) => {
+                        let attempt = UnderWay::new(throttle, self.remote);
+                        tokio::time::sleep(wait).await;
+                        let admitted = self.service.admits(&name, password);
+                        attempt.settle(&name, admitted);
+                        admitted
+                    }
+                };
+                if admitted {
                     state.login = Login::In;
                     return reply::line(230, "Logged in.");
                 }
-                throttle.failed(self.remote, &name);
                 state.failures += 1;
                 if state.failures >= MAX_LOGIN_FAILURES {
                     self.handle.close();

@@ -36,6 +36,9 @@ use crate::context::{InstanceContext, Session};
 use crate::service::{Service, ServiceContext};
 use crate::session::{CloseReason, SessionId};
 
+/// The longest command line (a path of the longest a file system takes, and its command).
+const MAX_COMMAND_LINE: usize = 8 * 1024;
+
 /// The `options` of an `ftp` server.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,8 +191,9 @@ fn is_anonymous(name: &str) -> bool {
 impl Service for FtpService {
     type Filter = lines::CommandLines;
 
+    /// Command lines are short: at most `MAX_COMMAND_LINE`, whatever `max_package_length`.
     fn filter(&self, max_package_length: usize) -> lines::CommandLines {
-        lines::CommandLines::new(max_package_length)
+        lines::CommandLines::new(max_package_length.min(MAX_COMMAND_LINE))
     }
 
     /// A line written into an FTP control connection would be a forged reply.

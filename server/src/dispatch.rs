@@ -129,7 +129,8 @@ impl HostHandle {
         self.0.upgrade()?.instance(name)
     }
 
-    /// Whether `target`'s type lets an instance of `writer_type` write into its sessions.
+    /// Whether `target`'s type lets an instance of `writer_type` write into its sessions (a type
+    /// this process does not know lets no one).
     pub fn accepts_writes(&self, target: &Instance, writer_type: &str) -> bool {
         let Some(directory) = self.0.upgrade() else {
             return false;
@@ -137,7 +138,7 @@ impl HostHandle {
         directory
             .writers
             .get(&target.config().server_type)
-            .is_none_or(|accepts| accepts(writer_type))
+            .is_some_and(|accepts| accepts(writer_type))
     }
 
     /// The running instances of a type, in config order.

@@ -14,6 +14,12 @@ fn signal(pid: u64, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).expect("signal the process");
 }
 
+/// `POST`s `path` in a task of its own; the task ends with the answer's status.
+fn post_in_background(host: &HostProcess, path: &str) -> tokio::task::JoinHandle<reqwest::Result<u16>> {
+    let (http, url) = (host.http().clone(), format!("{}{path}", host.admin));
+    tokio::spawn(async move { http.post(url).send().await.map(|r| r.status().as_u16()) })
+}
+
 /// Bytes of client `n`, different for every client.
 fn pattern(n: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + n * 7) % 251) as u8).collect()
@@ -326,23 +332,11 @@ async fn a_stop_asked_with_a_long_timeout_does_not_outlive_the_shutdown() {
     let port = host.port("Hold", 0).await;
     // A client that never closes keeps the stop draining for as long as it is allowed.
     let _stubborn = connect(port).await;
-    let stop = {
-        let (http, admin) = (host.http().clone(), host.admin.clone());
-        tokio::spawn(async move {
-            let url = format!("{admin}/api/v1/servers/Hold/stop?timeout=1000h");
-            http.post(url).send().await.map(|r| r.status().as_u16())
-        })
-    };
+    let stop = post_in_background(&host, "/api/v1/servers/Hold/stop?timeout=1000h");
     host.wait_server("Hold", Duration::from_secs(5), |s| s["state"] == "stopping")
         .await;
     // A start queued behind the stop.
-    let start = {
-        let (http, admin) = (host.http().clone(), host.admin.clone());
-        tokio::spawn(async move {
-            let url = format!("{admin}/api/v1/servers/Hold/start");
-            http.post(url).send().await.map(|r| r.status().as_u16())
-        })
-    };
+    let start = post_in_background(&host, "/api/v1/servers/Hold/start");
     let signalled = Instant::now();
     host.signal(Signal::SIGTERM);
     let status = host
@@ -486,13 +480,7 @@ async fn sigterm_is_answered_while_a_first_start_retries() {
     ));
     // Every agent fails to load the key: the start retries with 20 s between attempts.
     std::fs::remove_file(&key).unwrap();
-    let start = {
-        let (http, admin) = (host.http().clone(), host.admin.clone());
-        tokio::spawn(async move {
-            let url = format!("{admin}/api/v1/servers/Retrying/start");
-            http.post(url).send().await.map(|r| r.status().as_u16())
-        })
-    };
+    let start = post_in_background(&host, "/api/v1/servers/Retrying/start");
     host.wait_server("Retrying", Duration::from_secs(10), |s| s["state"] == "backoff")
         .await;
     let signalled = Instant::now();

@@ -398,6 +398,14 @@ mod tests {
     use super::*;
     use crate::soak::world::Admin;
 
+    fn world() -> World {
+        World::new(
+            Admin::new("http://127.0.0.1:9").unwrap(),
+            Duration::from_secs(1),
+            BTreeMap::new(),
+        )
+    }
+
     fn at(world: &World, ms: u64) -> Instant {
         world.epoch + Duration::from_millis(ms)
     }
@@ -416,11 +424,7 @@ mod tests {
 
     #[test]
     fn a_say_is_owed_to_every_member_that_entered_before_it_and_was_still_there() {
-        let w = World::new(
-            Admin::new("http://127.0.0.1:9").unwrap(),
-            Duration::from_secs(1),
-            BTreeMap::new(),
-        );
+        let w = world();
         let t = |ms| at(&w, ms);
         let cut = t(10_000);
         // u1 says 0..4 at 100, 200, 300, 400; each comes back to it 5 ms later.
@@ -464,11 +468,7 @@ mod tests {
 
     #[test]
     fn a_say_echoed_then_refused_is_owed_to_no_one() {
-        let w = World::new(
-            Admin::new("http://127.0.0.1:9").unwrap(),
-            Duration::from_secs(1),
-            BTreeMap::new(),
-        );
+        let w = world();
         let t = |ms| at(&w, ms);
         // u1's SAY came back to it, then its connector answered an error for it.
         let mut speaker = user(1, "r", t(0), None);

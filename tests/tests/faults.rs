@@ -14,6 +14,27 @@ fn signal(pid: u64, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).expect("signal the process");
 }
 
+/// Stops `pid` with SIGSTOP and returns once every thread of it has stopped: a stop signal is
+/// taken by one thread, which then stops the others, so the process may run on for a moment.
+async fn freeze(pid: u64) {
+    signal(pid, Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !every_thread_stopped(pid) {
+        assert!(Instant::now() < deadline, "process {pid} did not stop");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped).
+fn every_thread_stopped(pid: u64) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
 /// `POST`s `path` in a task of its own; the task ends with the answer's status.
 fn post_in_background(host: &HostProcess, path: &str) -> tokio::task::JoinHandle<reqwest::Result<u16>> {
     let (http, url) = (host.http().clone(), format!("{}{path}", host.admin));
@@ -70,7 +91,7 @@ async fn the_backlog_is_served_at_sigterm(isolation: &str) {
     ));
     let port = host.port("Queue", 0).await;
     // Nobody accepts while the host is stopped: the kernel queues the connections.
-    signal(u64::from(host.pid()), Signal::SIGSTOP);
+    freeze(u64::from(host.pid())).await;
     let clients = queued_clients(port, |n| pattern(n, 5000)).await;
     host.signal(Signal::SIGTERM);
     signal(u64::from(host.pid()), Signal::SIGCONT);
@@ -170,7 +191,7 @@ async fn a_frozen_agent_is_noticed_replaced_and_stalls_nobody() {
     let first_pid = host.server("Frozen").await["pid"].as_u64().unwrap();
     let mut sender = LineClient::connect(host.port("Front", 0).await).await;
     let mut bystander = LineClient::connect(host.port("Front", 0).await).await;
-    signal(first_pid, Signal::SIGSTOP);
+    freeze(first_pid).await;
     let frozen_at = Instant::now();
 
     // A DISPATCH into the frozen agent fails within its bound; meanwhile another session of the
@@ -221,7 +242,7 @@ async fn a_frozen_agent_is_noticed_replaced_and_stalls_nobody() {
 
     // A stop of a frozen agent does not wait for it: it is killed at once.
     let second_pid = replaced["pid"].as_u64().unwrap();
-    signal(second_pid, Signal::SIGSTOP);
+    freeze(second_pid).await;
     host.wait_ready_state(503).await;
     let stopping = Instant::now();
     assert_eq!(host.ctl(&["stop", "Frozen"]).code, 0);

@@ -67,8 +67,24 @@ fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
+const PROBE: &[u8] = b"GET /livez HTTP/1.1\r\nhost: localhost\r\n\r\n";
+
+/// Waits until the host has at most `most` descriptors open; how long that took.
+async fn descriptors_fall_to(pid: u32, most: usize, within: Duration) -> Duration {
+    let began = Instant::now();
+    while open_descriptors(pid) > most {
+        assert!(
+            began.elapsed() < within,
+            "descriptors stayed at {} (> {most})",
+            open_descriptors(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    began.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_port_holds_at_most_its_connections_and_the_instances_keep_serving() {
+async fn a_full_admin_port_makes_room_from_its_quietest_connections_and_the_instances_keep_serving() {
     // A fixed port for the instance: asking the API for it would hold an admin connection.
     let echo = free_consecutive_ports(1);
     let host = HostProcess::start(&format!(
@@ -84,24 +100,35 @@ async fn the_admin_port_holds_at_most_its_connections_and_the_instances_keep_ser
     ));
     let port = admin_port(&host);
     let before = open_descriptors(host.pid());
-    let mut held = Vec::new();
+    // Eight connections that hold their places and say nothing.
+    let mut silent = Vec::new();
     for _ in 0..8 {
-        held.push(connect(port).await);
+        silent.push(connect(port).await);
     }
-    // Once the eight are served, every further connection is closed at once, however many.
-    let probe = b"GET /livez HTTP/1.1\r\nhost: localhost\r\n\r\n";
-    held[0].write_all(probe).await.unwrap();
-    assert_eq!(answer(&mut held[0]).await.0, 200);
-    let mut refused = 0;
-    for _ in 0..500 {
-        let mut extra = connect(port).await;
-        if closes_within(&mut extra, IO_TIMEOUT).await {
-            refused += 1;
-        }
+    // Eight more, each asks and stays: each is served in the place of a silent one.
+    let mut stayers = Vec::new();
+    for _ in 0..8 {
+        let mut stayer = connect(port).await;
+        stayer.write_all(PROBE).await.unwrap();
+        assert_eq!(answer(&mut stayer).await.0, 200);
+        stayers.push(stayer);
     }
-    assert_eq!(refused, 500, "connections over the limit are closed");
-    let after = open_descriptors(host.pid());
-    assert!(after <= before + 8 + 2, "descriptors {before} -> {after}");
+    for stream in &mut silent {
+        assert!(
+            closes_within(stream, IO_TIMEOUT).await,
+            "a silent connection kept its place"
+        );
+    }
+    // However many more come, each is served, the quietest making room, and the port never
+    // holds more than its eight.
+    for _ in 0..300 {
+        let mut newcomer = connect(port).await;
+        newcomer.write_all(PROBE).await.unwrap();
+        assert_eq!(answer(&mut newcomer).await.0, 200);
+        assert!(open_descriptors(host.pid()) <= before + 8 + 2);
+    }
+    drop(stayers);
+    descriptors_fall_to(host.pid(), before, IO_TIMEOUT).await;
 
     // The instances have every descriptor they need.
     let mut clients = Vec::new();
@@ -110,26 +137,89 @@ async fn the_admin_port_holds_at_most_its_connections_and_the_instances_keep_ser
         assert_eq!(echo_roundtrip(&mut client, &i.to_be_bytes()).await, i.to_be_bytes());
         clients.push(client);
     }
+}
 
-    // The held connections still answer; one that closes gives its place back.
-    for stream in &mut held[1..] {
-        stream.write_all(probe).await.unwrap();
-        assert_eq!(answer(stream).await.0, 200);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_admin_connection_has_a_request_in_flight_more_are_closed_at_once() {
+    let host = HostProcess::start(
+        r#"
+        [admin]
+        max_connections = 4
+        header_timeout = "3s"
+        "#,
+    );
+    let port = admin_port(&host);
+    // Four requests whose bodies never come; the interim 100 says each is in a handler.
+    let head = b"POST /api/v1/servers/x/sessions/1/send HTTP/1.1\r\nhost: localhost\r\n\
+        content-length: 100\r\nexpect: 100-continue\r\n\r\n";
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect(port).await;
+        stream.write_all(head).await.unwrap();
+        let mut interim = [0u8; 25];
+        tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut interim))
+            .await
+            .expect("an interim answer")
+            .unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        busy.push(stream);
     }
-    drop(held.pop());
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let mut again = connect(port).await;
-        again.write_all(probe).await.unwrap();
-        let mut first = [0u8; 1];
-        match tokio::time::timeout(IO_TIMEOUT, again.peek(&mut first)).await {
-            Ok(Ok(1)) => {
-                assert_eq!(answer(&mut again).await.0, 200);
+    let refused_from = Instant::now();
+    for _ in 0..100 {
+        let mut extra = connect(port).await;
+        assert!(
+            closes_within(&mut extra, IO_TIMEOUT).await,
+            "one over the limit was kept"
+        );
+    }
+    assert!(
+        refused_from.elapsed() < Duration::from_secs(3),
+        "the requests ended first"
+    );
+    // The bodies' deadline ends the requests, and the places are free again.
+    for stream in &mut busy {
+        let (status, body) = answer(stream).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    }
+    let mut again = connect(port).await;
+    again.write_all(PROBE).await.unwrap();
+    assert_eq!(answer(&mut again).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_peer_does_not_read_is_given_up_after_the_header_timeout() {
+    let host = HostProcess::start("[admin]\nheader_timeout = \"1s\"\n");
+    let port = admin_port(&host);
+    let before = open_descriptors(host.pid());
+    // Far more answers than the sockets' buffers hold, asked for at once and never read.
+    let ask = b"GET /api/v1/servers HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    let requests = 100_000;
+    let mut stream = connect(port).await;
+    // One answered first: the host has taken the connection.
+    stream.write_all(ask).await.unwrap();
+    assert_eq!(answer(&mut stream).await.0, 200);
+    let (mut reader, mut writer) = stream.split();
+    let sending = async {
+        for _ in 0..requests / 1000 {
+            if writer.write_all(&ask.repeat(1000)).await.is_err() {
                 break;
             }
-            _ => assert!(Instant::now() < deadline, "the freed place was never given back"),
         }
+    };
+    let gone = descriptors_fall_to(host.pid(), before, Duration::from_secs(20));
+    let (_, took) = tokio::join!(sending, gone);
+    assert!(took >= Duration::from_millis(900), "given up after {took:?}");
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(IO_TIMEOUT, reader.read(&mut buf)).await {
+        all.extend_from_slice(&buf[..n]);
     }
+    let answers = count(&all, b"HTTP/1.1 200");
+    assert!(answers > 0 && answers < requests, "{answers} answers");
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

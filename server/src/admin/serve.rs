@@ -1,16 +1,22 @@
 //! Serves the admin API on its listener with limits of its own, so that no client of the admin
 //! port can take what the instances or the other clients need:
 //!
-//! - at most `max_connections` open; one more is closed as soon as it is accepted;
+//! - at most `max_connections` open. When they are all taken, the one that has gone longest
+//!   without a request in flight (idle, or still sending a request's head) is closed to make room,
+//!   as nginx reuses keep-alive connections; only when every one has a request in flight is the
+//!   new one closed as soon as it is accepted. So a peer that holds connections open and quiet
+//!   cannot keep a probe out;
 //! - a request's headers must arrive within `header_timeout` of its first byte, and its body
-//!   within as long again after them (however it trickles in); a connection with no request in
-//!   flight is closed after `idle_timeout`;
+//!   within as long again after them (however it trickles in); an answer the peer does not read
+//!   may stall for no longer than `header_timeout`; a connection with no request in flight is
+//!   closed after `idle_timeout`;
 //! - the read buffer is small, so each connection holds a few KiB;
 //! - hyper's own answers to requests it cannot parse (400, and 431 for a request line or
 //!   headers over the buffer) carry the JSON error envelope, as every other answer does. They
 //!   are found by their first bytes in one write: hyper writes a head in one piece (this
 //!   stream does not take vectored writes).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -26,7 +32,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use supersocket_proto::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -42,7 +48,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts admin connections until the process exits.
 pub(super) async fn serve(listener: AdminListener, router: Router, limits: AdminLimits) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let table = Arc::new(Table::new(limits.max_connections));
     loop {
         let accepted = match &listener {
             AdminListener::Tcp(tcp) => tcp.accept().await.map(|(stream, _)| Accepted::Tcp(stream)),
@@ -57,13 +63,13 @@ pub(super) async fn serve(listener: AdminListener, router: Router, limits: Admin
             }
             Err(e) => return Err(e),
         };
-        // Over the limit: closed at once (dropping the stream), before a byte is read.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // No room: closed at once (dropping the stream), before a byte is read.
+        let Some(seat) = Table::seat(&table) else {
             continue;
         };
         match stream {
-            Accepted::Tcp(stream) => tokio::spawn(connection(stream, router.clone(), limits, slot)),
-            Accepted::Unix(stream) => tokio::spawn(connection(stream, router.clone(), limits, slot)),
+            Accepted::Tcp(stream) => tokio::spawn(connection(stream, router.clone(), limits, seat)),
+            Accepted::Unix(stream) => tokio::spawn(connection(stream, router.clone(), limits, seat)),
         };
     }
 }
@@ -84,12 +90,76 @@ fn is_transient(error: &io::Error) -> bool {
         })
 }
 
-/// Serves one connection until it closes, breaks a limit, or idles out.
-async fn connection<S>(stream: S, router: Router, limits: AdminLimits, _slot: OwnedSemaphorePermit)
+/// The open connections, so that a full table can make room.
+struct Table {
+    max: usize,
+    state: Mutex<TableState>,
+}
+
+#[derive(Default)]
+struct TableState {
+    open: HashMap<u64, Arc<Watch>>,
+    next: u64,
+}
+
+impl Table {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            state: Mutex::default(),
+        }
+    }
+
+    /// A place for a new connection: a free one, or the one of the connection that has gone
+    /// longest without a request in flight, which is told to close. `None` when every
+    /// connection has a request in flight.
+    ///
+    /// Connections told to close leave within a poll, and are not counted: at most `max`
+    /// others are open.
+    fn seat(table: &Arc<Self>) -> Option<Seat> {
+        let mut state = table.state.lock().unwrap_or_else(|e| e.into_inner());
+        let staying = state.open.values().filter(|watch| !watch.state().evicted).count();
+        if staying >= table.max {
+            let quietest = state
+                .open
+                .values()
+                .filter_map(|watch| Some((watch.quiet_since()?, watch)))
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, watch)| watch)?;
+            quietest.evict();
+        }
+        let id = state.next;
+        state.next += 1;
+        let watch = Arc::new(Watch::new());
+        state.open.insert(id, watch.clone());
+        Some(Seat {
+            table: table.clone(),
+            id,
+            watch,
+        })
+    }
+}
+
+/// A connection's place in the table, given back when it ends.
+struct Seat {
+    table: Arc<Table>,
+    id: u64,
+    watch: Arc<Watch>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut state = self.table.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.open.remove(&self.id);
+    }
+}
+
+/// Serves one connection until it closes, breaks a limit, idles out or makes room for another.
+async fn connection<S>(stream: S, router: Router, limits: AdminLimits, seat: Seat)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let watch = Arc::new(Watch::new());
+    let watch = seat.watch.clone();
     let io = TokioIo::new(Watched {
         inner: stream,
         watch: watch.clone(),
@@ -130,10 +200,14 @@ struct Watch {
 struct WatchState {
     /// Requests whose answer is not fully sent.
     busy: usize,
+    /// Since when bytes wait to be written that the peer does not take.
+    stalled_since: Option<Instant>,
     /// When the first byte of the next request's head came, while none is in flight.
     head_since: Option<Instant>,
     /// When the connection last had nothing in flight.
     idle_since: Instant,
+    /// Told to close to make room for another.
+    evicted: bool,
 }
 
 impl Watch {
@@ -141,8 +215,10 @@ impl Watch {
         Self {
             state: Mutex::new(WatchState {
                 busy: 0,
+                stalled_since: None,
                 head_since: None,
                 idle_since: Instant::now(),
+                evicted: false,
             }),
             changed: Notify::new(),
         }
@@ -150,6 +226,33 @@ impl Watch {
 
     fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Since when the connection has had no request in flight (`None`: it has one, or it is
+    /// already leaving). A request still sending its head counts from the head's first byte.
+    fn quiet_since(&self) -> Option<Instant> {
+        let state = self.state();
+        (state.busy == 0 && !state.evicted).then(|| state.head_since.unwrap_or(state.idle_since))
+    }
+
+    /// Tells the connection to close.
+    fn evict(&self) {
+        self.state().evicted = true;
+        self.changed.notify_one();
+    }
+
+    /// A write could not go out (`true`), or went out.
+    fn write_stalled(&self, stalled: bool) {
+        let mut state = self.state();
+        match (stalled, state.stalled_since) {
+            (true, None) => {
+                state.stalled_since = Some(Instant::now());
+                drop(state);
+                self.changed.notify_one();
+            }
+            (false, Some(_)) => state.stalled_since = None,
+            _ => {}
+        }
     }
 
     /// Bytes came in.
@@ -168,18 +271,24 @@ impl Watch {
             let changed = self.changed.notified();
             let deadline = {
                 let state = self.state();
-                match (state.busy, state.head_since) {
-                    (0, Some(since)) => Some(since + limits.header_timeout),
-                    (0, None) => Some(state.idle_since + limits.idle_timeout),
+                if state.evicted {
+                    return;
+                }
+                match (state.stalled_since, state.busy, state.head_since) {
+                    (Some(since), _, _) => Some(since + limits.header_timeout),
+                    (None, 0, Some(since)) => Some(since + limits.header_timeout),
+                    (None, 0, None) => Some(state.idle_since + limits.idle_timeout),
                     // A request's body has `header_timeout` to arrive (see `Timed`); its answer
-                    // may take as long as it needs.
-                    _ => None,
+                    // may take as long as it needs to be ready.
+                    (None, _, _) => None,
                 }
             };
             match deadline {
+                Some(deadline) if deadline <= Instant::now() => return,
+                // Woken at the deadline, the state is read again: it may have moved on.
                 Some(deadline) => tokio::select! {
                     () = changed => {}
-                    () = tokio::time::sleep_until(deadline) => return,
+                    () = tokio::time::sleep_until(deadline) => {}
                 },
                 None => changed.await,
             }
@@ -312,7 +421,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
             std::task::ready!(self.poll_answer(cx))?;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch.write_stalled(written.is_pending());
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -77,6 +77,7 @@ pub fn main(builder: HostBuilder) -> ExitCode {
         eprintln!("supersocketd: {message}");
         return ExitCode::from(2);
     }
+    crate::memory::start_trimming();
     if let Some(Role::Agent { name }) = &args.role {
         let (types, routes) = builder.into_parts();
         return crate::isolation::agent::main(types, routes, name);

@@ -54,6 +54,7 @@ pub mod filter;
 pub mod host;
 pub mod instance;
 mod isolation;
+mod memory;
 pub mod outcome;
 mod runtime;
 pub mod secret;

@@ -120,11 +120,18 @@ async fn idle_mode_holds_its_connections_and_checks_each_one() {
         "Echo",
         "--connections",
         "300",
+        "--talk",
+        "100",
+        "--quiet",
+        "100ms",
     ];
     let report = loadgen(&[&args[..], &["--pid", &pid]].concat());
     assert_eq!(report["alive"], 300, "{report}");
+    assert_eq!(report["talk"], 100, "{report}");
     assert!(
         report["rss_held_kib"].as_u64() >= report["rss_before_kib"].as_u64(),
         "{report}"
     );
+    assert!(report["rss_after_kib"].as_u64() > Some(0), "{report}");
+    assert!(report["left_percent"].as_f64().is_some(), "{report}");
 }

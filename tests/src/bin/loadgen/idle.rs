@@ -1,5 +1,6 @@
-//! Idle connections: hold many, measure the server's resident memory per connection, then check
-//! that every one still answers.
+//! Idle connections: hold many that have talked (or not) and gone quiet, measure the server's
+//! resident memory per connection, check that every one still answers, then measure what the
+//! server still holds after they all left.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -73,9 +74,23 @@ async fn wait_for_sessions(
     }
 }
 
-/// Opens `connections` to `port` from 127.0.0.1 .. 127.0.0.`sources`, measures `pid`'s RSS
-/// before and while they are held, then sends one byte on each and expects it back.
-pub async fn hold(port: u16, connections: usize, sources: u8, pid: u32) -> Result<String, String> {
+/// What [`hold`] does.
+pub struct Plan {
+    /// Connections to hold.
+    pub connections: usize,
+    /// They come from 127.0.0.1 .. 127.0.0.`sources`.
+    pub sources: u8,
+    /// Bytes each sends and reads back before it goes quiet.
+    pub talk: usize,
+    /// How long they stay quiet before the measure, and how long after they left.
+    pub quiet: Duration,
+}
+
+/// Opens the plan's connections to `port`, lets each talk and go quiet, measures `pid`'s RSS
+/// before and while they are held, sends one byte on each and expects it back, closes them all
+/// and measures the RSS `quiet` after the server has let them go.
+pub async fn hold(port: u16, plan: &Plan, pid: u32) -> Result<String, String> {
+    let connections = plan.connections;
     let server = SocketAddr::from(([127, 0, 0, 1], port));
     // Sessions of earlier runs first close, so that they are not measured.
     wait_for_sessions(pid, port, None, |held| held == 0)
@@ -83,22 +98,38 @@ pub async fn hold(port: u16, connections: usize, sources: u8, pid: u32) -> Resul
         .map_err(|held| format!("the server still holds {held} earlier connections"))?;
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(connections);
+    let words: Vec<u8> = (0..plan.talk).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut back = vec![0u8; plan.talk];
     for i in 0..connections {
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(sources.max(1))) as u8);
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(plan.sources.max(1))) as u8);
         let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
         socket
             .bind(SocketAddr::from((source, 0)))
             .map_err(|e| format!("bind {source}: {e}"))?;
-        let stream = tokio::time::timeout(IO_TIMEOUT, socket.connect(server))
+        let mut stream = tokio::time::timeout(IO_TIMEOUT, socket.connect(server))
             .await
             .map_err(|_| format!("connection {i} timed out"))?
             .map_err(|e| format!("connection {i} from {source}: {e}"))?;
+        if plan.talk > 0 {
+            stream
+                .write_all(&words)
+                .await
+                .map_err(|e| format!("connection {i}: {e}"))?;
+            tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut back))
+                .await
+                .map_err(|_| format!("connection {i}: no echo in time"))?
+                .map_err(|e| format!("connection {i}: {e}"))?;
+            if back != words {
+                return Err(format!("connection {i}: the echo differs"));
+            }
+        }
         held.push(stream);
     }
-    // Measure once the server has accepted them all.
+    // Measure once the server has accepted them all and they have been quiet a while.
     wait_for_sessions(pid, port, Some(ESTABLISHED), |held| held >= connections)
         .await
         .map_err(|held| format!("the server accepted {held} of {connections} connections"))?;
+    tokio::time::sleep(plan.quiet).await;
     let during = rss_kib(pid)?;
     let mut alive = 0;
     for stream in &mut held {
@@ -109,8 +140,22 @@ pub async fn hold(port: u16, connections: usize, sources: u8, pid: u32) -> Resul
                 .is_ok_and(|r| r.is_ok());
         alive += usize::from(echoed && back == *b"!");
     }
-    let per_session = (during.saturating_sub(before) * 1024) as f64 / connections as f64;
+    drop(held);
+    wait_for_sessions(pid, port, None, |held| held == 0)
+        .await
+        .map_err(|held| format!("the server still holds {held} connections after they closed"))?;
+    tokio::time::sleep(plan.quiet).await;
+    let after = rss_kib(pid)?;
+    let growth = during.saturating_sub(before);
+    let per_session = (growth * 1024) as f64 / connections as f64;
+    let left_percent = if growth == 0 {
+        0.0
+    } else {
+        after.saturating_sub(before) as f64 * 100.0 / growth as f64
+    };
+    let talk = plan.talk;
     Ok(format!(
-        r#"{{"mode":"idle","connections":{connections},"sources":{sources},"rss_before_kib":{before},"rss_held_kib":{during},"bytes_per_session":{per_session:.0},"alive":{alive}}}"#
+        r#"{{"mode":"idle","connections":{connections},"sources":{},"talk":{talk},"rss_before_kib":{before},"rss_held_kib":{during},"rss_after_kib":{after},"bytes_per_session":{per_session:.0},"left_percent":{left_percent:.1},"alive":{alive}}}"#,
+        plan.sources
     ))
 }

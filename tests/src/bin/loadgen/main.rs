@@ -9,8 +9,10 @@
 //! - `line`: the closed loop with `ECHO <S bytes of text>` lines (a `command` server answers
 //!   the text; `--echo` for an echo server, which answers the line).
 //! - `command`: the closed loop with `PING` answered `PONG` (`--echo`: answered `PING`).
-//! - `idle`: opens N connections from several 127.x source addresses, holds them, reports the
-//!   server's resident memory per connection, then checks each one still answers an echo.
+//! - `idle`: opens N connections from several 127.x source addresses, lets each exchange
+//!   `--talk` bytes (0: none) and then stay quiet for `--quiet`, reports the server's resident
+//!   memory per connection, checks each one still answers an echo, closes them all and reports
+//!   the resident memory `--quiet` after they left.
 //! - `start-time`, `stop-time`: from a start request to serving; a stop with N sessions open.
 //! - `dispatch`, `chat`: instances reaching each other (see `cluster`).
 //! - `soak`: mixed traffic with every message checked while faults hit the host, then its
@@ -121,6 +123,13 @@ enum Mode {
         /// The server's process, whose resident memory is measured.
         #[arg(long)]
         pid: u32,
+        /// Bytes each connection sends and reads back before it goes quiet (0: it never talks).
+        #[arg(long, default_value_t = 0)]
+        talk: usize,
+        /// How long the connections stay quiet before the memory is measured, and how long
+        /// after they all left it is measured again.
+        #[arg(long, default_value = "5s", value_parser = bounded_duration)]
+        quiet: Duration,
     },
     /// Time from `POST .../start` to the first echo answered, over stop/start cycles.
     StartTime {
@@ -305,7 +314,17 @@ async fn main() -> Result<(), String> {
             connections,
             sources,
             pid,
-        } => idle::hold(cli.target(server).await?, *connections, *sources, *pid).await?,
+            talk,
+            quiet,
+        } => {
+            let plan = idle::Plan {
+                connections: *connections,
+                sources: *sources,
+                talk: *talk,
+                quiet: *quiet,
+            };
+            idle::hold(cli.target(server).await?, &plan, *pid).await?
+        }
         Mode::StartTime { server, cycles } => lifecycle::start_time(cli.admin()?, server, *cycles).await?,
         Mode::StopTime { server, sessions } => lifecycle::stop_time(cli.admin()?, server, *sessions).await?,
         Mode::Dispatch {

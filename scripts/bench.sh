@@ -49,11 +49,17 @@ max_connections = 20000
 listeners = [{ ip = "Loopback", port = 0 }]
 TOML
 start_host "$work/host.toml" "$work"
-target/release/baseline > "$work/baseline.ready" &
-baseline_pid=$!
-for _ in $(seq 50); do grep -q ready "$work/baseline.ready" && break; sleep 0.1; done
-bport=$(sed -n 's/^baseline ready: //p' "$work/baseline.ready")
-[[ -n "$bport" ]] || { echo "the baseline did not start" >&2; exit 1; }
+# start_baseline: a fresh baseline process; sets baseline_pid and bport.
+start_baseline() {
+  [[ -n "$baseline_pid" ]] && { kill -KILL "$baseline_pid" 2>/dev/null; wait "$baseline_pid" 2>/dev/null || true; }
+  target/release/baseline > "$work/baseline.ready" &
+  baseline_pid=$!
+  bport=""
+  for _ in $(seq 50); do grep -q ready "$work/baseline.ready" && break; sleep 0.1; done
+  bport=$(sed -n 's/^baseline ready: //p' "$work/baseline.ready")
+  [[ -n "$bport" ]] || { echo "the baseline did not start" >&2; exit 1; }
+}
+start_baseline
 
 run() { target/release/loadgen --duration "${seconds}s" "$@"; }
 ours() { run --admin "$admin" "$1" --server "$2" "${@:3}"; }
@@ -77,8 +83,10 @@ for round in $(seq "$rounds"); do
 done
 
 echo "idle sessions" >&2
-# Many source addresses: three rounds of 15,000 connections leave as many in TIME_WAIT.
+# Many source addresses: three rounds of 15,000 connections leave as many in TIME_WAIT. The
+# baseline starts afresh for each case: it keeps what the one before left in its heap.
 for talk in 0 1 4096; do
+  start_baseline
   run --admin "$admin" idle --server Echo --connections "$idle" --sources 40 --talk "$talk" --pid "$host_pid" > "$work/d$talk.ours"
   run --port "$bport" idle --connections "$idle" --sources 40 --talk "$talk" --pid "$baseline_pid" > "$work/d$talk.theirs"
 done

@@ -63,6 +63,16 @@ async fn answer(stream: &mut (impl AsyncReadExt + Unpin)) -> (u16, serde_json::V
     (status, serde_json::from_slice(&body[..length]).unwrap())
 }
 
+/// Sends a probe on `stream`: the answer's status, or `None` if the host had closed it.
+async fn status_or_closed(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    stream.write_all(PROBE).await.ok()?;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(IO_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(answer(stream).await.0),
+        _ => None,
+    }
+}
+
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
@@ -119,6 +129,21 @@ async fn a_full_admin_port_makes_room_from_its_quietest_connections_and_the_inst
             "a silent connection kept its place"
         );
     }
+    // A flood of silent connections takes the place of one that talked, then of each other.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(connect(port).await);
+    }
+    // A probe after them: the host has taken them all.
+    let mut probe = connect(port).await;
+    probe.write_all(PROBE).await.unwrap();
+    assert_eq!(answer(&mut probe).await.0, 200);
+    let mut kept = 0;
+    for stayer in &mut stayers {
+        kept += usize::from(status_or_closed(stayer).await == Some(200));
+    }
+    assert!(kept >= 7, "{kept} of 8 connections that talked kept their places");
+    drop(flood);
     // However many more come, each is served, the quietest making room, and the port never
     // holds more than its eight.
     for _ in 0..300 {

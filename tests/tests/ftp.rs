@@ -392,6 +392,61 @@ async fn wrong_passwords_are_answered_ever_later_and_echoes_are_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_port_nobody_connects_to_is_free_again_after_the_accept_timeout() {
+    let port = free_consecutive_ports(1);
+    let ftp = FtpHost::start(&format!(r#"passive_ports = "{port}-{port}""#)).await;
+    let mut holder = LineClient::connect(ftp.port).await;
+    let mut other = LineClient::connect(ftp.port).await;
+    for control in [&mut holder, &mut other] {
+        assert!(control.recv().await.starts_with("220 "));
+        assert!(control.request("USER anonymous").await.starts_with("331 "));
+        assert!(control.request("PASS x").await.starts_with("230 "));
+    }
+    // One session takes the only port and then does nothing with it.
+    assert!(holder.request("EPSV").await.starts_with("229 "));
+    let taken = std::time::Instant::now();
+    assert!(other.request("EPSV").await.starts_with("425 "));
+    // Ten seconds after the EPSV the port is free for another session, though the first one
+    // stays and keeps talking.
+    let freed = loop {
+        assert!(holder.request("NOOP").await.starts_with("200 "));
+        let reply = other.request("EPSV").await;
+        if reply.starts_with("229 ") {
+            break taken.elapsed();
+        }
+        assert!(reply.starts_with("425 "), "{reply}");
+        assert!(taken.elapsed() < Duration::from_secs(20), "the port stayed taken");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(freed >= Duration::from_secs(9), "freed after {freed:?}");
+    // The first session's transfer now finds no data connection.
+    assert!(holder.request("LIST").await.starts_with("150 "));
+    assert!(holder.recv().await.starts_with("425 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_passwords_guessed_from_many_addresses_at_once_are_checked_one_wait_apart() {
+    let ftp = FtpHost::start(r#"anonymous = false, users = [{ name = "alice", password = "right" }]"#).await;
+    let (reply, _) = login(ftp.port, [127, 0, 1, 1], "alice", "guess").await;
+    assert!(reply.starts_with("530 "), "{reply}");
+    // Twenty addresses guess at once: each waits a quarter of a second more than the one
+    // before, however many they are.
+    let guesses: Vec<_> = (0..20u8)
+        .map(|n| tokio::spawn(login(ftp.port, [127, 0, 1, 10 + n], "alice", "guess")))
+        .collect();
+    let mut waits = Vec::new();
+    for guess in guesses {
+        let (reply, took) = guess.await.unwrap();
+        assert!(reply.starts_with("530 "), "{reply}");
+        waits.push(took);
+    }
+    waits.sort();
+    for (n, wait) in waits.iter().enumerate() {
+        assert!(*wait >= Duration::from_millis(250 * (n as u64 + 1) - 50), "{waits:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epsv_all_refuses_pasv() {
     let ftp = FtpHost::start("").await;
     let mut control = LineClient::connect(ftp.port).await;

@@ -73,11 +73,24 @@ pub enum AdminListener {
     Unix(tokio::net::UnixListener, std::path::PathBuf),
 }
 
+/// Connections the kernel queues for the admin listener: as many as the instances' listeners
+/// queue, so that a flood of connections overflows the queue (and a probe's connection waits
+/// for the client's retransmission, a second later) no sooner than on an instance's port.
+const BACKLOG: u32 = 1024;
+
 impl AdminListener {
     /// Binds the admin address; a unix socket is created with mode 0600.
     pub async fn bind(addr: &AdminAddr) -> std::io::Result<Self> {
         match addr {
-            AdminAddr::Tcp(addr) => Ok(Self::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+            AdminAddr::Tcp(addr) => {
+                let socket = match addr {
+                    std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(*addr)?;
+                Ok(Self::Tcp(socket.listen(BACKLOG)?))
+            }
             AdminAddr::Unix(path) => {
                 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
                 // A socket file left by a previous run would make bind fail.

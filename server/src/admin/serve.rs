@@ -1,11 +1,13 @@
 //! Serves the admin API on its listener with limits of its own, so that no client of the admin
 //! port can take what the instances or the other clients need:
 //!
-//! - at most `max_connections` open. When they are all taken, the one that has gone longest
-//!   without a request in flight (idle, or still sending a request's head) is closed to make room,
-//!   as nginx reuses keep-alive connections; only when every one has a request in flight is the
-//!   new one closed as soon as it is accepted. So a peer that holds connections open and quiet
-//!   cannot keep a probe out;
+//! - at most `max_connections` open. When they are all taken, the quietest — one that has
+//!   never sent a byte first, then the one that has gone longest without a request in flight
+//!   (idle, or still sending a request's head) — is closed to make room, as nginx reuses
+//!   keep-alive connections; only when every one has a request in flight is the new one closed
+//!   as soon as it is accepted. So a peer that holds connections open and quiet cannot keep a
+//!   probe out. Connections told to close leave within a moment; while they do, at most a
+//!   quarter more descriptors are held;
 //! - a request's headers must arrive within `header_timeout` of its first byte, and its body
 //!   within as long again after them (however it trickles in); an answer the peer does not read
 //!   may stall for no longer than `header_timeout`; a connection with no request in flight is
@@ -110,21 +112,24 @@ impl Table {
         }
     }
 
-    /// A place for a new connection: a free one, or the one of the connection that has gone
-    /// longest without a request in flight, which is told to close. `None` when every
-    /// connection has a request in flight.
+    /// A place for a new connection: a free one, or that of the quietest connection, which
+    /// is told to close. `None` when every connection has a request in flight, or too many are
+    /// still leaving.
     ///
-    /// Connections told to close leave within a poll, and are not counted: at most `max`
-    /// others are open.
+    /// Connections told to close leave within a poll; at most `max` others stay open, and at
+    /// most `max / 4` (at least one) are leaving at once.
     fn seat(table: &Arc<Self>) -> Option<Seat> {
         let mut state = table.state.lock().unwrap_or_else(|e| e.into_inner());
-        let staying = state.open.values().filter(|watch| !watch.state().evicted).count();
-        if staying >= table.max {
+        let leaving = state.open.values().filter(|watch| watch.state().evicted).count();
+        if state.open.len() - leaving >= table.max {
+            if leaving >= (table.max / 4).max(1) {
+                return None;
+            }
             let quietest = state
                 .open
                 .values()
-                .filter_map(|watch| Some((watch.quiet_since()?, watch)))
-                .min_by_key(|(since, _)| *since)
+                .filter_map(|watch| Some((watch.quietness()?, watch)))
+                .min_by_key(|(quietness, _)| *quietness)
                 .map(|(_, watch)| watch)?;
             quietest.evict();
         }
@@ -208,6 +213,8 @@ struct WatchState {
     idle_since: Instant,
     /// Told to close to make room for another.
     evicted: bool,
+    /// Whether any byte came.
+    heard: bool,
 }
 
 impl Watch {
@@ -219,6 +226,7 @@ impl Watch {
                 head_since: None,
                 idle_since: Instant::now(),
                 evicted: false,
+                heard: false,
             }),
             changed: Notify::new(),
         }
@@ -228,11 +236,13 @@ impl Watch {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Since when the connection has had no request in flight (`None`: it has one, or it is
-    /// already leaving). A request still sending its head counts from the head's first byte.
-    fn quiet_since(&self) -> Option<Instant> {
+    /// How quiet the connection is, the quietest least: one that never sent a byte before
+    /// any other, then by how long it has had no request in flight (a request still sending
+    /// its head counts from the head's first byte). `None`: it has a request in flight, or it
+    /// is already leaving.
+    fn quietness(&self) -> Option<(bool, Instant)> {
         let state = self.state();
-        (state.busy == 0 && !state.evicted).then(|| state.head_since.unwrap_or(state.idle_since))
+        (state.busy == 0 && !state.evicted).then(|| (state.heard, state.head_since.unwrap_or(state.idle_since)))
     }
 
     /// Tells the connection to close.
@@ -258,6 +268,7 @@ impl Watch {
     /// Bytes came in.
     fn read(&self) {
         let mut state = self.state();
+        state.heard = true;
         if state.busy == 0 && state.head_since.is_none() {
             state.head_since = Some(Instant::now());
             drop(state);

@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use nix::sys::stat::SFlag;
-use tokio::net::TcpListener;
 
 use super::jail::{Jail, JailError, Upload, VirtualPath, is_kind};
+use super::passive::{self, DataPort};
 use super::throttle::{Admission, UnderWay};
 use super::transfer::{Payload, Running, Transfer};
-use super::{FtpService, FtpSession, Login, is_anonymous, listing, passive, reply};
+use super::{FtpService, FtpSession, Login, is_anonymous, listing, reply};
 use crate::context::{InstanceContext, SessionHandle};
 
 /// Failed logins after which the control connection is closed.
@@ -169,8 +169,8 @@ impl Command<'_> {
                 Some(reply::line(200, "EPSV ALL ok."))
             }
             "PASV" if state.epsv_all => Some(reply::line(503, "EPSV ALL was given: use EPSV.")),
-            "EPSV" => Some(self.passive(state, true)),
-            "PASV" => Some(self.passive(state, false)),
+            "EPSV" => Some(self.passive(state, true).await),
+            "PASV" => Some(self.passive(state, false).await),
             "PORT" | "EPRT" => Some(reply::line(502, "Active mode is not supported; use PASV or EPSV.")),
             "REST" => Some(match arg.trim().parse::<u64>() {
                 Ok(offset) => {
@@ -228,11 +228,14 @@ impl Command<'_> {
                         self.handle.close();
                         return reply::line(421, "Too many failed logins from your address; try again later.");
                     }
+                    Admission::Busy => {
+                        return reply::line(530, "Too many login attempts for this user; try again later.");
+                    }
                     Admission::After(wait) => {
-                        let attempt = UnderWay::new(throttle, self.remote);
+                        let attempt = UnderWay::new(throttle, self.remote, &name);
                         tokio::time::sleep(wait).await;
                         let admitted = self.service.admits(&name, password);
-                        attempt.settle(&name, admitted);
+                        attempt.settle(admitted);
                         admitted
                     }
                 };
@@ -270,8 +273,11 @@ impl Command<'_> {
     }
 
     /// PASV or EPSV: a listener for the next transfer.
-    fn passive(&self, state: &mut FtpSession, extended: bool) -> Bytes {
-        state.passive = None;
+    async fn passive(&self, state: &mut FtpSession, extended: bool) -> Bytes {
+        // Its port may be the only one: free before another is looked for.
+        if let Some(previous) = state.passive.take() {
+            previous.close().await;
+        }
         let announced = match self.service.passive_address.unwrap_or(self.local) {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
@@ -283,7 +289,7 @@ impl Command<'_> {
             return reply::line(425, "No passive port available.");
         };
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        state.passive = Some(listener);
+        state.passive = Some(DataPort::open(listener, self.remote));
         match announced {
             IpAddr::V4(ip) if !extended => reply::line(
                 227,
@@ -293,9 +299,9 @@ impl Command<'_> {
         }
     }
 
-    /// The passive listener for a transfer command, if PASV/EPSV came first and no transfer
-    /// is under way.
-    fn data_listener(&self, state: &mut FtpSession) -> Result<TcpListener, Bytes> {
+    /// The passive port for a transfer command, if PASV/EPSV came first and no transfer is
+    /// under way.
+    fn data_port(&self, state: &mut FtpSession) -> Result<DataPort, Bytes> {
         if state.transfer.as_ref().is_some_and(Running::is_under_way) {
             return Err(reply::line(425, "A transfer is already under way."));
         }
@@ -319,8 +325,8 @@ impl Command<'_> {
             Ok(path) => path,
             Err(e) => return Some(refusal(e)),
         };
-        let listener = match self.data_listener(state) {
-            Ok(listener) => listener,
+        let data = match self.data_port(state) {
+            Ok(data) => data,
             Err(reply) => return Some(reply),
         };
         match fs(jail, move |jail| prepare(jail, &path)).await {
@@ -328,8 +334,7 @@ impl Command<'_> {
                 let opening = reply::line(150, format_args!("Opening BINARY mode data connection for {what}."));
                 let _ = self.handle.send(opening).await;
                 let transfer = Transfer {
-                    listener,
-                    peer: self.remote,
+                    data,
                     payload,
                     control: self.handle.clone(),
                     idle: self.instance.config().idle_timeout.unwrap_or(DEFAULT_DATA_IDLE),

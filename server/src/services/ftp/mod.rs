@@ -29,7 +29,6 @@ use jail::{Jail, VirtualPath};
 use passive::PortRange;
 use serde::Deserialize;
 use throttle::Throttle;
-use tokio::net::TcpListener;
 use transfer::Running;
 
 use crate::context::{InstanceContext, Session};
@@ -129,7 +128,7 @@ struct FtpSession {
     /// RNFR: what the next RNTO renames.
     rename_from: Option<VirtualPath>,
     /// PASV/EPSV: the listener the next transfer's data connection comes to.
-    passive: Option<TcpListener>,
+    passive: Option<passive::DataPort>,
     /// The last transfer started (it may have ended), for ABOR.
     transfer: Option<Running>,
 }

@@ -1,14 +1,18 @@
 //! Passive data connections: a listener per PASV/EPSV on a port of the configured range (or
-//! an ephemeral one), and accepting the one connection it is for — from the control
-//! connection's peer only, within a bound.
+//! an ephemeral one), accepting on a task of its own the one connection it is for — from the
+//! control connection's peer only, within a bound of the PASV, after which its port is free
+//! again whatever the control connection does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-/// How long a client has to open the data connection it asked for.
+/// How long a client has, from its PASV or EPSV, to open the data connection it asked for.
 pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ports passive listeners may use.
@@ -63,15 +67,67 @@ fn bind(addr: SocketAddr) -> Option<TcpListener> {
     TcpListener::from_std(listener).ok()
 }
 
+/// A passive listener waiting for its data connection. Its port is free again once the
+/// connection came, [`ACCEPT_TIMEOUT`] passed, or this is closed or dropped.
+pub struct DataPort {
+    connection: oneshot::Receiver<TcpStream>,
+    close: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DataPort {
+    /// Accepts on `listener`, on a task of its own, the data connection from `peer`'s address.
+    pub fn open(listener: TcpListener, peer: IpAddr) -> Self {
+        let (accepted, connection) = oneshot::channel();
+        let close = CancellationToken::new();
+        let closed = close.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = closed.cancelled() => {}
+                stream = accept(listener, peer) => {
+                    if let Some(stream) = stream {
+                        let _ = accepted.send(stream);
+                    }
+                }
+            }
+        });
+        Self {
+            connection,
+            close,
+            task: Some(task),
+        }
+    }
+
+    /// The data connection, or `None` if it did not come in time.
+    pub async fn connection(mut self) -> Option<TcpStream> {
+        (&mut self.connection).await.ok()
+    }
+
+    /// Closes the listener and returns once its port is free (a drop frees it a moment later).
+    pub async fn close(mut self) {
+        self.close.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DataPort {
+    fn drop(&mut self) {
+        self.close.cancel();
+    }
+}
+
 /// Accepts the data connection from `peer`'s address, ignoring (closing) any other, within
 /// [`ACCEPT_TIMEOUT`].
-pub async fn accept(listener: TcpListener, peer: IpAddr) -> Option<TcpStream> {
+async fn accept(listener: TcpListener, peer: IpAddr) -> Option<TcpStream> {
     let accept = async {
         loop {
             match listener.accept().await {
                 Ok((stream, from)) if from.ip() == peer => return stream,
+                // Not logged above debug: anyone can connect to the port, as often as they like.
                 Ok((_, from)) => {
-                    tracing::warn!(%from, expected = %peer, "data connection from another address refused")
+                    tracing::debug!(%from, expected = %peer, "data connection from another address refused")
                 }
                 // Out of descriptors: retry shortly rather than spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

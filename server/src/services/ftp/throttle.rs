@@ -1,10 +1,12 @@
 //! Login throttling: after a wrong password, the next attempts from the same client, and for
-//! the same user name, wait before they are checked, longer with each failure (the wait is
-//! counted from the last failure and does not add up over attempts made at once); a client
-//! with too many recent failures, attempts under way included, is refused for a while. A user
-//! name is only slowed, never locked out, so that nobody can lock a user out by failing on
-//! purpose. A client is its IPv4 address or its IPv6 /64; a user name is remembered by at most
-//! its first `NAME_KEY` bytes.
+//! the same user name, wait before they are checked, longer with each failure. A client's wait
+//! is counted from its last failure; a client with too many recent failures, attempts under way
+//! included, is refused for a while. A user name's attempts are checked one `delay` apart
+//! however many clients make them at once, so that guessing from many addresses is as slow as
+//! from one: an attempt waits behind those already waiting, and one that would wait more than
+//! `USER_QUEUE` is refused at once. An attempt whose connection closes gives its place back, so
+//! a user's own login waits only behind attempts still open. A client is its IPv4 address or its IPv6 /64; a user name is remembered by at
+//! most its first `NAME_KEY` bytes.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -27,6 +29,8 @@ const BAN_AFTER: u32 = 10;
 const MAX_REMEMBERED: usize = 10_000;
 /// Bytes of a user name that key its record.
 const NAME_KEY: usize = 64;
+/// The longest an attempt waits behind others for the same user name.
+const USER_QUEUE: Duration = Duration::from_secs(30);
 
 /// The answer to a login attempt.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +39,8 @@ pub enum Admission {
     After(Duration),
     /// The client has failed too often recently.
     Refused,
+    /// Too many attempts for this user name wait already.
+    Busy,
 }
 
 /// Failures by client and by user name.
@@ -59,8 +65,10 @@ impl Throttle {
         if clients.banned(&client, now) {
             return Admission::Refused;
         }
+        let Some(by_user) = lock(&self.users).queue(name(user), now) else {
+            return Admission::Busy;
+        };
         let by_client = clients.begin(client, now);
-        let by_user = lock(&self.users).wait(name(user), now);
         Admission::After(by_client.max(by_user))
     }
 
@@ -72,10 +80,17 @@ impl Throttle {
         if admitted {
             // The user's failures are forgotten (the client's are not: one account of its own
             // must not clear a client that guesses at others).
-            users.records.remove(name(user));
+            users.records.remove(user);
         } else {
-            users.fail(name(user).to_owned(), now);
+            users.end(user.to_owned(), now, true);
         }
+    }
+
+    /// An admitted attempt ended without an outcome: its connection closed while it waited.
+    fn abandoned(&self, address: IpAddr, user: &str) {
+        let now = Instant::now();
+        lock(&self.clients).end(client(address), now, false);
+        lock(&self.users).end(user.to_owned(), now, false);
     }
 }
 
@@ -84,30 +99,33 @@ impl Throttle {
 pub struct UnderWay<'a> {
     throttle: &'a Throttle,
     address: IpAddr,
+    /// The user name's key.
+    user: String,
     open: bool,
 }
 
 impl<'a> UnderWay<'a> {
-    /// Follows an [`Admission::After`] of `address`.
-    pub fn new(throttle: &'a Throttle, address: IpAddr) -> Self {
+    /// Follows an [`Admission::After`] of `user` from `address`.
+    pub fn new(throttle: &'a Throttle, address: IpAddr, user: &str) -> Self {
         Self {
             throttle,
             address,
+            user: name(user).to_owned(),
             open: true,
         }
     }
 
     /// Reports the outcome.
-    pub fn settle(mut self, user: &str, admitted: bool) {
+    pub fn settle(mut self, admitted: bool) {
         self.open = false;
-        self.throttle.settled(self.address, user, admitted);
+        self.throttle.settled(self.address, &self.user, admitted);
     }
 }
 
 impl Drop for UnderWay<'_> {
     fn drop(&mut self) {
         if self.open {
-            lock(&self.throttle.clients).end(client(self.address), Instant::now(), false);
+            self.throttle.abandoned(self.address, &self.user);
         }
     }
 }
@@ -198,6 +216,33 @@ impl<K: Hash + Eq> Failures<K> {
         }
     }
 
+    /// An attempt for `key` whose attempts are checked one at a time, `delay(failures)` apart,
+    /// behind those waiting already: how long it waits, or `None` when that would be over
+    /// `USER_QUEUE`. Admitted, it counts as under way until it [ends](Self::end).
+    fn queue(&mut self, key: &str, now: Instant) -> Option<Duration>
+    where
+        K: std::borrow::Borrow<str> + for<'k> From<&'k str>,
+    {
+        let wait = match self.recent(key, now) {
+            Some(Record {
+                count,
+                under_way,
+                last: Some(last),
+            }) => {
+                let spacing = delay(*count);
+                (*last + spacing).saturating_duration_since(now) + spacing * *under_way
+            }
+            _ => Duration::ZERO,
+        };
+        if wait > USER_QUEUE {
+            return None;
+        }
+        let key = K::from(key);
+        self.make_room(&key, now);
+        self.records.entry(key).or_default().under_way += 1;
+        Some(wait)
+    }
+
     /// An attempt for `key` begins; how long it waits.
     fn begin(&mut self, key: K, now: Instant) -> Duration {
         let wait = self.wait(&key, now);
@@ -254,7 +299,7 @@ mod tests {
 
     fn fail(throttle: &Throttle, address: IpAddr, user: &str) {
         assert_ne!(throttle.admit(address, user), Admission::Refused);
-        UnderWay::new(throttle, address).settle(user, false);
+        UnderWay::new(throttle, address, user).settle(false);
     }
 
     #[tokio::test(start_paused = true)]
@@ -272,7 +317,7 @@ mod tests {
         assert_eq!(delay(2), FIRST_DELAY * 2);
         assert_eq!(delay(40), MAX_DELAY);
         // A success forgets the user's failures.
-        UnderWay::new(&throttle, other).settle("alice", true);
+        UnderWay::new(&throttle, other, "alice").settle(true);
         assert_eq!(throttle.admit(other, "alice"), Admission::After(Duration::ZERO));
         // Once the wait has passed, no wait.
         tokio::time::advance(FIRST_DELAY).await;
@@ -280,17 +325,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_user_cannot_be_locked_out_by_others() {
+    async fn a_users_attempts_from_many_addresses_are_checked_one_delay_apart() {
         let throttle = Throttle::default();
+        fail(&throttle, "10.0.0.1".parse().unwrap(), "alice");
+        // A thousand addresses try at once: their checks are spaced, up to the queue's length.
+        let mut waits = Vec::new();
+        let mut under_way = Vec::new();
         for n in 0..1000u32 {
             let address = IpAddr::V4(std::net::Ipv4Addr::from(0x7f00_0000 + n));
-            fail(&throttle, address, "alice");
+            match throttle.admit(address, "alice") {
+                Admission::After(wait) => {
+                    waits.push(wait);
+                    under_way.push(UnderWay::new(&throttle, address, "alice"));
+                }
+                Admission::Busy => {}
+                Admission::Refused => panic!("one attempt per address is no ban"),
+            }
         }
-        // The user's own attempt waits at most the longest wait.
-        let own: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(waits.len() as u32, USER_QUEUE.as_millis() as u32 / 250, "{waits:?}");
+        assert!(waits.windows(2).all(|w| w[1] - w[0] == FIRST_DELAY), "{waits:?}");
+        // Attempts whose connections closed give their places back.
+        under_way.truncate(2);
+        let own: IpAddr = "10.9.9.9".parse().unwrap();
+        assert_eq!(throttle.admit(own, "alice"), Admission::After(FIRST_DELAY * 3));
+        UnderWay::new(&throttle, own, "alice").settle(true);
+        // Nobody is shut out for long: once those waiting have failed, the next goes within
+        // the longest wait.
+        for attempt in under_way {
+            attempt.settle(false);
+        }
         match throttle.admit(own, "alice") {
             Admission::After(wait) => assert!(wait <= MAX_DELAY, "{wait:?}"),
-            Admission::Refused => panic!("refused"),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -310,14 +376,14 @@ mod tests {
         let mut under_way = Vec::new();
         for _ in 0..BAN_AFTER {
             assert_ne!(throttle.admit(ADDRESS, "x"), Admission::Refused);
-            under_way.push(UnderWay::new(&throttle, ADDRESS));
+            under_way.push(UnderWay::new(&throttle, ADDRESS, "x"));
         }
         assert_eq!(throttle.admit(ADDRESS, "x"), Admission::Refused);
         drop(under_way.pop());
         assert_ne!(throttle.admit(ADDRESS, "x"), Admission::Refused);
-        under_way.push(UnderWay::new(&throttle, ADDRESS));
+        under_way.push(UnderWay::new(&throttle, ADDRESS, "x"));
         for attempt in under_way {
-            attempt.settle("x", true);
+            attempt.settle(true);
         }
         assert!(!throttle.refuses(ADDRESS), "successes are no failures");
         // An IPv6 /64 is one client.

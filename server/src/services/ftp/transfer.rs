@@ -3,14 +3,13 @@
 //! client how it ended on the control connection. The task belongs to the instance: a stop
 //! ends it and closes the data connection.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::passive;
+use super::passive::DataPort;
 use super::reply;
 use crate::context::{InstanceContext, SessionHandle, Traffic};
 
@@ -30,10 +29,8 @@ pub enum Payload {
 
 /// A transfer about to start.
 pub struct Transfer {
-    /// The passive listener the client connects to.
-    pub listener: TcpListener,
-    /// The control connection's peer: the only address the data connection may come from.
-    pub peer: IpAddr,
+    /// The passive port the client connects to.
+    pub data: DataPort,
     /// What to move.
     pub payload: Payload,
     /// The control connection, for the final reply.
@@ -79,7 +76,7 @@ impl Transfer {
     }
 
     async fn run(self, traffic: &Traffic) -> bytes::Bytes {
-        let Some(stream) = passive::accept(self.listener, self.peer).await else {
+        let Some(stream) = self.data.connection().await else {
             return reply::line(425, "Can't open data connection.");
         };
         let mut data = DataConnection {

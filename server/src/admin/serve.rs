@@ -6,8 +6,9 @@
 //!   (idle, or still sending a request's head) — is closed to make room, as nginx reuses
 //!   keep-alive connections; only when every one has a request in flight is the new one closed
 //!   as soon as it is accepted. So a peer that holds connections open and quiet cannot keep a
-//!   probe out. Connections told to close leave within a moment; while they do, at most a
-//!   quarter more descriptors are held;
+//!   probe out. Connections told to close leave within a poll; while a quarter of `max` are
+//!   leaving, no more are accepted (the kernel queues them), so at most a quarter more
+//!   descriptors are held;
 //! - a request's headers must arrive within `header_timeout` of its first byte, and its body
 //!   within as long again after them (however it trickles in); an answer the peer does not read
 //!   may stall for no longer than `header_timeout`; a connection with no request in flight is
@@ -52,6 +53,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub(super) async fn serve(listener: AdminListener, router: Router, limits: AdminLimits) -> io::Result<()> {
     let table = Arc::new(Table::new(limits.max_connections));
     loop {
+        // Connections wait in the kernel's queue meanwhile, the listener's backlog.
+        table.few_leaving().await;
         let accepted = match &listener {
             AdminListener::Tcp(tcp) => tcp.accept().await.map(|(stream, _)| Accepted::Tcp(stream)),
             AdminListener::Unix(unix, _) => unix.accept().await.map(|(stream, _)| Accepted::Unix(stream)),
@@ -96,12 +99,16 @@ fn is_transient(error: &io::Error) -> bool {
 struct Table {
     max: usize,
     state: Mutex<TableState>,
+    /// A connection told to close has left.
+    left: Notify,
 }
 
 #[derive(Default)]
 struct TableState {
     open: HashMap<u64, Arc<Watch>>,
     next: u64,
+    /// Connections told to close that are still open.
+    leaving: usize,
 }
 
 impl Table {
@@ -109,22 +116,32 @@ impl Table {
         Self {
             max,
             state: Mutex::default(),
+            left: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once fewer than `max / 4` (at least one) connections told to close are still
+    /// open: they leave within a poll, and until then hold descriptors beyond `max`.
+    async fn few_leaving(&self) {
+        let most = (self.max / 4).max(1);
+        loop {
+            let left = self.left.notified();
+            if self.state().leaving < most {
+                return;
+            }
+            left.await;
         }
     }
 
     /// A place for a new connection: a free one, or that of the quietest connection, which
-    /// is told to close. `None` when every connection has a request in flight, or too many are
-    /// still leaving.
-    ///
-    /// Connections told to close leave within a poll; at most `max` others stay open, and at
-    /// most `max / 4` (at least one) are leaving at once.
+    /// is told to close. `None` when every connection has a request in flight.
     fn seat(table: &Arc<Self>) -> Option<Seat> {
-        let mut state = table.state.lock().unwrap_or_else(|e| e.into_inner());
-        let leaving = state.open.values().filter(|watch| watch.state().evicted).count();
-        if state.open.len() - leaving >= table.max {
-            if leaving >= (table.max / 4).max(1) {
-                return None;
-            }
+        let mut state = table.state();
+        if state.open.len() - state.leaving >= table.max {
             let quietest = state
                 .open
                 .values()
@@ -132,6 +149,7 @@ impl Table {
                 .min_by_key(|(quietness, _)| *quietness)
                 .map(|(_, watch)| watch)?;
             quietest.evict();
+            state.leaving += 1;
         }
         let id = state.next;
         state.next += 1;
@@ -154,8 +172,13 @@ struct Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let mut state = self.table.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.table.state();
         state.open.remove(&self.id);
+        if self.watch.state().evicted {
+            state.leaving -= 1;
+            drop(state);
+            self.table.left.notify_one();
+        }
     }
 }
 

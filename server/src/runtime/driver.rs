@@ -3,10 +3,12 @@
 //! their order; meanwhile deliver the outbox and its requests (close, release buffers), and on
 //! stop drain gracefully (handle what was sent, flush, FIN, wait for the peer to close).
 //!
-//! Steady state allocates nothing per package: the read buffer is reused (packages are split
-//! off it and handed back when dropped), replies go into one reused output buffer. Sessions
-//! hold no timer: the instance's [sweeper](super::sweeper) closes idle ones and asks quiet
-//! ones for their buffers.
+//! Steady state allocates nothing per package: a session reads into a buffer its worker thread
+//! lends it ([`buffers`](super::buffers); packages are split off it and hand it back when
+//! dropped) and gathers replies in another; both go back to the worker as soon as they are
+//! empty, so an idle session holds none. Only the bytes of a package not complete yet stay
+//! with the session. Sessions hold no timer: the instance's [sweeper](super::sweeper) closes
+//! idle ones and asks quiet ones to shrink what they keep to its exact size.
 
 use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
@@ -25,13 +27,12 @@ use tokio_util::codec::Decoder;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
+use super::buffers;
 use crate::context::{InstanceContext, Replies, Session, SessionState};
 use crate::filter::FilterError;
 use crate::service::Service;
 use crate::session::{CloseReason, SessionEntry};
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 8 * 1024;
 /// Bound on a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after its connection a stop waits for the first bytes of a peer that has sent
@@ -272,6 +273,7 @@ where
                     Err(_) => return CloseReason::SocketError,
                 },
             };
+            self.give_back_buffers();
             match result.and_then(|()| self.close.map_or(Ok(()), Err)) {
                 Ok(()) if self.holds_buffers() => entry.outbox.note_buffers_held(),
                 Ok(()) => {}
@@ -287,16 +289,25 @@ where
         self.rbuf.capacity() > 0 || self.replies.now.capacity() > 0 || self.side.capacity() > 0
     }
 
-    /// Frees the buffers that hold nothing.
+    /// Gives the worker back the buffers that hold nothing.
+    fn give_back_buffers(&mut self) {
+        buffers::give_back(&mut self.rbuf);
+        buffers::give_back(&mut self.replies.now);
+        buffers::give_back(&mut self.side);
+    }
+
+    /// Keeps only exact copies of what the buffers hold (a package not complete yet, replies
+    /// the peer has not taken), and gives the rest back.
     fn release_buffers(&mut self) {
-        if self.rbuf.is_empty() {
-            self.rbuf = BytesMut::new();
-        }
-        if self.replies.now.is_empty() {
-            self.replies.now = BytesMut::new();
-        }
-        if self.side.is_empty() {
-            self.side = BytesMut::new();
+        buffers::shrink(&mut self.rbuf);
+        buffers::shrink(&mut self.replies.now);
+        buffers::shrink(&mut self.side);
+    }
+
+    /// Lends the replies a buffer to gather in, unless they have one.
+    fn lend_reply_buffer(&mut self) {
+        if self.replies.now.capacity() == 0 {
+            self.replies.now = buffers::borrow();
         }
     }
 
@@ -307,6 +318,7 @@ where
         entry.touch(Instant::now());
         entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         setup.instance.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.lend_reply_buffer();
         let result = self.handle_packages().await;
         self.flush().await?;
         result
@@ -375,6 +387,7 @@ where
         if outbox.take_release() {
             self.release_buffers();
         }
+        self.lend_reply_buffer();
         outbox.drain_into(&mut self.replies.now);
         match outbox.close_requested() {
             // A slow reader is closed without writing more to it.
@@ -576,18 +589,28 @@ async fn keep_outbox_moving<IO: SessionIo>(
     }
 }
 
-/// Reads once into `buf`; a session without a buffer waits for data before it takes one.
+/// Reads once into `buf`; a session without a buffer waits for data before it borrows one.
 async fn read_some<IO: SessionIo>(io: &mut IO, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() == 0 {
         poll_fn(|cx| io.poll_read_ready(cx)).await?;
     }
-    buf.reserve(READ_CHUNK);
+    make_room(buf);
     poll_fn(|cx| poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf)).await
+}
+
+/// Room for one read in `buf`: a borrowed buffer, or more room in the one that holds part of
+/// a package.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = buffers::borrow();
+    } else {
+        buf.reserve(buffers::CHUNK);
+    }
 }
 
 /// Reads what is already there, or `None` if the read would block.
 async fn read_now<IO: SessionIo>(io: &mut IO, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
-    buf.reserve(READ_CHUNK);
+    make_room(buf);
     poll_fn(|cx| match poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf) {
         Poll::Pending => Poll::Ready(None),
         Poll::Ready(result) => Poll::Ready(Some(result)),

@@ -3,9 +3,11 @@
 //! binding, accept loops, one task per session, and the graceful stop.
 //!
 //! Layout: `listener` binds, `accept` takes connections (and, at a stop, the backlog),
-//! `driver` runs a session, `types` is the catalog of server types.
+//! `driver` runs a session with `buffers` its worker lends it, `types` is the catalog of
+//! server types.
 
 pub(crate) mod accept;
+mod buffers;
 pub(crate) mod driver;
 pub(crate) mod listener;
 pub(crate) mod types;

@@ -27,6 +27,17 @@ async fn raw(port: u16, request: &[u8]) -> (u16, serde_json::Value) {
     answer
 }
 
+/// Sends `request` on a new connection: the answer must be `status` with the error `code`.
+async fn expect_error(port: u16, request: &[u8], status: u16, code: &str) {
+    let (got, body) = raw(port, request).await;
+    assert_eq!(
+        (got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body} for {}",
+        String::from_utf8_lossy(request)
+    );
+}
+
 /// Reads one answer: status and JSON body.
 async fn answer(stream: &mut (impl AsyncReadExt + Unpin)) -> (u16, serde_json::Value) {
     let mut got = Vec::new();
@@ -350,26 +361,10 @@ async fn answers_from_below_the_handlers_carry_the_envelope() {
         "GET /livez HTTP/1.1\r\nhost: localhost\r\n{}\r\n",
         "x-pad: 0123456789\r\n".repeat(100)
     );
-    let (status, body) = raw(port, many.as_bytes()).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (431, Some("headers_too_large"))
-    );
-
-    let (status, body) = raw(port, b"NOT HTTP AT ALL\r\n\r\n").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("bad_request")),
-        "{body}"
-    );
-
+    expect_error(port, many.as_bytes(), 431, "headers_too_large").await;
+    expect_error(port, b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request").await;
     let bad_utf8 = format!("GET /api/v1/servers/%FF%FE HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n");
-    let (status, body) = raw(port, bad_utf8.as_bytes()).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("bad_request")),
-        "{body}"
-    );
+    expect_error(port, bad_utf8.as_bytes(), 400, "bad_request").await;
 
     // A chunked body over the limit: 413 in the envelope.
     let mut chunked = format!(
@@ -383,12 +378,7 @@ async fn answers_from_below_the_handlers_carry_the_envelope() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    let (status, body) = raw(port, &chunked).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (413, Some("payload_too_large")),
-        "{body}"
-    );
+    expect_error(port, &chunked, 413, "payload_too_large").await;
 
     // Host missing or not visible ASCII: refused.
     for request in [
@@ -396,13 +386,7 @@ async fn answers_from_below_the_handlers_carry_the_envelope() {
         b"GET /livez HTTP/1.0\r\n\r\n",
         b"GET /livez HTTP/1.1\r\nhost: local\xffhost\r\n\r\n",
     ] {
-        let (status, body) = raw(port, request).await;
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (403, Some("forbidden")),
-            "{}",
-            String::from_utf8_lossy(request)
-        );
+        expect_error(port, request, 403, "forbidden").await;
     }
 
     // Plain /readyz stays open to probes; its details need the token.
@@ -410,12 +394,7 @@ async fn answers_from_below_the_handlers_carry_the_envelope() {
     assert_eq!(plain.0, 200);
     for query in ["verbose", "verbose=1", "verb%6Fse", "x=1&verbose"] {
         let request = format!("GET /readyz?{query} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-        let (status, body) = raw(port, request.as_bytes()).await;
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (401, Some("unauthorized")),
-            "{query}"
-        );
+        expect_error(port, request.as_bytes(), 401, "unauthorized").await;
     }
     let request = format!("GET /readyz?verbose HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n");
     assert_eq!(raw(port, request.as_bytes()).await.0, 200);

@@ -18,8 +18,14 @@ struct FtpHost {
 
 impl FtpHost {
     async fn start(options: &str) -> Self {
+        Self::start_with("", options).await
+    }
+
+    /// With `top` at the top of the config (e.g. `isolation = "process"`).
+    async fn start_with(top: &str, options: &str) -> Self {
         let host = HostProcess::start(&format!(
             r#"
+            {top}
             [[servers]]
             name = "FTPServer"
             type = "ftp"
@@ -32,6 +38,15 @@ impl FtpHost {
         std::fs::write(root.join("hello.txt"), "hello\n").unwrap();
         let port = host.port("FTPServer", 0).await;
         Self { host, port }
+    }
+
+    /// A control connection, greeted and logged in as `anonymous`.
+    async fn anonymous(&self) -> LineClient<tokio::net::TcpStream> {
+        let mut control = LineClient::connect(self.port).await;
+        assert!(control.recv().await.starts_with("220 "));
+        assert!(control.request("USER anonymous").await.starts_with("331 "));
+        assert!(control.request("PASS guest").await.starts_with("230 "));
+        control
     }
 
     fn root(&self) -> PathBuf {
@@ -292,10 +307,7 @@ async fn ftplib_gets_554_for_a_rest_past_the_end_and_the_file_stays_as_it_was() 
 #[tokio::test]
 async fn a_rest_past_the_end_moves_nothing_and_closes_the_waiting_data_connection() {
     let ftp = FtpHost::start("").await;
-    let mut control = LineClient::connect(ftp.port).await;
-    assert!(control.recv().await.starts_with("220 "));
-    assert!(control.request("USER anonymous").await.starts_with("331 "));
-    assert!(control.request("PASS x").await.starts_with("230 "));
+    let mut control = ftp.anonymous().await;
     for verb in ["RETR", "STOR", "APPE"] {
         // Clients connect to the passive port before they send the transfer command.
         let mut data = connect(epsv_port(&control.request("EPSV").await)).await;
@@ -393,15 +405,19 @@ async fn wrong_passwords_are_answered_ever_later_and_echoes_are_short() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passive_port_nobody_connects_to_is_free_again_after_the_accept_timeout() {
+    a_passive_port_is_freed("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_port_of_an_agent_nobody_connects_to_is_free_again_after_the_accept_timeout() {
+    a_passive_port_is_freed(r#"isolation = "process""#).await;
+}
+
+async fn a_passive_port_is_freed(top: &str) {
     let port = free_consecutive_ports(1);
-    let ftp = FtpHost::start(&format!(r#"passive_ports = "{port}-{port}""#)).await;
-    let mut holder = LineClient::connect(ftp.port).await;
-    let mut other = LineClient::connect(ftp.port).await;
-    for control in [&mut holder, &mut other] {
-        assert!(control.recv().await.starts_with("220 "));
-        assert!(control.request("USER anonymous").await.starts_with("331 "));
-        assert!(control.request("PASS x").await.starts_with("230 "));
-    }
+    let ftp = FtpHost::start_with(top, &format!(r#"passive_ports = "{port}-{port}""#)).await;
+    let mut holder = ftp.anonymous().await;
+    let mut other = ftp.anonymous().await;
     // One session takes the only port and then does nothing with it.
     assert!(holder.request("EPSV").await.starts_with("229 "));
     let taken = std::time::Instant::now();
@@ -426,7 +442,17 @@ async fn a_passive_port_nobody_connects_to_is_free_again_after_the_accept_timeou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_users_passwords_guessed_from_many_addresses_at_once_are_checked_one_wait_apart() {
-    let ftp = FtpHost::start(r#"anonymous = false, users = [{ name = "alice", password = "right" }]"#).await;
+    guesses_are_spaced("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_an_agent_one_users_passwords_guessed_at_once_are_checked_one_wait_apart() {
+    guesses_are_spaced(r#"isolation = "process""#).await;
+}
+
+async fn guesses_are_spaced(top: &str) {
+    let users = r#"anonymous = false, users = [{ name = "alice", password = "right" }]"#;
+    let ftp = FtpHost::start_with(top, users).await;
     let (reply, _) = login(ftp.port, [127, 0, 1, 1], "alice", "guess").await;
     assert!(reply.starts_with("530 "), "{reply}");
     // Twenty addresses guess at once: each waits a quarter of a second more than the one
@@ -449,10 +475,7 @@ async fn one_users_passwords_guessed_from_many_addresses_at_once_are_checked_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epsv_all_refuses_pasv() {
     let ftp = FtpHost::start("").await;
-    let mut control = LineClient::connect(ftp.port).await;
-    assert!(control.recv().await.starts_with("220 "));
-    assert!(control.request("USER anonymous").await.starts_with("331 "));
-    assert!(control.request("PASS guest").await.starts_with("230 "));
+    let mut control = ftp.anonymous().await;
     assert!(control.request("PASV").await.starts_with("227 "));
     assert!(control.request("EPSV ALL").await.starts_with("200 "));
     assert!(

@@ -49,6 +49,24 @@ impl ApiError {
         Self::new(ErrorCode::NotFound, format!("server {server:?} has no session {id:?}"))
     }
 
+    /// An error answered with `status` by what lies below the handlers (the HTTP parser, a
+    /// body limit), in the envelope.
+    pub fn for_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let code = match status.as_u16() {
+            401 => ErrorCode::Unauthorized,
+            403 => ErrorCode::Forbidden,
+            404 => ErrorCode::NotFound,
+            405 => ErrorCode::MethodNotAllowed,
+            409 => ErrorCode::Conflict,
+            413 => ErrorCode::PayloadTooLarge,
+            431 => ErrorCode::HeadersTooLarge,
+            503 => ErrorCode::Unavailable,
+            400..500 => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, message)
+    }
+
     /// Its status code.
     pub fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -86,19 +104,7 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         text => text.to_owned(),
     };
-    let code = match status.as_u16() {
-        401 => ErrorCode::Unauthorized,
-        403 => ErrorCode::Forbidden,
-        404 => ErrorCode::NotFound,
-        405 => ErrorCode::MethodNotAllowed,
-        409 => ErrorCode::Conflict,
-        413 => ErrorCode::PayloadTooLarge,
-        431 => ErrorCode::HeadersTooLarge,
-        503 => ErrorCode::Unavailable,
-        400..500 => ErrorCode::BadRequest,
-        _ => ErrorCode::Internal,
-    };
-    (status, Json(ApiError::new(code, message).body())).into_response()
+    (status, Json(ApiError::for_status(status, message).body())).into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -15,14 +15,8 @@ use axum::routing::{delete, get, post};
 use supersocket_proto::MAX_ADMIN_BODY;
 
 pub use error::ApiError;
-
-/// A send's body as a client may send it: the bytes it asks for, or a 400.
 #[cfg(feature = "fuzzing")]
-pub(crate) fn fuzz_send_body(body: &[u8]) {
-    if let Err(error) = routes::message(body) {
-        assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST);
-    }
-}
+pub(crate) use routes::check_send_body;
 
 use crate::config::{AdminAddr, AdminLimits};
 use crate::host::Host;

@@ -33,7 +33,6 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{Request, StatusCode};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use supersocket_proto::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -486,14 +485,13 @@ fn hypers_own_answer(bytes: &[u8]) -> Option<StatusCode> {
 
 /// A whole HTTP answer with `status` and the JSON envelope; the connection closes after it.
 fn envelope(status: StatusCode) -> Vec<u8> {
-    let (code, message) = match status {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-            ErrorCode::HeadersTooLarge,
-            format!("the request's headers are over {MAX_HEAD} bytes or {MAX_HEADERS} fields"),
-        ),
-        _ => (ErrorCode::BadRequest, "the request is not valid HTTP/1.1".to_owned()),
+    let message = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            format!("the request's headers are over {MAX_HEAD} bytes or {MAX_HEADERS} fields")
+        }
+        _ => "the request is not valid HTTP/1.1".to_owned(),
     };
-    let body = serde_json::to_vec(&ApiError::new(code, message).body()).unwrap_or_default();
+    let body = serde_json::to_vec(&ApiError::for_status(status, message).body()).unwrap_or_default();
     let mut answer = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()

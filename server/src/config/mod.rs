@@ -84,7 +84,8 @@ pub struct AdminConfig {
 /// or other clients need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminLimits {
-    /// Open connections; one more is closed as soon as it is accepted.
+    /// Open connections; when all are taken, the quietest makes room for a new one (or, when
+    /// every one has a request in flight, the new one is closed as soon as it is accepted).
     pub max_connections: usize,
     /// From a request's first byte to the end of its headers, and for its body.
     pub header_timeout: Duration,
@@ -338,6 +339,19 @@ impl Config {
     }
 }
 
+/// Reads `text` as TOML and as JSON, and checks what must hold whatever it is: a config, or
+/// errors that name what is wrong; never a panic. For the property tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_reading(text: &str) {
+    let types = crate::host::HostBuilder::new();
+    for json in [false, true] {
+        let source = ConfigSource::File("fuzz.toml".into());
+        if let Err(errors) = Config::parse(text, json, source, types.types()) {
+            assert!(!errors.0.is_empty(), "an error names what is wrong");
+        }
+    }
+}
+
 #[cfg(test)]
 mod properties {
     //! The reader on any text: a config or a list of errors, never a panic.
@@ -345,21 +359,11 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::host::HostBuilder;
-
-    fn read(text: &str, json: bool) {
-        let types = HostBuilder::new();
-        let source = ConfigSource::File("fuzz.toml".into());
-        if let Err(errors) = Config::parse(text, json, source, types.types()) {
-            assert!(!errors.0.is_empty(), "an error names what is wrong");
-        }
-    }
 
     proptest! {
         #[test]
         fn any_text(text in "\\PC{0,200}") {
-            read(&text, false);
-            read(&text, true);
+            check_reading(&text);
         }
 
         /// The embedded default with a stretch replaced by other text: mostly near-valid configs.
@@ -369,7 +373,7 @@ mod properties {
             let start = start % text.len();
             let end = (start + length).min(text.len());
             if text.is_char_boundary(start) && text.is_char_boundary(end) {
-                read(&format!("{}{insert}{}", &text[..start], &text[end..]), false);
+                check_reading(&format!("{}{insert}{}", &text[..start], &text[end..]));
             }
         }
     }

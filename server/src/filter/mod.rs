@@ -33,6 +33,43 @@ pub enum FilterError {
     Io(#[from] std::io::Error),
 }
 
+/// Decodes `chunks` arriving one after another, as a session would, and checks what must hold
+/// whatever a peer sends: no package over `max`, nothing buffered beyond `max + slack` (a
+/// marker's length). The packages, and whether the stream failed. For the property tests and
+/// the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_decoding<'a, F>(
+    mut filter: F,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    max: usize,
+    slack: usize,
+) -> (Vec<Vec<u8>>, bool)
+where
+    F: tokio_util::codec::Decoder<Item = bytes::BytesMut, Error = FilterError>,
+{
+    let mut buf = bytes::BytesMut::new();
+    let mut packages = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match filter.decode(&mut buf) {
+                Ok(Some(package)) => {
+                    assert!(package.len() <= max, "a package of {} over {max}", package.len());
+                    packages.push(package.to_vec());
+                }
+                Ok(None) => break,
+                Err(_) => return (packages, true),
+            }
+        }
+        assert!(
+            buf.len() <= max + slack,
+            "{} bytes buffered over a limit of {max}",
+            buf.len()
+        );
+    }
+    (packages, false)
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! Feeds a filter a stream cut at every boundary, to prove decoding does not depend on how
@@ -101,39 +138,6 @@ mod properties {
 
     use super::*;
 
-    /// What decoding `chunks` one after another gives: the packages, then whether it failed.
-    fn decode<F>(
-        mut filter: F,
-        chunks: &[&[u8]],
-        max: usize,
-        slack: usize,
-    ) -> Result<(Vec<Vec<u8>>, bool), TestCaseError>
-    where
-        F: Decoder<Item = BytesMut, Error = FilterError>,
-    {
-        let mut buf = BytesMut::new();
-        let mut packages = Vec::new();
-        for chunk in chunks {
-            buf.extend_from_slice(chunk);
-            loop {
-                match filter.decode(&mut buf) {
-                    Ok(Some(package)) => {
-                        prop_assert!(package.len() <= max, "a package of {} over {max}", package.len());
-                        packages.push(package.to_vec());
-                    }
-                    Ok(None) => break,
-                    Err(_) => return Ok((packages, true)),
-                }
-            }
-            prop_assert!(
-                buf.len() <= max + slack,
-                "{} bytes buffered over a limit of {max}",
-                buf.len()
-            );
-        }
-        Ok((packages, false))
-    }
-
     /// `stream` cut at `cuts` (offsets taken modulo its length).
     fn cut<'a>(stream: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
         let mut offsets: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
@@ -158,8 +162,8 @@ mod properties {
     where
         F: Decoder<Item = BytesMut, Error = FilterError>,
     {
-        let whole = decode(make(), &[stream], max, slack)?;
-        let pieces = decode(make(), &cut(stream, cuts), max, slack)?;
+        let whole = check_decoding(make(), [stream], max, slack);
+        let pieces = check_decoding(make(), cut(stream, cuts), max, slack);
         // Cut up, a stream may fail sooner (a long package is proven long on fewer bytes), so
         // compare the packages both gave.
         let common = whole.0.len().min(pieces.0.len());

@@ -150,10 +150,11 @@ pub(crate) fn recv_with_fds<T: DeserializeOwned>(socket: &StdUnixStream) -> std:
     Ok((serde_json::from_slice(&header)?, fds))
 }
 
-/// Bytes as a broken or hostile peer may send them: whole frames, a wait, or an error, and
-/// never a reservation beyond the largest frame.
-#[cfg(feature = "fuzzing")]
-pub(crate) fn fuzz_split(bytes: &[u8]) {
+/// Splits bytes as a broken or hostile peer may send them, and checks what must hold: whole
+/// frames, a wait, or an error; never a panic, never a reservation beyond the largest frame.
+/// For the property tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_splitting(bytes: &[u8]) {
     let mut buffer = BytesMut::from(bytes);
     while let Ok(Some(_)) = split(&mut buffer) {}
     assert!(buffer.capacity() <= MAX_FRAME + 4 + bytes.len());
@@ -223,9 +224,7 @@ mod tests {
             /// reservation beyond the largest frame.
             #[test]
             fn any_bytes_split_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-                let mut buffer = BytesMut::from(&bytes[..]);
-                while let Ok(Some(_)) = split(&mut buffer) {}
-                prop_assert!(buffer.capacity() <= MAX_FRAME + 4 + bytes.len());
+                check_splitting(&bytes);
             }
 
             /// What is encoded comes out whole, however the bytes arrive.

@@ -12,12 +12,12 @@
 
 pub(crate) mod agent;
 mod frame;
-
-#[cfg(feature = "fuzzing")]
-pub(crate) use frame::fuzz_split as fuzz_frames;
 mod link;
 mod remote;
 mod serve;
 pub(crate) mod spawn;
 pub(crate) mod supervisor;
 pub(crate) mod view;
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use frame::check_splitting as check_frames;

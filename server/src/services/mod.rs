@@ -7,7 +7,7 @@ mod echo;
 mod ftp;
 
 #[cfg(feature = "fuzzing")]
-pub(crate) use ftp::fuzz_line as fuzz_ftp_line;
+pub(crate) use ftp::check_line as check_ftp_line;
 mod gate;
 
 use bytes::Bytes;

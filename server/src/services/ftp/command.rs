@@ -226,7 +226,7 @@ impl Command<'_> {
                 let admitted = match throttle.admit(self.remote, &name) {
                     Admission::Refused => {
                         self.handle.close();
-                        return reply::line(421, "Too many failed logins from your address; try again later.");
+                        return reply::banned();
                     }
                     Admission::Busy => {
                         return reply::line(530, "Too many login attempts for this user; try again later.");
@@ -461,11 +461,14 @@ impl Command<'_> {
     }
 }
 
-/// A command line as a client may send it: parsed, and its verb echoed as replies echo it.
-#[cfg(feature = "fuzzing")]
-pub(crate) fn fuzz_line(line: &[u8]) {
+/// Parses a command line as a client may send it, and checks what must hold: a verb in
+/// capitals and its argument, or not UTF-8; never a panic; both short when replies echo them.
+/// For the property tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_line(line: &[u8]) {
     if let Some((verb, arg)) = parse(line) {
         assert!(!verb.chars().any(|c| c.is_ascii_lowercase()));
+        assert!(arg.len() < line.len() || arg.is_empty());
         assert!(reply::clip(&verb, MAX_ECHO).chars().count() <= MAX_ECHO + 1);
         assert!(reply::clip(arg, MAX_ECHO).chars().count() <= MAX_ECHO + 1);
     }
@@ -481,10 +484,7 @@ mod properties {
         /// Any line: a verb in capitals and its argument, or not UTF-8; never a panic.
         #[test]
         fn any_command_line(line in proptest::collection::vec(any::<u8>(), 0..256)) {
-            if let Some((verb, arg)) = parse(&line) {
-                prop_assert!(!verb.chars().any(|c| c.is_ascii_lowercase()));
-                prop_assert!(arg.len() < line.len() || arg.is_empty());
-            }
+            check_line(&line);
         }
 
         /// An echoed argument is at most MAX_ECHO characters and an ellipsis.

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::BytesMut;
 use command::Command;
 #[cfg(feature = "fuzzing")]
-pub(crate) use command::fuzz_line;
+pub(crate) use command::check_line;
 use jail::{Jail, VirtualPath};
 use passive::PortRange;
 use serde::Deserialize;
@@ -203,8 +203,7 @@ impl Service for FtpService {
     async fn connected(&self, session: &mut Session<'_>) {
         let handle = session.handle();
         if self.throttle.refuses(session.remote_addr().ip()) {
-            let refusal = reply::line(421, "Too many failed logins from your address; try again later.");
-            let _ = handle.send(refusal).await;
+            let _ = handle.send(reply::banned()).await;
             handle.close();
             return;
         }

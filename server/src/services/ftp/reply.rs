@@ -9,6 +9,11 @@ pub fn line(code: u16, text: impl Display) -> Bytes {
     format!("{code} {text}\r\n").into()
 }
 
+/// The 421 to a client address with too many recent failed logins (the connection closes).
+pub fn banned() -> Bytes {
+    line(421, "Too many failed logins from your address; try again later.")
+}
+
 /// `code-first\r\n`, each of `lines` indented by a space, then `code last\r\n` (RFC 959 §4.2).
 pub fn multi(code: u16, first: &str, lines: &[impl AsRef<str>], last: &str) -> Bytes {
     let mut text = format!("{code}-{first}\r\n");

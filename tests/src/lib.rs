@@ -16,6 +16,28 @@ use serde_json::Value;
 /// How long a host may take to print its `ready` line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Stops `pid` with SIGSTOP and returns once every thread of it has stopped: a stop signal is
+/// taken by one thread, which then stops the others, so the process may run on for a moment.
+pub async fn freeze(pid: u64) {
+    let pid_t = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGSTOP).expect("stop the process");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !every_thread_stopped(pid) {
+        assert!(Instant::now() < deadline, "process {pid} did not stop");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped).
+fn every_thread_stopped(pid: u64) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
 /// The folder cargo put the workspace's binaries in (`target/debug` for `cargo test`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use supersocket_tests::HostProcess;
+use nix::sys::signal::Signal;
 use supersocket_tests::net::{IO_TIMEOUT, closes_within, connect, echo_roundtrip, free_consecutive_ports};
+use supersocket_tests::{HostProcess, freeze};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn admin_port(host: &HostProcess) -> u16 {
@@ -173,6 +174,27 @@ async fn a_full_admin_port_makes_room_from_its_quietest_connections_and_the_inst
         assert_eq!(echo_roundtrip(&mut client, &i.to_be_bytes()).await, i.to_be_bytes());
         clients.push(client);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_behind_a_flood_of_silent_connections_is_answered() {
+    let host = HostProcess::start("[admin]\nmax_connections = 4\n");
+    let port = admin_port(&host);
+    // While the host is stopped, the kernel queues: silent connections, a probe that sends its
+    // request, then many more silent ones. Taken in that order, each silent one after the
+    // probe makes room by closing another, never the probe, whose request waited already.
+    freeze(u64::from(host.pid())).await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(connect(port).await);
+    }
+    let mut probe = connect(port).await;
+    probe.write_all(PROBE).await.unwrap();
+    for _ in 0..200 {
+        silent.push(connect(port).await);
+    }
+    host.signal(Signal::SIGCONT);
+    assert_eq!(answer(&mut probe).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

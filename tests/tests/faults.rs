@@ -7,32 +7,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use supersocket_tests::net::{IO_TIMEOUT, LineClient, connect, free_consecutive_ports};
-use supersocket_tests::{HostOptions, HostProcess, Scratch, example};
+use supersocket_tests::{HostOptions, HostProcess, Scratch, example, freeze};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn signal(pid: u64, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).expect("signal the process");
-}
-
-/// Stops `pid` with SIGSTOP and returns once every thread of it has stopped: a stop signal is
-/// taken by one thread, which then stops the others, so the process may run on for a moment.
-async fn freeze(pid: u64) {
-    signal(pid, Signal::SIGSTOP);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !every_thread_stopped(pid) {
-        assert!(Instant::now() < deadline, "process {pid} did not stop");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// Whether every thread of `pid` is in state `T` (stopped).
-fn every_thread_stopped(pid: u64) -> bool {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
-    tasks.flatten().all(|task| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // The state follows the command name, which is in parentheses and may hold spaces.
-        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
-    })
 }
 
 /// `POST`s `path` in a task of its own; the task ends with the answer's status.

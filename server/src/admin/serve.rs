@@ -67,8 +67,14 @@ pub(super) async fn serve(listener: AdminListener, router: Router, limits: Admin
             }
             Err(e) => return Err(e),
         };
+        // Under a flood, a client's request has usually arrived by the time its connection is
+        // taken from the queue: it is no silent connection, and others go before it.
+        let heard = match &stream {
+            Accepted::Tcp(stream) => bytes_wait(stream),
+            Accepted::Unix(_) => false,
+        };
         // No room: closed at once (dropping the stream), before a byte is read.
-        let Some(seat) = Table::seat(&table) else {
+        let Some(seat) = Table::seat(&table, heard) else {
             continue;
         };
         match stream {
@@ -76,6 +82,12 @@ pub(super) async fn serve(listener: AdminListener, router: Router, limits: Admin
             Accepted::Unix(stream) => tokio::spawn(connection(stream, router.clone(), limits, seat)),
         };
     }
+}
+
+/// Whether bytes from the peer wait on `stream` (a non-blocking peek).
+fn bytes_wait(stream: &tokio::net::TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+    socket2::SockRef::from(stream).peek(&mut probe).is_ok_and(|n| n > 0)
 }
 
 enum Accepted {
@@ -138,7 +150,7 @@ impl Table {
 
     /// A place for a new connection: a free one, or that of the quietest connection, which
     /// is told to close. `None` when every connection has a request in flight.
-    fn seat(table: &Arc<Self>) -> Option<Seat> {
+    fn seat(table: &Arc<Self>, heard: bool) -> Option<Seat> {
         let mut state = table.state();
         if state.open.len() - state.leaving >= table.max {
             let quietest = state
@@ -152,7 +164,7 @@ impl Table {
         }
         let id = state.next;
         state.next += 1;
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(heard));
         state.open.insert(id, watch.clone());
         Some(Seat {
             table: table.clone(),
@@ -235,12 +247,12 @@ struct WatchState {
     idle_since: Instant,
     /// Told to close to make room for another.
     evicted: bool,
-    /// Whether any byte came.
+    /// Whether any byte came (or waited already when the connection was accepted).
     heard: bool,
 }
 
 impl Watch {
-    fn new() -> Self {
+    fn new(heard: bool) -> Self {
         Self {
             state: Mutex::new(WatchState {
                 busy: 0,
@@ -248,7 +260,7 @@ impl Watch {
                 head_since: None,
                 idle_since: Instant::now(),
                 evicted: false,
-                heard: false,
+                heard,
             }),
             changed: Notify::new(),
         }
@@ -504,6 +516,21 @@ fn envelope(status: StatusCode) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_table_closes_silent_connections_before_one_whose_request_waited() {
+        let table = Arc::new(Table::new(2));
+        let mut seats = vec![Table::seat(&table, false).unwrap()];
+        let probe = Table::seat(&table, true).unwrap();
+        for n in 0..5 {
+            seats.push(Table::seat(&table, false).unwrap());
+            assert!(!probe.watch.state().evicted, "the probe was closed for newcomer {n}");
+            // The silent one it replaced leaves.
+            let before = seats.len();
+            seats.retain(|seat| !seat.watch.state().evicted);
+            assert_eq!(seats.len(), before - 1, "newcomer {n}");
+        }
+    }
 
     #[test]
     fn only_hypers_bodiless_error_answers_are_replaced() {

@@ -12,7 +12,7 @@ use nix::sys::stat::SFlag;
 
 use super::jail::{Jail, JailError, Upload, VirtualPath, is_kind};
 use super::passive::{self, DataPort};
-use super::throttle::{Admission, UnderWay};
+use super::throttle::{self, Admission, UnderWay};
 use super::transfer::{Payload, Running, Transfer};
 use super::{FtpService, FtpSession, Login, is_anonymous, listing, reply};
 use crate::context::{InstanceContext, SessionHandle};
@@ -285,11 +285,12 @@ impl Command<'_> {
         if !extended && !announced.is_ipv4() {
             return reply::line(425, "PASV needs IPv4; use EPSV.");
         }
-        let Some(listener) = self.service.ports.bind(self.local) else {
-            return reply::line(425, "No passive port available.");
+        let (listener, hold) = match self.service.ports.bind(self.local, throttle::client(self.remote)) {
+            Ok(bound) => bound,
+            Err(refusal) => return reply::line(425, refusal),
         };
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        state.passive = Some(DataPort::open(listener, self.remote));
+        state.passive = Some(DataPort::open(listener, hold, self.remote));
         match announced {
             IpAddr::V4(ip) if !extended => reply::line(
                 227,

@@ -1,10 +1,13 @@
 //! Passive data connections: a listener per PASV/EPSV on a port of the configured range (or
 //! an ephemeral one), accepting on a task of its own the one connection it is for — from the
 //! control connection's peer only, within a bound of the PASV, after which its port is free
-//! again whatever the control connection does.
+//! again whatever the control connection does. A client (an address, or an IPv6 /64) holds at
+//! most a quarter of a configured range at once, so that one client cannot take it all.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +25,29 @@ pub struct PortRange {
     range: Option<(u16, u16)>,
     /// Where the next search starts, so that ports are used round the range.
     next: AtomicU32,
+    /// Ports of the range each client holds.
+    holders: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A port counted against a client until this drops.
+pub struct Hold {
+    holders: Option<Arc<Mutex<HashMap<IpAddr, usize>>>>,
+    client: IpAddr,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(holders) = &self.holders else {
+            return;
+        };
+        let mut holders = holders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = holders.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                holders.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl PortRange {
@@ -43,21 +69,34 @@ impl PortRange {
         Ok(Self {
             range,
             next: AtomicU32::new(0),
+            holders: Arc::default(),
         })
     }
 
-    /// Binds a listener on `ip`: the next free port of the range, or an ephemeral one.
-    /// `None` when every port of the range is taken.
-    pub fn bind(&self, ip: IpAddr) -> Option<TcpListener> {
+    /// Binds a listener on `ip` for `client`: the next free port of the range, or an
+    /// ephemeral one. Refused (with the reason) when every port of the range is taken, or
+    /// the client holds its share of it already.
+    pub fn bind(&self, ip: IpAddr, client: IpAddr) -> Result<(TcpListener, Hold), &'static str> {
         let Some((first, last)) = self.range else {
-            return bind(SocketAddr::new(ip, 0));
+            let listener = bind(SocketAddr::new(ip, 0)).ok_or("No passive port available.")?;
+            return Ok((listener, Hold { holders: None, client }));
         };
         let size = u32::from(last - first) + 1;
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        if holders.get(&client).copied().unwrap_or(0) >= (size as usize / 4).max(1) {
+            return Err("Too many passive ports held by your address.");
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..size).find_map(|i| {
-            let port = first + ((start + i) % size) as u16;
-            bind(SocketAddr::new(ip, port))
-        })
+        let listener = (0..size)
+            .find_map(|i| {
+                let port = first + ((start + i) % size) as u16;
+                bind(SocketAddr::new(ip, port))
+            })
+            .ok_or("No passive port available.")?;
+        *holders.entry(client).or_default() += 1;
+        drop(holders);
+        let holders = Some(self.holders.clone());
+        Ok((listener, Hold { holders, client }))
     }
 }
 
@@ -76,12 +115,15 @@ pub struct DataPort {
 }
 
 impl DataPort {
-    /// Accepts on `listener`, on a task of its own, the data connection from `peer`'s address.
-    pub fn open(listener: TcpListener, peer: IpAddr) -> Self {
+    /// Accepts on `listener`, on a task of its own, the data connection from `peer`'s address;
+    /// `hold` ends with the listener.
+    pub fn open(listener: TcpListener, hold: Hold, peer: IpAddr) -> Self {
         let (accepted, connection) = oneshot::channel();
         let close = CancellationToken::new();
         let closed = close.clone();
         let task = tokio::spawn(async move {
+            // Dropped last, once the listener is closed.
+            let _hold = hold;
             tokio::select! {
                 () = closed.cancelled() => {}
                 stream = accept(listener, peer) => {
@@ -164,8 +206,33 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let range = PortRange::parse(Some(&format!("{port}-{port}"))).unwrap();
-        assert!(range.bind([127, 0, 0, 1].into()).is_none());
+        let (ip, client) = ([127, 0, 0, 1].into(), [127, 0, 0, 1].into());
+        assert_eq!(range.bind(ip, client).err(), Some("No passive port available."));
         drop(taken);
-        assert!(range.bind([127, 0, 0, 1].into()).is_some());
+        assert!(range.bind(ip, client).is_ok());
+    }
+
+    /// Eight consecutive ports free now, below the ephemeral range.
+    fn free_ports() -> u16 {
+        (20_000..30_000)
+            .step_by(8)
+            .find(|&first| (first..first + 8).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
+            .expect("eight free ports")
+    }
+
+    #[tokio::test]
+    async fn a_client_holds_at_most_a_quarter_of_the_range_until_its_ports_close() {
+        let first = free_ports();
+        let range = PortRange::parse(Some(&format!("{first}-{}", first + 7))).unwrap();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let (greedy, other): (IpAddr, IpAddr) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into());
+        let held = [range.bind(ip, greedy).unwrap(), range.bind(ip, greedy).unwrap()];
+        let refused = range.bind(ip, greedy).err();
+        assert_eq!(refused, Some("Too many passive ports held by your address."));
+        assert!(range.bind(ip, other).is_ok(), "another client still gets one");
+        let [(listener, hold), _] = held;
+        let port = DataPort::open(listener, hold, greedy);
+        port.close().await;
+        assert!(range.bind(ip, greedy).is_ok(), "a closed port is the client's again");
     }
 }

@@ -1,12 +1,13 @@
 //! Login throttling: after a wrong password, the next attempts from the same client, and for
 //! the same user name, wait before they are checked, longer with each failure. A client's wait
 //! is counted from its last failure; a client with too many recent failures, attempts under way
-//! included, is refused for a while. A user name's attempts are checked one `delay` apart
-//! however many clients make them at once, so that guessing from many addresses is as slow as
-//! from one: an attempt waits behind those already waiting, and one that would wait more than
-//! `USER_QUEUE` is refused at once. An attempt whose connection closes gives its place back, so
-//! a user's own login waits only behind attempts still open. A client is its IPv4 address or its IPv6 /64; a user name is remembered by at
-//! most its first `NAME_KEY` bytes.
+//! included, is refused for a while. A user name's attempts are checked one `delay` apart (at
+//! least `FIRST_DELAY`, even before any failure) however many clients make them at once, so
+//! that guessing from many addresses is as slow as from one: an attempt waits behind those
+//! already waiting, and one that would wait more than `USER_QUEUE` is refused at once. An
+//! attempt whose connection closes gives its place back, so a user's own login waits only
+//! behind attempts still open. A client is its IPv4 address or its IPv6 /64; a user name is
+//! remembered by at most its first `NAME_KEY` bytes.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -131,7 +132,7 @@ impl Drop for UnderWay<'_> {
 }
 
 /// The client an address stands for: an IPv4 address, or an IPv6 /64 (one machine's share).
-fn client(address: IpAddr) -> IpAddr {
+pub(super) fn client(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -224,15 +225,15 @@ impl<K: Hash + Eq> Failures<K> {
         K: std::borrow::Borrow<str> + for<'k> From<&'k str>,
     {
         let wait = match self.recent(key, now) {
-            Some(Record {
-                count,
-                under_way,
-                last: Some(last),
-            }) => {
-                let spacing = delay(*count);
-                (*last + spacing).saturating_duration_since(now) + spacing * *under_way
+            // Attempts made at once are spaced even before the first failure, else a burst of
+            // them would all be checked before any failed.
+            Some(&mut Record { count, under_way, last }) => {
+                let after_failure = last.map_or(Duration::ZERO, |last| {
+                    (last + delay(count)).saturating_duration_since(now)
+                });
+                after_failure + delay(count).max(FIRST_DELAY) * under_way
             }
-            _ => Duration::ZERO,
+            None => Duration::ZERO,
         };
         if wait > USER_QUEUE {
             return None;
@@ -306,9 +307,12 @@ mod tests {
     async fn waits_grow_with_failures_and_do_not_add_up() {
         let throttle = Throttle::default();
         fail(&throttle, ADDRESS, "alice");
-        // Attempts made at once all wait the same, however many.
-        for _ in 0..5 {
-            assert_eq!(throttle.admit(ADDRESS, "bob"), Admission::After(FIRST_DELAY));
+        // Attempts of a client made at once, for different users, all wait the same.
+        for n in 0..5 {
+            assert_eq!(
+                throttle.admit(ADDRESS, &format!("bob{n}")),
+                Admission::After(FIRST_DELAY)
+            );
         }
         // Another address, the same user: slowed by the user's failures; another user is not.
         let other: IpAddr = "127.0.0.2".parse().unwrap();
@@ -322,6 +326,21 @@ mod tests {
         // Once the wait has passed, no wait.
         tokio::time::advance(FIRST_DELAY).await;
         assert_eq!(throttle.admit(ADDRESS, "erin"), Admission::After(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_users_attempts_at_once_are_spaced_before_any_failure_too() {
+        let throttle = Throttle::default();
+        let mut under_way = Vec::new();
+        for n in 0..4u32 {
+            let address = IpAddr::V4(std::net::Ipv4Addr::from(0x7f00_0000 + n));
+            assert_eq!(throttle.admit(address, "carol"), Admission::After(FIRST_DELAY * n));
+            under_way.push(UnderWay::new(&throttle, address, "carol"));
+        }
+        for attempt in under_way {
+            attempt.settle(true);
+        }
+        assert_eq!(throttle.admit(ADDRESS, "carol"), Admission::After(Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,6 +45,8 @@ use crate::config::AdminLimits;
 const MAX_HEAD: usize = 8 * 1024;
 /// The most header fields in a request.
 const MAX_HEADERS: usize = 64;
+/// Turns the runtime gets, when the table is full, to notice connections that have ended.
+const YIELDS_WHEN_FULL: usize = 2;
 /// How long to wait before accepting again when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -73,6 +75,14 @@ pub(super) async fn serve(listener: AdminListener, router: Router, limits: Admin
             Accepted::Tcp(stream) => bytes_wait(stream),
             Accepted::Unix(_) => false,
         };
+        // A full table may hold connections whose peers have left: the runtime gets turns to
+        // notice (a yield lets the I/O driver run first) before one is closed to make room.
+        for _ in 0..YIELDS_WHEN_FULL {
+            if !table.full() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         // No room: closed at once (dropping the stream), before a byte is read.
         let Some(seat) = Table::seat(&table, heard) else {
             continue;
@@ -146,6 +156,12 @@ impl Table {
             }
             left.await;
         }
+    }
+
+    /// Whether every place is taken.
+    fn full(&self) -> bool {
+        let state = self.state();
+        state.open.len() - state.leaving >= self.max
     }
 
     /// A place for a new connection: a free one, or that of the quietest connection, which

@@ -473,6 +473,33 @@ async fn guesses_are_spaced(top: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_refused_for_a_full_queue_count_as_failures_of_their_connection() {
+    let users = r#"anonymous = false, users = [{ name = "alice", password = "right" }]"#;
+    let ftp = FtpHost::start(users).await;
+    // 130 addresses each send a password for alice at once: the queue of her checks is full.
+    let mut waiting = Vec::new();
+    for n in 0..130u16 {
+        let mut control = control_from(ftp.port, [127, 0, 2 + (n / 200) as u8, 1 + (n % 200) as u8]).await;
+        assert!(control.request("USER alice").await.starts_with("331 "));
+        control.send("PASS guess").await;
+        waiting.push(control);
+    }
+    // Another connection is told to try later, at once; its third such attempt closes it, as
+    // a third wrong password would.
+    let mut control = control_from(ftp.port, [127, 0, 9, 1]).await;
+    for _ in 0..2 {
+        assert!(control.request("USER alice").await.starts_with("331 "));
+        let asked = std::time::Instant::now();
+        let reply = control.request("PASS guess").await;
+        assert!(reply.starts_with("530 Too many login attempts"), "{reply}");
+        assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    }
+    assert!(control.request("USER alice").await.starts_with("331 "));
+    control.send("PASS guess").await;
+    assert!(control.closes_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epsv_all_refuses_pasv() {
     let ftp = FtpHost::start("").await;
     let mut control = ftp.anonymous().await;

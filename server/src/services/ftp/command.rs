@@ -223,31 +223,31 @@ impl Command<'_> {
         match std::mem::take(&mut state.login) {
             Login::User(name) => {
                 let throttle = &self.service.throttle;
-                let admitted = match throttle.admit(self.remote, &name) {
+                let refusal = match throttle.admit(self.remote, &name) {
                     Admission::Refused => {
                         self.handle.close();
                         return reply::banned();
                     }
-                    Admission::Busy => {
-                        return reply::line(530, "Too many login attempts for this user; try again later.");
-                    }
+                    // Not checked, yet it counts as a failure of this connection: no one can
+                    // ask at no cost.
+                    Admission::Busy => "Too many login attempts for this user; try again later.",
                     Admission::After(wait) => {
                         let attempt = UnderWay::new(throttle, self.remote, &name);
                         tokio::time::sleep(wait).await;
                         let admitted = self.service.admits(&name, password);
                         attempt.settle(admitted);
-                        admitted
+                        if admitted {
+                            state.login = Login::In;
+                            return reply::line(230, "Logged in.");
+                        }
+                        "Login incorrect."
                     }
                 };
-                if admitted {
-                    state.login = Login::In;
-                    return reply::line(230, "Logged in.");
-                }
                 state.failures += 1;
                 if state.failures >= MAX_LOGIN_FAILURES {
                     self.handle.close();
                 }
-                reply::line(530, "Login incorrect.")
+                reply::line(530, refusal)
             }
             Login::In => {
                 state.login = Login::In;

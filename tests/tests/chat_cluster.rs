@@ -317,3 +317,78 @@ async fn sixty_users(config: &str) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_is_closed_and_its_room_loses_nothing() {
+    a_member_that_never_reads(CLUSTER).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_with_every_instance_in_an_agent_process() {
+    a_member_that_never_reads(&format!("isolation = \"process\"\n{CLUSTER}")).await;
+}
+
+/// Two members of a room talk far more than a third, who never reads, can be sent: its queue
+/// fills, it is closed as a slow reader and the others are told it left; they get every line of
+/// each other's, in order, and were never held up for longer than the slow reader's patience.
+async fn a_member_that_never_reads(cluster: &str) {
+    // More than the silent member's queue (1 MiB by default) and socket buffers hold.
+    const LINES: usize = 5000;
+    let host = HostProcess::start(cluster);
+    let mut gate = LineClient::connect(host.port("gate-server-1", 0).await).await;
+    // Users 0, 6 and 12 share room-0.
+    let mut talkers = Vec::new();
+    for i in [0, 6] {
+        let mut user = User::connect(&mut gate, i).await;
+        user.send(&format!("ENTER {} {}", user.uid, user.room)).await;
+        user.collect(Duration::from_secs(5), 1, |l| l.starts_with("OK ")).await;
+        talkers.push(user);
+    }
+    let addr: SocketAddr = gate.request("QUERY u12").await.parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut silent = BufReader::new(socket.connect(addr).await.unwrap());
+    silent.write_all(b"ENTER u12 room-0\r\n").await.unwrap();
+    let mut answer = String::new();
+    silent.read_line(&mut answer).await.unwrap();
+    assert_eq!(answer, "OK u00,u06,u12\r\n");
+    // From here u12 reads nothing.
+
+    let text = "x".repeat(900);
+    let started = Instant::now();
+    for round in 0..LINES {
+        for talker in talkers.iter_mut() {
+            let uid = talker.uid.clone();
+            talker.send(&format!("SAY {uid}-{round}-{text}")).await;
+        }
+    }
+    for talker in talkers.iter_mut() {
+        let got = talker
+            .collect(Duration::from_secs(30), 2 * LINES, |l| l.starts_with("MSG room-0 "))
+            .await;
+        for sender in ["u00", "u06"] {
+            let rounds: Vec<usize> = got
+                .iter()
+                .filter_map(|l| l.strip_prefix(&format!("MSG room-0 {sender} {sender}-")))
+                .map(|rest| rest.split('-').next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(
+                rounds,
+                (0..LINES).collect::<Vec<_>>(),
+                "{}: {sender}'s lines",
+                talker.uid
+            );
+        }
+        let left = talker
+            .collect(Duration::from_secs(5), 1, |l| l.starts_with("LEAVE "))
+            .await;
+        assert_eq!(
+            left,
+            ["LEAVE room-0 u12"],
+            "{} is told the slow member left",
+            talker.uid
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(silent);
+}

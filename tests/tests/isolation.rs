@@ -62,6 +62,42 @@ fn alive(pid: u64) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
+/// More agents that leave `threads` unset than cores: each gets one worker, its main thread,
+/// as an agent of `threads = 1` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_leave_threads_unset_share_the_cores() {
+    let agents = std::thread::available_parallelism().unwrap().get() + 1;
+    let host = HostProcess::start(&format!(
+        r#"
+isolation = "process"
+
+[[servers]]
+name = "Narrow"
+type = "echo"
+threads = 1
+listeners = [{{ ip = "Loopback", port = 0 }}]
+
+[[servers]]
+name = "Shared"
+type = "echo"
+replicas = {agents}
+listeners = [{{ ip = "Loopback", port = 0 }}]
+"#
+    ));
+    let list = host.ctl(&["--output", "json", "list"]).json();
+    let pids: Vec<(String, u64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s["pid"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(pids.len(), agents + 1, "{list}");
+    let narrow = threads(pids[0].1);
+    for (name, pid) in &pids[1..] {
+        assert_eq!(threads(*pid), narrow, "{name} runs one worker, as Narrow does");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_level_serves_and_agents_are_real_processes() {
     let host = HostProcess::start(MIXED);
@@ -95,13 +131,15 @@ async fn every_level_serves_and_agents_are_real_processes() {
         );
         assert_eq!(parent, host_pid, "the host started it");
     }
-    // An agent runs one worker per core (at most 4) unless `threads` says otherwise; with one,
+    // An agent runs its share of the cores (the cores divided among the agents that leave
+    // `threads` unset: here AgentCmd alone, at most 4) unless `threads` says otherwise; with one,
     // its main thread is the worker. (Both also have the thread that prepared the instance.)
-    let cores = std::thread::available_parallelism().unwrap().get().min(4);
+    let share = std::thread::available_parallelism().unwrap().get().min(4);
+    let workers_besides_main = if share == 1 { 0 } else { share };
     assert_eq!(
         threads(cmd_pid) - threads(echo_pid),
-        cores,
-        "AgentCmd has a worker per core, AgentEcho (threads = 1) none besides its main thread"
+        workers_besides_main,
+        "AgentCmd has its share of the cores, AgentEcho (threads = 1) no worker besides its main thread"
     );
     let table = host.ctl(&["list"]);
     assert!(

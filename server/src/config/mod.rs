@@ -160,7 +160,8 @@ pub struct ServerConfig {
     /// Where it runs.
     pub isolation: Isolation,
     /// Worker threads of its own runtime: under isolation `runtime` 1 if unset; in an agent
-    /// (isolation `process`) one per core, at most [`AGENT_THREADS`], if unset.
+    /// (isolation `process`) its share of the cores (divided among the agents that leave it unset), at most
+    /// [`AGENT_THREADS`], if unset.
     pub threads: Option<usize>,
     /// Addresses to listen on (may be empty for a backend-only instance).
     pub listeners: Vec<ListenerConfig>,

@@ -31,8 +31,9 @@ pub(crate) trait Backend: Send + Sync {
     fn multicast(&self, sessions: Vec<SessionId>, bytes: Bytes) -> Pending<usize>;
     /// Submits bytes for every one of its sessions; the outcome is how many took them.
     fn broadcast(&self, bytes: Bytes) -> Pending<usize>;
-    /// Asks its service's `call` handler.
-    fn call(&self, request: Value) -> BoxFuture<'static, Result<Value, OpError>>;
+    /// Asks its service's `call` handler. The call starts now: calls made one after another
+    /// reach the handler in that order, however late their outcomes are awaited.
+    fn call(&self, request: Value) -> Pending<Value>;
     /// Up to `limit` open sessions, oldest first.
     fn sessions(&self, limit: usize) -> BoxFuture<'static, Result<Vec<SessionInfo>, OpError>>;
     /// Closes one session (`local_closing`).

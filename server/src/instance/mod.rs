@@ -487,10 +487,16 @@ impl Instance {
         }
     }
 
-    /// Sends a request to its service's `call` handler and waits for the answer. The message
-    /// is JSON so that the same call works whatever the instance's isolation.
-    pub async fn call(&self, request: serde_json::Value) -> Result<serde_json::Value, OpError> {
-        self.backend().ok_or(OpError::NotRunning)?.call(request).await
+    /// Sends a request to its service's `call` handler; the outcome is the answer. The message
+    /// is JSON so that the same call works whatever the instance's isolation. The call is
+    /// submitted now: calls made one after another start in that order (a handler that takes
+    /// a lock before it first waits handles them in that order too), so a caller may make
+    /// several before awaiting any.
+    pub fn call(&self, request: serde_json::Value) -> Pending<serde_json::Value> {
+        match self.backend() {
+            Some(backend) => backend.call(request),
+            None => Self::not_running(),
+        }
     }
 
     /// Up to `limit` open sessions, oldest first (none while it is not running).

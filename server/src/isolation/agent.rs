@@ -53,11 +53,11 @@ pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &
             return ExitCode::from(1);
         }
     };
-    // The agent is the instance's own runtime: `threads` workers, one per core up to a bound if
+    // The agent is the instance's own runtime: `threads` workers, its share of the cores if
     // unset. One worker is this thread alone: no scheduler between threads to pay for.
     let threads = match init.server.get("threads").and_then(serde_json::Value::as_u64) {
         Some(n) => n.clamp(1, 1024) as usize,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(AGENT_THREADS)),
+        None => default_threads(&init.view),
     };
     let runtime = match threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
@@ -81,6 +81,25 @@ pub(crate) fn main(types: ServerTypes, routes: HashMap<String, RouteFn>, name: &
     runtime.shutdown_background();
     // Ending for any other reason than the host's stop is a failure (its policy restarts it).
     if stopped { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// An agent's share of the machine's cores: the cores divided among the host's instances that
+/// run in agents and leave `threads` unset, at least one worker and at most [`AGENT_THREADS`].
+/// An instance alone in its agent gets a worker per core; many agents on few cores do not wake
+/// one another's idle workers all the time. (The first view an agent gets holds every config.)
+fn default_threads(view: &View) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let leaves_it_to_the_host = |config: &Option<serde_json::Value>| {
+        config
+            .as_ref()
+            .is_none_or(|config| config.get("threads").is_none_or(serde_json::Value::is_null))
+    };
+    let agents = view
+        .instances
+        .iter()
+        .filter(|peer| peer.info.isolation == Isolation::Process && leaves_it_to_the_host(&peer.config))
+        .count();
+    (cores / agents.max(1)).clamp(1, AGENT_THREADS)
 }
 
 async fn run(

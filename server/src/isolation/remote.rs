@@ -81,12 +81,12 @@ impl Backend for Remote {
         self.request(op, bytes, DELIVERY_DEADLINE).map(count)
     }
 
-    fn call(&self, request: Value) -> BoxFuture<'static, Result<Value, OpError>> {
+    fn call(&self, request: Value) -> Pending<Value> {
         let op = Op::Call {
             server: self.server.clone(),
             request,
         };
-        Box::pin(self.request(op, Bytes::new(), REQUEST_DEADLINE))
+        self.request(op, Bytes::new(), REQUEST_DEADLINE)
     }
 
     fn sessions(&self, limit: usize) -> BoxFuture<'static, Result<Vec<SessionInfo>, OpError>> {

@@ -1,7 +1,8 @@
 //! Answering the other side's requests on instances of this process. Sends and broadcasts are
 //! submitted the moment their frame is read, so they keep the order in which the other side
-//! sent them; everything that waits (room in a full queue, a call) waits in a task of its own,
-//! so one slow target never holds up the requests behind it.
+//! sent them, and calls start in that order; everything that waits (room in a full queue, the
+//! rest of a call) waits in a task of its own, so one slow target never holds up the requests
+//! behind it.
 
 use std::sync::Arc;
 
@@ -34,10 +35,7 @@ pub(crate) fn serve(link: &Link, id: u64, op: Op, payload: Bytes, target: Option
             let count = target.broadcast(payload);
             reply_when(link, id, count.map(Value::from));
         }
-        Op::Call { request, .. } => {
-            let link = link.clone();
-            tokio::spawn(async move { link.reply(id, target.call(request).await) });
-        }
+        Op::Call { request, .. } => reply_when(link, id, target.call(request)),
         Op::Sessions { limit, .. } => {
             let link = link.clone();
             tokio::spawn(async move {

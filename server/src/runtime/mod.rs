@@ -259,14 +259,18 @@ impl Backend for LocalBackend {
         self.context.sessions.broadcast(&bytes)
     }
 
-    fn call(&self, request: serde_json::Value) -> BoxFuture<'static, Result<serde_json::Value, OpError>> {
-        let (service, context) = (self.service.clone(), self.context.clone());
-        // On the callee's own runtime, so a busy caller cannot starve it (and vice versa).
-        let answer = context.runtime.spawn(service.call(context.clone(), request));
-        Box::pin(async move {
-            match tokio::time::timeout(REQUEST_DEADLINE, answer).await {
+    fn call(&self, request: serde_json::Value) -> Pending<serde_json::Value> {
+        let handler = self.service.clone().call(self.context.clone(), request);
+        let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+        let answer = match start(&self.context.runtime, handler) {
+            Started::Ended(Ok(answer)) => return Pending::ready(answer.map_err(OpError::Refused)),
+            Started::Ended(Err(_)) => return Pending::ready(Err(handler_panicked())),
+            Started::Waits(answer) => answer,
+        };
+        Pending::waiting(async move {
+            match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(answer)) => answer.map_err(OpError::Refused),
-                Ok(Err(_)) => Err(OpError::Refused("the handler panicked".into())),
+                Ok(Err(_)) => Err(handler_panicked()),
                 Err(_) => Err(OpError::Unanswered),
             }
         })
@@ -284,5 +288,76 @@ impl Backend for LocalBackend {
 
     fn stats(&self) -> Counters {
         self.context.stats.snapshot()
+    }
+}
+
+fn handler_panicked() -> OpError {
+    OpError::Refused("the handler panicked".into())
+}
+
+/// How far [`start`] took a future.
+enum Started<T> {
+    /// To its end (or its panic).
+    Ended(std::thread::Result<T>),
+    /// To its first wait; a task on the runtime runs the rest.
+    Waits(JoinHandle<T>),
+}
+
+/// Runs `future` up to its first wait here and now, then hands the rest to a task on
+/// `runtime`. Futures started one after another thus reach their first wait in that order
+/// (spawned tasks alone start in no promised order); the rest runs on the callee's own runtime,
+/// so a busy caller cannot starve it (and vice versa).
+fn start<T: Send + 'static>(runtime: &tokio::runtime::Handle, mut future: BoxFuture<'static, T>) -> Started<T> {
+    let _on_its_runtime = runtime.enter();
+    // The task polls again at once with its own waker: a future registers the waker of its
+    // latest poll, so this first one's needs none.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
+        Ok(std::task::Poll::Ready(output)) => Started::Ended(Ok(output)),
+        Ok(std::task::Poll::Pending) => Started::Waits(runtime.spawn(future)),
+        Err(panic) => Started::Ended(Err(panic)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Started, start};
+
+    /// Calls that take a lock before they first wait, started one after another, take it in
+    /// that order on a runtime of several workers (tasks spawned alone run in no promised order).
+    #[test]
+    fn futures_started_one_after_another_reach_their_first_wait_in_that_order() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let order = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let holder = runtime.block_on(order.clone().lock_owned());
+        let mut waits = Vec::new();
+        for i in 0..200 {
+            let order = order.clone();
+            let future = Box::pin(async move { order.lock().await.push(i) });
+            match start(runtime.handle(), future) {
+                Started::Waits(task) => waits.push(task),
+                Started::Ended(_) => panic!("the lock is held: call {i} waits"),
+            }
+        }
+        drop(holder);
+        runtime.block_on(async {
+            for task in waits {
+                task.await.unwrap();
+            }
+        });
+        assert_eq!(*order.blocking_lock(), (0..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_future_that_panics_before_it_waits_ends_as_a_panic() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let started = start::<()>(runtime.handle(), Box::pin(async { panic!("at once") }));
+        assert!(matches!(started, Started::Ended(Err(_))));
     }
 }

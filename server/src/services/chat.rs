@@ -31,10 +31,11 @@ pub(crate) const CONNECTOR_TYPE: &str = "connector";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum ChatRequest {
-    /// A member enters a room; `silent` tells no one (a member that was missing after a move).
-    Enter { room: String, member: Member, silent: bool },
-    /// A member says something to its room.
-    Say { room: String, uid: String, text: String },
+    /// A member enters a room; the others are told.
+    Enter { room: String, member: Member },
+    /// A member says something to its room. A member the room does not know yet (its
+    /// connector recorded it after the room gathered its members) joins silently.
+    Say { room: String, member: Member, text: String },
     /// A member leaves.
     Leave { room: String, uid: String, session: String },
 }
@@ -54,8 +55,6 @@ pub(crate) struct Member {
     pub session: String,
 }
 
-/// Answer of `Say` when the speaker is not a member here.
-pub(crate) const NOT_IN_ROOM: &str = "not in room";
 /// Answer of `Enter` when the uid is already in the room from another session.
 pub(crate) const DUPLICATE_UID: &str = "duplicate uid";
 
@@ -104,27 +103,22 @@ impl ChatService {
         // Lines are queued for the members under the room's lock, so they keep one order;
         // their delivery is awaited after it.
         let (answer, deliveries) = match request {
-            ChatRequest::Enter { room, member, silent } => {
+            ChatRequest::Enter { room, member } => {
                 let mut joined = Vec::new();
-                match members.iter().find(|m| m.uid == member.uid) {
-                    Some(existing) if *existing != member => return Err(DUPLICATE_UID.into()),
-                    Some(_) => {}
-                    None => {
-                        if !silent {
-                            joined = push(instance, members, &format!("JOIN {room} {}", member.uid));
-                        }
-                        members.push(member);
-                    }
+                if admit(members, &member)? {
+                    joined = push(
+                        instance,
+                        &members[..members.len() - 1],
+                        &format!("JOIN {room} {}", member.uid),
+                    );
                 }
                 (Answer::Members(members.iter().map(|m| m.uid.clone()).collect()), joined)
             }
-            ChatRequest::Say { room, uid, text } => {
-                if !members.iter().any(|m| m.uid == uid) {
-                    return Err(NOT_IN_ROOM.into());
-                }
+            ChatRequest::Say { room, member, text } => {
+                admit(members, &member)?;
                 (
                     Answer::Said,
-                    push(instance, members, &format!("MSG {room} {uid} {text}")),
+                    push(instance, members, &format!("MSG {room} {} {text}", member.uid)),
                 )
             }
             ChatRequest::Leave { room, uid, session } => {
@@ -168,6 +162,19 @@ impl ChatRequest {
     fn room(&self) -> &str {
         match self {
             Self::Enter { room, .. } | Self::Say { room, .. } | Self::Leave { room, .. } => room,
+        }
+    }
+}
+
+/// Adds `member` to `members` unless it is there already; true if it was added. Another
+/// session with the same uid is refused.
+fn admit(members: &mut Vec<Member>, member: &Member) -> Result<bool, String> {
+    match members.iter().find(|m| m.uid == member.uid) {
+        Some(existing) if existing != member => Err(DUPLICATE_UID.into()),
+        Some(_) => Ok(false),
+        None => {
+            members.push(member.clone());
+            Ok(true)
         }
     }
 }

@@ -4,17 +4,17 @@
 //! asks, so rooms survive the chat instances changing.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
 
-use super::chat::{CHAT_TYPE, ChatRequest, ConnectorRequest, DUPLICATE_UID, Member, NOT_IN_ROOM};
+use super::chat::{CHAT_TYPE, ChatRequest, ConnectorRequest, DUPLICATE_UID, Member};
 use super::split_command;
 use crate::context::{InstanceContext, Session};
-use crate::dispatch::HostHandle;
+use crate::dispatch::{HostHandle, Route};
 use crate::filter::LineFilter;
-use crate::outcome::OpError;
+use crate::outcome::{OpError, Pending};
 use crate::service::Service;
 use crate::session::{CloseReason, SessionId};
 
@@ -47,13 +47,11 @@ impl ConnectorService {
             session.reply_line(format_args!("ERR already in room {current}"));
             return;
         }
-        let member = member(session, uid);
-        let request = ChatRequest::Enter {
+        let enter = ChatRequest::Enter {
             room: room.to_owned(),
-            member,
-            silent: false,
+            member: member(session, uid),
         };
-        match call_chat(session.host(), room, &request).await {
+        match call_chat(session.host(), room, request_of(&enter)).await {
             Ok(answer) => {
                 let membership = Membership {
                     uid: uid.to_owned(),
@@ -73,35 +71,109 @@ impl ConnectorService {
         }
     }
 
-    async fn say(&self, session: &mut Session<'_>, text: &str) {
+    /// `SAY <text>`: the line goes to the room's chat instance now, and the session goes on
+    /// reading; an error answers it later, in its place among the replies. A speaker's lines
+    /// keep their order: calls to one chat instance start in the order they are made, and a
+    /// line whose room routes elsewhere than the lines still on their way is held until they
+    /// have settled.
+    fn say(&self, session: &mut Session<'_>, text: &str) {
         let Some(membership) = self.members().get(&session.id()).cloned() else {
             session.reply_line("ERR not in a room; ENTER <uid> <room> first");
             return;
         };
-        let host = session.host();
-        let room = &membership.room;
         let say = ChatRequest::Say {
-            room: room.clone(),
-            uid: membership.uid.clone(),
+            member: member(session, &membership.uid),
+            room: membership.room.clone(),
             text: text.to_owned(),
         };
-        let mut answer = call_chat(host, room, &say).await;
-        if matches!(&answer, Err(OpError::Refused(message)) if message == NOT_IN_ROOM) {
-            // The room's chat instance gathered its members before this one was recorded.
-            let enter = ChatRequest::Enter {
-                room: room.clone(),
-                member: member(session, &membership.uid),
-                silent: true,
+        let (host, room) = (session.host().clone(), membership.room);
+        let flow = session.state::<Speaking>().0.clone();
+        let route = host.route(CHAT_TYPE, &room);
+        let call = match flow.lock().unwrap_or_else(|e| e.into_inner()).next(route.as_ref()) {
+            true => route.map(|route| route.instance.call(request_of(&say))),
+            false => None,
+        };
+        let unsettled = Unsettled(flow.clone());
+        session.reply_later(async move {
+            let call = match call {
+                Some(call) => call,
+                // Held: every line before it has settled.
+                None => {
+                    let route = host.route(CHAT_TYPE, &room);
+                    flow.lock().unwrap_or_else(|e| e.into_inner()).sent(route.as_ref());
+                    match route {
+                        Some(route) => route.instance.call(request_of(&say)),
+                        None => Pending::ready(Err(OpError::NotRunning)),
+                    }
+                }
             };
-            answer = match call_chat(host, room, &enter).await {
-                Ok(_) => call_chat(host, room, &say).await,
-                Err(e) => Err(e),
+            let answer = match call.await {
+                // The instance stopped before it took the line: route it again.
+                Err(OpError::NotRunning) => call_chat(&host, &room, request_of(&say)).await,
+                answer => answer,
             };
+            drop(unsettled);
+            match answer {
+                Ok(_) => Bytes::new(),
+                Err(e) => Bytes::from(format!("ERR {e}\r\n")),
+            }
+        });
+    }
+}
+
+/// A session's `SAY`s whose outcomes are not known yet.
+#[derive(Default)]
+struct Speaking(Arc<Mutex<Flow>>);
+
+#[derive(Default)]
+struct Flow {
+    /// Lines whose outcome is not known yet.
+    unsettled: usize,
+    /// Lines among them not sent yet: each waits for those before it to settle.
+    held: usize,
+    /// The chat instance the lines sent went to.
+    chat: Option<String>,
+}
+
+impl Flow {
+    /// Counts the next line, whose room routes as `route` now; true if it may be sent at once
+    /// (nothing before it is held, and those on their way went to the same instance).
+    fn next(&mut self, route: Option<&Route>) -> bool {
+        self.unsettled += 1;
+        let chat = route.map(|route| route.instance.name());
+        let at_once = self.held == 0 && chat.is_some() && (self.chat.is_none() || self.chat.as_deref() == chat);
+        if at_once {
+            self.chat = chat.map(str::to_owned);
+        } else {
+            self.held += 1;
         }
-        if let Err(e) = answer {
-            session.reply_line(format_args!("ERR {e}"));
+        at_once
+    }
+
+    /// A held line is sent, as `route`.
+    fn sent(&mut self, route: Option<&Route>) {
+        self.held -= 1;
+        self.chat = route.map(|route| route.instance.name().to_owned());
+    }
+}
+
+/// A `SAY` whose outcome is not known yet; counts itself off when dropped.
+struct Unsettled(Arc<Mutex<Flow>>);
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        let mut flow = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        flow.unsettled -= 1;
+        if flow.unsettled == 0 {
+            // Nothing on its way, nothing held (one dropped before it was sent included).
+            (flow.held, flow.chat) = (0, None);
         }
     }
+}
+
+/// A request to a chat instance, as a call carries it.
+fn request_of(request: &ChatRequest) -> Value {
+    serde_json::to_value(request).unwrap_or_else(|e| unreachable!("a chat request is plain data: {e}"))
 }
 
 fn member(session: &Session<'_>, uid: &str) -> Member {
@@ -113,8 +185,7 @@ fn member(session: &Session<'_>, uid: &str) -> Member {
 }
 
 /// Calls the chat instance the room routes to; if it stopped on the way, routes once more.
-async fn call_chat(host: &HostHandle, room: &str, request: &ChatRequest) -> Result<Value, OpError> {
-    let request = serde_json::to_value(request).map_err(|e| OpError::Refused(e.to_string()))?;
+async fn call_chat(host: &HostHandle, room: &str, request: Value) -> Result<Value, OpError> {
     for _ in 0..2 {
         let Some(route) = host.route(CHAT_TYPE, room) else {
             break;
@@ -142,7 +213,7 @@ impl Service for ConnectorService {
         if key.eq_ignore_ascii_case("ENTER") {
             self.enter(session, rest).await;
         } else if key.eq_ignore_ascii_case("SAY") {
-            self.say(session, rest).await;
+            self.say(session, rest);
         } else if key.eq_ignore_ascii_case("QUIT") {
             session.close();
         } else if !key.is_empty() {
@@ -160,7 +231,7 @@ impl Service for ConnectorService {
             uid: membership.uid,
             session: session.id().to_string(),
         };
-        let _ = call_chat(session.host(), &membership.room, &leave).await;
+        let _ = call_chat(session.host(), &membership.room, request_of(&leave)).await;
     }
 
     /// A chat instance asks which of this connector's sessions are in a room.

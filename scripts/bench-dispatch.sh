@@ -58,7 +58,7 @@ cp "$work/servers.toml" "$work/none.toml"
 { echo 'isolation = "process"'; cat "$work/servers.toml"; } > "$work/process.toml"
 sed 's/^type = .*/&\nthreads = 1/' "$work/process.toml" > "$work/single.toml"
 
-loadgen() { target/release/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
+loadgen() { "$release_dir"/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
 # measure NAME FIELD MODE...: one loadgen run on the current host; appends FIELD to $work/NAME
 # and warns about connections that failed.
 measure() {

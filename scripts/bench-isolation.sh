@@ -48,7 +48,7 @@ TOML
 
 start_host "$work/host.toml" "$work"
 
-loadgen() { target/release/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
+loadgen() { "$release_dir"/loadgen --admin "$admin" --duration "${seconds}s" "$@"; }
 
 agents="InAgent InAgentNarrow InHost"
 for server in $agents; do : > "$work/$server.rate"; : > "$work/$server.p99"; done
@@ -61,7 +61,7 @@ for round in $(seq "$rounds"); do
   done
 done
 for server in InHost OwnRuntime InAgent; do
-  target/release/loadgen --admin "$admin" start-time --server "$server" --cycles "$cycles" | field p50_ms > "$work/$server.start"
+  "$release_dir"/loadgen --admin "$admin" start-time --server "$server" --cycles "$cycles" | field p50_ms > "$work/$server.start"
 done
 stop_host
 

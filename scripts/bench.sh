@@ -52,7 +52,7 @@ start_host "$work/host.toml" "$work"
 # start_baseline: a fresh baseline process; sets baseline_pid and bport.
 start_baseline() {
   [[ -n "$baseline_pid" ]] && { kill -KILL "$baseline_pid" 2>/dev/null; wait "$baseline_pid" 2>/dev/null || true; }
-  target/release/baseline > "$work/baseline.ready" &
+  "$release_dir"/baseline > "$work/baseline.ready" &
   baseline_pid=$!
   bport=""
   for _ in $(seq 50); do grep -q ready "$work/baseline.ready" && break; sleep 0.1; done
@@ -61,7 +61,7 @@ start_baseline() {
 }
 start_baseline
 
-run() { target/release/loadgen --duration "${seconds}s" "$@"; }
+run() { "$release_dir"/loadgen --duration "${seconds}s" "$@"; }
 ours() { run --admin "$admin" "$1" --server "$2" "${@:3}"; }
 theirs() { run --port "$bport" "$1" "${@:3}"; }
 
@@ -102,12 +102,12 @@ echo "list with 100 instances" >&2
     printf '[[servers]]\nname = "S%03d"\ntype = "echo"\nlisteners = [{ ip = "Loopback", port = 0 }]\n' "$i"
   done
 } > "$work/many.toml"
-target/release/supersocketd --config "$work/many.toml" --admin 127.0.0.1:0 --log-level warn > "$work/many.ready" 2>/dev/null &
+"$release_dir"/supersocketd --config "$work/many.toml" --admin 127.0.0.1:0 --log-level warn > "$work/many.ready" 2>/dev/null &
 many_pid=$!
 for _ in $(seq 100); do grep -q ready "$work/many.ready" && break; sleep 0.1; done
 many_admin=$(sed -n 's/^supersocketd ready: admin=//p' "$work/many.ready")
 for _ in $(seq 21); do
-  t0=$(date +%s%N); target/release/supersocket --url "$many_admin" list > /dev/null; t1=$(date +%s%N)
+  t0=$(date +%s%N); "$release_dir"/supersocket --url "$many_admin" list > /dev/null; t1=$(date +%s%N)
   echo $(( (t1 - t0) / 1000 )) >> "$work/list.us"
 done
 kill -TERM "$many_pid"; wait "$many_pid" 2>/dev/null || true; many_pid=""

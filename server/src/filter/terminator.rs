@@ -2,7 +2,6 @@
 //! dropped).
 
 use bytes::BytesMut;
-use memchr::memmem::Finder;
 use tokio_util::codec::Decoder;
 
 use super::FilterError;
@@ -10,7 +9,7 @@ use super::FilterError;
 /// Packages end with a terminator byte string, which is not part of the package.
 #[derive(Debug, Clone)]
 pub struct TerminatorFilter {
-    finder: Finder<'static>,
+    terminator: Terminator,
     max: usize,
     /// Bytes already searched without finding the terminator, so long packages are not
     /// re-scanned from the start on every read.
@@ -21,10 +20,39 @@ impl TerminatorFilter {
     /// A filter for `terminator` (not empty) with packages of at most `max` bytes.
     pub fn new(terminator: &[u8], max: usize) -> Self {
         assert!(!terminator.is_empty(), "a terminator needs at least one byte");
+        let terminator = match terminator {
+            [byte] => Terminator::Byte(*byte),
+            bytes => Terminator::Bytes(bytes.into()),
+        };
         Self {
-            finder: Finder::new(terminator).into_owned(),
+            terminator,
             max,
             searched: 0,
+        }
+    }
+}
+
+/// What ends a package. Every session holds its filter, so this keeps to the bytes themselves
+/// (a prepared searcher is over 300 bytes): one byte is found with `memchr`, a longer string
+/// with `memmem`.
+#[derive(Debug, Clone)]
+enum Terminator {
+    Byte(u8),
+    Bytes(Box<[u8]>),
+}
+
+impl Terminator {
+    fn len(&self) -> usize {
+        match self {
+            Self::Byte(_) => 1,
+            Self::Bytes(bytes) => bytes.len(),
+        }
+    }
+
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        match self {
+            Self::Byte(byte) => memchr::memchr(*byte, haystack),
+            Self::Bytes(bytes) => memchr::memmem::find(haystack, bytes),
         }
     }
 }
@@ -34,9 +62,9 @@ impl Decoder for TerminatorFilter {
     type Error = FilterError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FilterError> {
-        let needle = self.finder.needle().len();
+        let needle = self.terminator.len();
         let start = self.searched.saturating_sub(needle - 1);
-        match self.finder.find(&src[start..]) {
+        match self.terminator.find(&src[start..]) {
             Some(offset) => {
                 let end = start + offset;
                 self.searched = 0;

@@ -10,6 +10,7 @@ pub(crate) mod accept;
 mod buffers;
 pub(crate) mod driver;
 pub(crate) mod listener;
+mod steps;
 pub(crate) mod types;
 
 use std::net::TcpListener;
@@ -224,6 +225,9 @@ impl Run for LocalRun {
             let context = &self.backend.context;
             self.backend.service.stopping(context);
             self.drain.cancel();
+            // Sessions look at the token whenever they wake: wake them all (every one is
+            // registered, as no accept loop runs any more).
+            context.sessions.for_each(|session| session.outbox.wake());
             self.sessions.close();
             let drained = tokio::select! {
                 drained = tokio::time::timeout(timeout, self.sessions.wait()) => drained.is_ok(),

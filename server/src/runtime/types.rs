@@ -41,9 +41,7 @@ impl<S> std::ops::Deref for ErasedRef<S> {
 
 impl<S: Service> ErasedService for Erased<S> {
     fn serve(self: Arc<Self>, connection: Connection, setup: SessionSetup) -> BoxFuture<'static, ()> {
-        // No wrapping async block: it would hold the connection and setup a second time in
-        // every session's memory.
-        Box::pin(super::driver::serve(ErasedRef(self), connection, setup))
+        super::driver::serve(ErasedRef(self), connection, setup)
     }
 
     fn call(

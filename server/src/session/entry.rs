@@ -21,9 +21,8 @@ pub(crate) struct SessionEntry {
     pub remote: SocketAddr,
     /// The local address the peer reached.
     pub local: SocketAddr,
-    /// Wall-clock accept time, for the API.
-    pub started_at: SystemTime,
-    /// Monotonic accept time, the base of `last_active_ms`.
+    /// Monotonic accept time, the base of `last_active_ms` (the API's wall-clock times are
+    /// reckoned from it: one clock per session, not two).
     started: Instant,
     /// Milliseconds after `started` that bytes last moved.
     last_active_ms: AtomicU64,
@@ -39,7 +38,6 @@ impl SessionEntry {
             id: SessionId::next(),
             remote,
             local,
-            started_at: SystemTime::now(),
             started: Instant::now(),
             last_active_ms: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -98,12 +96,13 @@ impl SessionEntry {
 
     /// The `Session` JSON of the admin API.
     pub(crate) fn info(&self) -> SessionInfo {
-        let last_active = self.started_at + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        let started_at = SystemTime::now() - self.started.elapsed();
+        let last_active = started_at + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
         SessionInfo {
             id: self.id.to_string(),
             remote: self.remote.to_string(),
             local: self.local.to_string(),
-            started_at: rfc3339(self.started_at),
+            started_at: rfc3339(started_at),
             last_active_at: rfc3339(last_active),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),

@@ -10,11 +10,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::CloseReason;
 use crate::outcome::OpError;
@@ -38,7 +39,7 @@ pub(crate) struct Outbox {
     queue: Mutex<Queue>,
     limits: QueueLimits,
     /// Wakes the session when a message or a request arrives.
-    notify: Notify,
+    notify: Signal,
     /// 0, or the code of the requested close reason.
     close: AtomicU8,
     /// Whether the session holds buffers, and whether it was asked to release them.
@@ -50,18 +51,61 @@ struct Queue {
     ready: VecDeque<Bytes>,
     /// Bytes in `ready`.
     bytes: usize,
-    /// Messages that did not fit, in the order they came.
-    waiting: VecDeque<Waiter>,
-    /// Bytes in `waiting`.
-    waiting_bytes: usize,
+    /// Messages that did not fit, in the order they came; boxed, as most sessions never have
+    /// any and every session holds its queue.
+    line: Option<Box<Line>>,
     /// Set when the session writes its last: nothing more is taken.
     sealed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Line {
+    waiters: VecDeque<Waiter>,
+    /// Bytes in `waiters`.
+    bytes: usize,
 }
 
 #[derive(Debug)]
 struct Waiter {
     message: Bytes,
     admitted: oneshot::Sender<Result<(), OpError>>,
+}
+
+/// Wakes the one task that waits on it, the session; given while the session does not wait,
+/// it is kept for its next wait (as `Notify::notify_one`). Waiting on it takes no future of
+/// its own, so an idle session's wait stays a few references.
+#[derive(Debug, Default)]
+struct Signal {
+    given: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    fn give(&self) {
+        self.given.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.given.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        {
+            let mut waker = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            if !waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        // Given while the waker was being stored: it may have found none to wake.
+        if self.given.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// Where [`Outbox::queue`] put a message.
@@ -92,12 +136,16 @@ impl Queue {
     /// Lets waiting messages in, first come first served, while they fit; true if any did.
     fn admit(&mut self, limits: QueueLimits) -> bool {
         let mut admitted = false;
-        while let Some(waiter) = self.waiting.front() {
+        while let Some(waiter) = self.line.as_ref().and_then(|line| line.waiters.front()) {
             if !self.fits(&waiter.message, limits) {
                 break;
             }
-            let Some(waiter) = self.waiting.pop_front() else { break };
-            self.waiting_bytes -= waiter.message.len();
+            let Some(line) = self.line.as_mut() else { break };
+            let Some(waiter) = line.waiters.pop_front() else { break };
+            line.bytes -= waiter.message.len();
+            if line.waiters.is_empty() {
+                self.line = None;
+            }
             // A sender that stopped waiting still gets its message delivered: it was submitted.
             let _ = waiter.admitted.send(Ok(()));
             self.push(waiter.message);
@@ -112,7 +160,7 @@ impl Outbox {
         Self {
             queue: Mutex::new(Queue::default()),
             limits,
-            notify: Notify::new(),
+            notify: Signal::default(),
             close: AtomicU8::new(0),
             buffers: AtomicU8::new(0),
         }
@@ -130,22 +178,23 @@ impl Outbox {
         if queue.sealed || self.close_requested().is_some() {
             return Queued::Refused(OpError::NoSession);
         }
-        if queue.waiting.is_empty() && queue.fits(&message, self.limits) {
+        if queue.line.is_none() && queue.fits(&message, self.limits) {
             queue.push(message);
             drop(queue);
-            self.notify.notify_one();
+            self.notify.give();
             return Queued::Now;
         }
-        let line_full = queue.waiting.len() >= self.limits.messages
-            || (!queue.waiting.is_empty() && queue.waiting_bytes + message.len() > self.limits.bytes);
+        let line = queue.line.get_or_insert_default();
+        let line_full = line.waiters.len() >= self.limits.messages
+            || (!line.waiters.is_empty() && line.bytes + message.len() > self.limits.bytes);
         if line_full {
             drop(queue);
             self.close(CloseReason::Timeout);
             return Queued::Refused(OpError::QueueFull);
         }
         let (admitted, outcome) = oneshot::channel();
-        queue.waiting_bytes += message.len();
-        queue.waiting.push_back(Waiter { message, admitted });
+        line.bytes += message.len();
+        line.waiters.push_back(Waiter { message, admitted });
         Queued::Later(outcome)
     }
 
@@ -160,7 +209,7 @@ impl Outbox {
             _ => OpError::NoSession,
         };
         self.refuse_waiting(refusal);
-        self.notify.notify_one();
+        self.notify.give();
     }
 
     /// Takes nothing more (the session is writing its last), without asking it to close;
@@ -173,10 +222,9 @@ impl Outbox {
     fn refuse_waiting(&self, refusal: OpError) {
         let waiting = {
             let mut queue = self.lock();
-            queue.waiting_bytes = 0;
-            std::mem::take(&mut queue.waiting)
+            queue.line.take()
         };
-        for waiter in waiting {
+        for waiter in waiting.into_iter().flat_map(|line| line.waiters) {
             let _ = waiter.admitted.send(Err(refusal.clone()));
         }
     }
@@ -188,12 +236,19 @@ impl Outbox {
 
     /// Resolves when a message or a request may be waiting.
     pub(crate) async fn wait(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_wait(cx)).await;
     }
 
-    /// Makes the next [`wait`](Self::wait) resolve at once (for a waker consumed elsewhere).
+    /// Ready when a message or a request may be waiting; else the session is woken when one
+    /// may be.
+    pub(crate) fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.notify.poll_take(cx)
+    }
+
+    /// Makes the next [`wait`](Self::wait) resolve at once (for a waker consumed elsewhere,
+    /// or a stop that the session sees for itself).
     pub(crate) fn wake(&self) {
-        self.notify.notify_one();
+        self.notify.give();
     }
 
     /// The session says it holds buffers (so a sweep may ask for them back).
@@ -209,7 +264,7 @@ impl Outbox {
             .buffers
             .compare_exchange(HOLDING, RELEASE, Ordering::AcqRel, Ordering::Relaxed);
         if asked.is_ok() {
-            self.notify.notify_one();
+            self.notify.give();
         }
     }
 
@@ -232,7 +287,7 @@ impl Outbox {
         let admitted = queue.admit(self.limits);
         drop(queue);
         if admitted {
-            self.notify.notify_one();
+            self.notify.give();
         }
         count
     }

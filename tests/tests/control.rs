@@ -352,3 +352,81 @@ async fn a_stuck_session_is_cut_at_the_stop_timeout_and_the_operation_survives_a
     assert!(closes_within(&mut stubborn, Duration::from_secs(5)).await);
     assert_eq!(host.ctl(&["start", "Echo"]).code, 0);
 }
+
+/// A kick that comes while the session's handler waits (for room in a reader's full queue)
+/// closes it as soon as that handler is done, not at some later wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_while_a_handler_waits_closes_the_session_when_it_is_done() {
+    let host = HostProcess::start(
+        r#"
+[[servers]]
+name = "Cmd"
+type = "command"
+send_queue = 1
+send_queue_bytes = 1024
+max_package_length = 200000
+idle_timeout = "0s"
+listeners = [{ ip = "Loopback", port = 0 }]
+"#,
+    );
+    let port = host.port("Cmd", 0).await;
+    // Whether the kick lands inside a waiting handler or between two is a matter of timing
+    // (about half the rounds land inside one): six rounds.
+    for _ in 0..6 {
+        kick_while_a_handler_waits(&host, port).await;
+    }
+}
+
+async fn kick_while_a_handler_waits(host: &HostProcess, port: u16) {
+    // A member that never reads: broadcasts to it wait for room, then close it as a slow reader.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let silent = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let (reader, mut writer) = connect(port).await.into_split();
+    let mut reader = tokio::io::BufReader::new(reader);
+    let mut line = String::new();
+    let mut ask = async |request: &str, line: &mut String| {
+        tokio::io::AsyncWriteExt::write_all(&mut writer, format!("{request}\r\n").as_bytes())
+            .await
+            .unwrap();
+        // Skipping what this session's own broadcasts bring it.
+        loop {
+            line.clear();
+            tokio::io::AsyncBufReadExt::read_line(&mut reader, line).await.unwrap();
+            if line.trim_end() != "hello" {
+                return line.trim_end().to_owned();
+            }
+        }
+    };
+    // Until the silent member is registered.
+    for _ in 0..100 {
+        if ask("BROADCAST hello", &mut line).await == "OK 2" {
+            break;
+        }
+    }
+    let id = ask("WHOAMI", &mut line).await;
+    let pipeline = format!("BROADCAST {}\r\n", "x".repeat(100_000)).repeat(60);
+    let writing = tokio::spawn(async move {
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut writer, pipeline.as_bytes()).await;
+        writer
+    });
+    // The first broadcasts are answered at once; the later ones wait for the silent member.
+    let mut first = [0u8; 5];
+    tokio::io::AsyncReadExt::read_exact(&mut reader, &mut first)
+        .await
+        .unwrap();
+    let kicked_at = Instant::now();
+    assert_eq!(host.ctl(&["kick", "Cmd", &id]).code, 0);
+    assert!(
+        closes_within(&mut reader, Duration::from_secs(10)).await,
+        "the kicked session is closed"
+    );
+    let closed_after = kicked_at.elapsed();
+    // The waiting handlers end once the silent member is closed as a slow reader (a second of
+    // patience); the kick takes effect right after.
+    assert!(
+        closed_after < Duration::from_millis(2500),
+        "closed {closed_after:?} after the kick"
+    );
+    drop((silent, writing));
+}

@@ -648,13 +648,14 @@ async fn keep_outbox_moving<IO: SessionIo>(
     setup: &SessionSetup,
 ) -> bool {
     let outbox = &setup.entry.outbox;
-    let mut failed = false;
+    let (mut failed, mut woken) = (false, false);
     loop {
         tokio::select! {
             biased;
-            () = &mut handler => return failed,
+            () = &mut handler => break,
             () = outbox.wait(), if side.len() < SIDE_LIMIT => {
                 outbox.drain_into(side);
+                woken = true;
             }
             written = io.write_buf(side), if !side.is_empty() && !failed => match written {
                 Ok(n) if n > 0 => count_out(setup, n),
@@ -662,6 +663,12 @@ async fn keep_outbox_moving<IO: SessionIo>(
             },
         }
     }
+    if woken {
+        // A close or a release request may have come with a wake-up taken here: the session
+        // loop looks at its outbox once more.
+        outbox.wake();
+    }
+    failed
 }
 
 /// Reads once into `buf`; a session without a buffer waits for data before it borrows one.

@@ -2,8 +2,8 @@
 //! counters and the outbox other tasks send to it through.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,6 +14,12 @@ use super::{CloseReason, SessionId};
 use crate::outcome::{OpError, Pending};
 use crate::timefmt::rfc3339;
 
+/// The process's monotonic epoch, the base of every session's accept time.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// One open session, shared by its task, its instance's registry and anyone sending to it.
 #[derive(Debug)]
 pub(crate) struct SessionEntry {
@@ -21,10 +27,12 @@ pub(crate) struct SessionEntry {
     pub remote: SocketAddr,
     /// The local address the peer reached.
     pub local: SocketAddr,
-    /// Monotonic accept time, the base of `last_active_ms` (the API's wall-clock times are
-    /// reckoned from it: one clock per session, not two).
-    started: Instant,
-    /// Milliseconds after `started` that bytes last moved.
+    /// Monotonic accept time, in nanoseconds after [`epoch`]: the base of `last_active_ms`.
+    started_ns: u64,
+    /// Wall-clock accept time, in milliseconds after the Unix epoch, for the API. (Two
+    /// numbers of 8 bytes, where an `Instant` and a `SystemTime` take 16 each.)
+    started_at_ms: u64,
+    /// Milliseconds after the accept that bytes last moved.
     last_active_ms: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -38,7 +46,10 @@ impl SessionEntry {
             id: SessionId::next(),
             remote,
             local,
-            started: Instant::now(),
+            started_ns: Instant::now().saturating_duration_since(epoch()).as_nanos() as u64,
+            started_at_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
             last_active_ms: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -48,23 +59,23 @@ impl SessionEntry {
 
     /// When it was accepted (monotonic): sessions sort by it, oldest first.
     pub(crate) fn started(&self) -> Instant {
-        self.started
+        epoch() + Duration::from_nanos(self.started_ns)
     }
 
     /// Records activity now.
     pub(crate) fn touch(&self, now: Instant) {
-        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        let ms = now.saturating_duration_since(self.started()).as_millis() as u64;
         self.last_active_ms.store(ms, Ordering::Relaxed);
     }
 
     /// How long ago it was accepted.
     pub(crate) fn age(&self) -> Duration {
-        self.started.elapsed()
+        self.started().elapsed()
     }
 
     /// When bytes last moved.
     pub(crate) fn last_active(&self) -> Instant {
-        self.started + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
+        self.started() + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
     }
 
     /// Queues `message` for the peer. It is placed in the session's order now: behind
@@ -96,7 +107,7 @@ impl SessionEntry {
 
     /// The `Session` JSON of the admin API.
     pub(crate) fn info(&self) -> SessionInfo {
-        let started_at = SystemTime::now() - self.started.elapsed();
+        let started_at = SystemTime::UNIX_EPOCH + Duration::from_millis(self.started_at_ms);
         let last_active = started_at + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
         SessionInfo {
             id: self.id.to_string(),

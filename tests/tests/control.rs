@@ -357,18 +357,28 @@ async fn a_stuck_session_is_cut_at_the_stop_timeout_and_the_operation_survives_a
 /// closes it as soon as that handler is done, not at some later wake-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kick_while_a_handler_waits_closes_the_session_when_it_is_done() {
-    let host = HostProcess::start(
+    a_kick_while_a_handler_waits("none").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_while_a_handler_waits_in_an_agent_closes_the_session_when_it_is_done() {
+    a_kick_while_a_handler_waits("process").await;
+}
+
+async fn a_kick_while_a_handler_waits(isolation: &str) {
+    let host = HostProcess::start(&format!(
         r#"
 [[servers]]
 name = "Cmd"
 type = "command"
+isolation = "{isolation}"
 send_queue = 1
 send_queue_bytes = 1024
 max_package_length = 200000
 idle_timeout = "0s"
-listeners = [{ ip = "Loopback", port = 0 }]
-"#,
-    );
+listeners = [{{ ip = "Loopback", port = 0 }}]
+"#
+    ));
     let port = host.port("Cmd", 0).await;
     // Whether the kick lands inside a waiting handler or between two is a matter of timing
     // (about half the rounds land inside one): six rounds.
@@ -399,11 +409,14 @@ async fn kick_while_a_handler_waits(host: &HostProcess, port: u16) {
         }
     };
     // Until the silent member is registered.
+    let mut registered = false;
     for _ in 0..100 {
         if ask("BROADCAST hello", &mut line).await == "OK 2" {
+            registered = true;
             break;
         }
     }
+    assert!(registered, "the silent member never showed among the sessions");
     let id = ask("WHOAMI", &mut line).await;
     let pipeline = format!("BROADCAST {}\r\n", "x".repeat(100_000)).repeat(60);
     let writing = tokio::spawn(async move {

@@ -334,7 +334,10 @@ where
         if self.setup.drain.is_cancelled() {
             return Poll::Ready(Event::Drain);
         }
-        if self.setup.entry.outbox.poll_wait(cx).is_ready() {
+        // What the outbox holds, not only whether it signalled: a step that waited on it
+        // (a write, a waiting handler) may have taken the signal of a close request.
+        let outbox = &self.setup.entry.outbox;
+        if outbox.poll_wait(cx).is_ready() || outbox.has_work() {
             return Poll::Ready(Event::Outbox);
         }
         if self.replies.waiting() && self.replies.poll_settled(cx).is_ready() {
@@ -609,8 +612,7 @@ fn count_out(setup: &SessionSetup, n: usize) {
 /// the idle sweeper, a kick) while the peer is not reading.
 async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut BytesMut, setup: &SessionSetup) -> Result<(), CloseReason> {
     let outbox = &setup.entry.outbox;
-    let mut woken = false;
-    let result = loop {
+    loop {
         if buffer.is_empty() {
             break Ok(());
         }
@@ -621,17 +623,13 @@ async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut BytesMut, setup: &Se
                 Ok(0) | Err(_) => break Err(CloseReason::SocketError),
                 Ok(n) => count_out(setup, n),
             },
-            () = outbox.wait() => match outbox.close_requested() {
-                Some(reason) => break Err(reason),
-                None => woken = true,
+            // A wake-up for anything else (a message, a release) is the session loop's: it
+            // looks at what the outbox holds after this step.
+            () = outbox.wait() => if let Some(reason) = outbox.close_requested() {
+                break Err(reason);
             },
         }
-    };
-    if woken {
-        // The wake-up was for the session loop (a message, a release): hand it back.
-        outbox.wake();
     }
-    result
 }
 
 /// Most outbox bytes taken aside while a handler waits; beyond it the queue fills and its
@@ -648,14 +646,13 @@ async fn keep_outbox_moving<IO: SessionIo>(
     setup: &SessionSetup,
 ) -> bool {
     let outbox = &setup.entry.outbox;
-    let (mut failed, mut woken) = (false, false);
+    let mut failed = false;
     loop {
         tokio::select! {
             biased;
-            () = &mut handler => break,
+            () = &mut handler => return failed,
             () = outbox.wait(), if side.len() < SIDE_LIMIT => {
                 outbox.drain_into(side);
-                woken = true;
             }
             written = io.write_buf(side), if !side.is_empty() && !failed => match written {
                 Ok(n) if n > 0 => count_out(setup, n),
@@ -663,12 +660,6 @@ async fn keep_outbox_moving<IO: SessionIo>(
             },
         }
     }
-    if woken {
-        // A close or a release request may have come with a wake-up taken here: the session
-        // loop looks at its outbox once more.
-        outbox.wake();
-    }
-    failed
 }
 
 /// Reads once into `buf`; a session without a buffer waits for data before it borrows one.

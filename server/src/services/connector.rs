@@ -87,26 +87,18 @@ impl ConnectorService {
             text: text.to_owned(),
         };
         let (host, room) = (session.host().clone(), membership.room);
-        let flow = session.state::<Speaking>().0.clone();
+        let flow = session.state::<Arc<Mutex<Flow>>>().clone();
         let route = host.route(CHAT_TYPE, &room);
-        let call = match flow.lock().unwrap_or_else(|e| e.into_inner()).next(route.as_ref()) {
-            true => route.map(|route| route.instance.call(request_of(&say))),
-            false => None,
-        };
+        let at_once = lock(&flow).next(route.as_ref());
+        let call = at_once.then(|| call_on(route, &say));
         let unsettled = Unsettled(flow.clone());
         session.reply_later(async move {
-            let call = match call {
-                Some(call) => call,
+            let call = call.unwrap_or_else(|| {
                 // Held: every line before it has settled.
-                None => {
-                    let route = host.route(CHAT_TYPE, &room);
-                    flow.lock().unwrap_or_else(|e| e.into_inner()).sent(route.as_ref());
-                    match route {
-                        Some(route) => route.instance.call(request_of(&say)),
-                        None => Pending::ready(Err(OpError::NotRunning)),
-                    }
-                }
-            };
+                let route = host.route(CHAT_TYPE, &room);
+                lock(&flow).sent(route.as_ref());
+                call_on(route, &say)
+            });
             let answer = match call.await {
                 // The instance stopped before it took the line: route it again.
                 Err(OpError::NotRunning) => call_chat(&host, &room, request_of(&say)).await,
@@ -121,10 +113,7 @@ impl ConnectorService {
     }
 }
 
-/// A session's `SAY`s whose outcomes are not known yet.
-#[derive(Default)]
-struct Speaking(Arc<Mutex<Flow>>);
-
+/// A session's `SAY`s whose outcomes are not known yet (the session's own state).
 #[derive(Default)]
 struct Flow {
     /// Lines whose outcome is not known yet.
@@ -162,12 +151,24 @@ struct Unsettled(Arc<Mutex<Flow>>);
 
 impl Drop for Unsettled {
     fn drop(&mut self) {
-        let mut flow = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flow = lock(&self.0);
         flow.unsettled -= 1;
         if flow.unsettled == 0 {
             // Nothing on its way, nothing held (one dropped before it was sent included).
             (flow.held, flow.chat) = (0, None);
         }
+    }
+}
+
+fn lock(flow: &Mutex<Flow>) -> std::sync::MutexGuard<'_, Flow> {
+    flow.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends `say` to the chat instance of `route`.
+fn call_on(route: Option<Route>, say: &ChatRequest) -> Pending<Value> {
+    match route {
+        Some(route) => route.instance.call(request_of(say)),
+        None => Pending::ready(Err(OpError::NotRunning)),
     }
 }
 

@@ -245,10 +245,18 @@ impl Outbox {
         self.notify.poll_take(cx)
     }
 
-    /// Makes the next [`wait`](Self::wait) resolve at once (for a waker consumed elsewhere,
-    /// or a stop that the session sees for itself).
+    /// Makes the next [`wait`](Self::wait) resolve at once (a stop, which the session sees for
+    /// itself).
     pub(crate) fn wake(&self) {
         self.notify.give();
+    }
+
+    /// Whether anything waits for the session: a message, a close request, a request to
+    /// release its buffers.
+    pub(crate) fn has_work(&self) -> bool {
+        self.close_requested().is_some()
+            || self.buffers.load(Ordering::Acquire) == RELEASE
+            || !self.lock().ready.is_empty()
     }
 
     /// The session says it holds buffers (so a sweep may ask for them back).

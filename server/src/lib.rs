@@ -54,7 +54,7 @@ pub mod filter;
 pub mod host;
 pub mod instance;
 mod isolation;
-mod memory;
+pub mod memory;
 pub mod outcome;
 mod runtime;
 pub mod secret;

@@ -1,4 +1,4 @@
-//! Gives memory the allocator holds free back to the operating system.
+//! Gives memory that glibc's malloc holds free back to the operating system.
 //!
 //! glibc's malloc keeps what is freed inside its arenas. After many sessions or admin
 //! connections close, their memory is free in pieces between live allocations, and malloc's own

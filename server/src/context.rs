@@ -21,6 +21,7 @@ use crate::config::ServerConfig;
 use crate::dispatch::HostHandle;
 use crate::instance::InstanceStats;
 use crate::outcome::{BoxFuture, Pending};
+use crate::session::buffers::Buffer;
 use crate::session::{CloseReason, SessionEntry, SessionId, SessionRegistry};
 
 /// One run of an instance, as its handlers see it.
@@ -118,7 +119,7 @@ pub(crate) const MAX_REPLIES_LATER: usize = 128;
 #[derive(Default)]
 pub(crate) struct Replies {
     /// Replies ready to write with this read's batch.
-    pub now: BytesMut,
+    pub now: Buffer,
     /// Replies behind one that waits, in order (boxed: most sessions never have any, and
     /// every idle session would carry the queue's size).
     #[allow(clippy::box_collection)]
@@ -134,7 +135,7 @@ impl Replies {
     /// Where the next reply goes: with this batch, unless a reply before it still waits.
     fn tail(&mut self) -> &mut BytesMut {
         let Some(later) = self.later.as_mut().filter(|later| !later.is_empty()) else {
-            return &mut self.now;
+            return self.now.get();
         };
         if !matches!(later.back(), Some(Later::Ready(_))) {
             later.push_back(Later::Ready(BytesMut::new()));
@@ -167,9 +168,9 @@ impl Replies {
         let mut moved = false;
         while let Some(front) = later.front_mut() {
             match front {
-                Later::Ready(bytes) => self.now.extend_from_slice(bytes),
+                Later::Ready(bytes) => self.now.get().extend_from_slice(bytes),
                 Later::Waiting(future) => match future.as_mut().poll(cx) {
-                    Poll::Ready(bytes) => self.now.extend_from_slice(&bytes),
+                    Poll::Ready(bytes) => self.now.get().extend_from_slice(&bytes),
                     Poll::Pending => break,
                 },
             }

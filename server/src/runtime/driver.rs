@@ -4,7 +4,7 @@
 //! stop drain gracefully (handle what was sent, flush, FIN, wait for the peer to close).
 //!
 //! Steady state allocates nothing per package: a session reads into a buffer its worker thread
-//! lends it ([`buffers`](super::buffers); packages are split off it and hand it back when
+//! lends it ([`buffers`](crate::session::buffers); packages are split off it and hand it back when
 //! dropped) and gathers replies in another; both go back to the worker as soon as they are
 //! empty, so an idle session holds none. Only the bytes of a package not complete yet stay
 //! with the session. Sessions hold no timer: the instance's [sweeper](super::sweeper) closes
@@ -18,7 +18,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -27,12 +26,12 @@ use tokio_util::codec::Decoder;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-use super::buffers;
 use super::steps::Step;
 use crate::context::{InstanceContext, Replies, Session, SessionState};
 use crate::filter::FilterError;
 use crate::outcome::BoxFuture;
 use crate::service::Service;
+use crate::session::buffers::Buffer;
 use crate::session::{CloseReason, SessionEntry};
 
 /// Bound on a TLS handshake.
@@ -193,12 +192,12 @@ struct Driver<'a, S: Service, IO> {
     filter: S::Filter,
     setup: &'a SessionSetup,
     /// Bytes read and not yet decoded.
-    rbuf: BytesMut,
+    rbuf: Buffer,
     /// Replies and outbox messages not yet written (`replies.now`), and replies waiting for
     /// an outcome.
     replies: Replies,
     /// Outbox messages taken while a handler was waiting; written before `out`.
-    side: BytesMut,
+    side: Buffer,
     /// Set by a handler (or the filter) to close after the pending writes.
     close: Option<CloseReason>,
     /// The server type's own state of this session.
@@ -275,9 +274,9 @@ where
             io,
             filter: service.filter(config.max_package_length),
             setup,
-            rbuf: BytesMut::new(),
+            rbuf: Buffer::default(),
             replies: Replies::default(),
-            side: BytesMut::new(),
+            side: Buffer::default(),
             close: None,
             state,
         }
@@ -352,29 +351,22 @@ where
     }
 
     fn holds_buffers(&self) -> bool {
-        self.rbuf.capacity() > 0 || self.replies.now.capacity() > 0 || self.side.capacity() > 0
+        self.rbuf.held() || self.replies.now.held() || self.side.held()
     }
 
     /// Gives the worker back the buffers that hold nothing.
     fn give_back_buffers(&mut self) {
-        buffers::give_back(&mut self.rbuf);
-        buffers::give_back(&mut self.replies.now);
-        buffers::give_back(&mut self.side);
+        self.rbuf.give_back();
+        self.replies.now.give_back();
+        self.side.give_back();
     }
 
     /// Keeps only exact copies of what the buffers hold (a package not complete yet, replies
     /// the peer has not taken), and gives the rest back.
     fn release_buffers(&mut self) {
-        buffers::shrink(&mut self.rbuf);
-        buffers::shrink(&mut self.replies.now);
-        buffers::shrink(&mut self.side);
-    }
-
-    /// Lends the replies a buffer to gather in, unless they have one.
-    fn lend_reply_buffer(&mut self) {
-        if self.replies.now.capacity() == 0 {
-            self.replies.now = buffers::borrow();
-        }
+        self.rbuf.shrink();
+        self.replies.now.shrink();
+        self.side.shrink();
     }
 
     /// Decodes and handles every complete package read so far, then writes the replies.
@@ -384,7 +376,6 @@ where
         entry.touch(Instant::now());
         entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         setup.instance.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        self.lend_reply_buffer();
         let result = self.handle_packages().await;
         self.flush().await?;
         result
@@ -394,7 +385,7 @@ where
         let setup = self.setup;
         let mut packages = 0u64;
         let result = loop {
-            match self.filter.decode(&mut self.rbuf) {
+            match self.filter.decode(self.rbuf.get()) {
                 Ok(Some(package)) => {
                     packages += 1;
                     let mut session = Session {
@@ -420,7 +411,7 @@ where
                 Err(e) => {
                     tracing::debug!(server = %setup.instance.name, session = %setup.entry.id, "protocol error: {e}");
                     // Drop what cannot be decoded; it must not be kept in memory.
-                    self.rbuf = BytesMut::new();
+                    self.rbuf.discard();
                     break Err(match e {
                         FilterError::Io(_) => CloseReason::SocketError,
                         _ => CloseReason::ProtocolError,
@@ -453,8 +444,7 @@ where
         if outbox.take_release() {
             self.release_buffers();
         }
-        self.lend_reply_buffer();
-        outbox.drain_into(&mut self.replies.now);
+        outbox.drain_into(self.replies.now.get());
         match outbox.close_requested() {
             // A slow reader is closed without writing more to it.
             Some(CloseReason::Timeout) => Err(CloseReason::Timeout),
@@ -566,7 +556,7 @@ where
         // from now on are refused rather than accepted and dropped.
         let outbox = &self.setup.entry.outbox;
         outbox.seal();
-        outbox.drain_into(&mut self.replies.now);
+        outbox.drain_into(self.replies.now.get());
         if let Err(reason) = self.flush().await {
             return reason;
         }
@@ -610,7 +600,7 @@ fn count_out(setup: &SessionSetup, n: usize) {
 
 /// Writes `buffer` completely, unless the stop's deadline passes or a close is requested (by
 /// the idle sweeper, a kick) while the peer is not reading.
-async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut BytesMut, setup: &SessionSetup) -> Result<(), CloseReason> {
+async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut Buffer, setup: &SessionSetup) -> Result<(), CloseReason> {
     let outbox = &setup.entry.outbox;
     loop {
         if buffer.is_empty() {
@@ -619,7 +609,7 @@ async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut BytesMut, setup: &Se
         tokio::select! {
             biased;
             () = setup.hard.cancelled() => break Err(CloseReason::ServerShutdown),
-            written = io.write_buf(buffer) => match written {
+            written = io.write_buf(buffer.get()) => match written {
                 Ok(0) | Err(_) => break Err(CloseReason::SocketError),
                 Ok(n) => count_out(setup, n),
             },
@@ -642,7 +632,7 @@ const SIDE_LIMIT: usize = 64 * 1024;
 async fn keep_outbox_moving<IO: SessionIo>(
     mut handler: std::pin::Pin<&mut impl Future<Output = ()>>,
     io: &mut IO,
-    side: &mut BytesMut,
+    side: &mut Buffer,
     setup: &SessionSetup,
 ) -> bool {
     let outbox = &setup.entry.outbox;
@@ -652,9 +642,9 @@ async fn keep_outbox_moving<IO: SessionIo>(
             biased;
             () = &mut handler => return failed,
             () = outbox.wait(), if side.len() < SIDE_LIMIT => {
-                outbox.drain_into(side);
+                outbox.drain_into(side.get());
             }
-            written = io.write_buf(side), if !side.is_empty() && !failed => match written {
+            written = io.write_buf(side.get()), if !side.is_empty() && !failed => match written {
                 Ok(n) if n > 0 => count_out(setup, n),
                 _ => failed = true,
             },
@@ -663,35 +653,20 @@ async fn keep_outbox_moving<IO: SessionIo>(
 }
 
 /// Reads once into `buf`; a session without a buffer waits for data before it borrows one.
-async fn read_some<IO: SessionIo>(io: &mut IO, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_some<IO: SessionIo>(io: &mut IO, buf: &mut Buffer) -> std::io::Result<usize> {
     poll_fn(|cx| poll_read_some(io, buf, cx)).await
 }
 
-fn poll_read_some<IO: SessionIo>(
-    io: &mut IO,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() == 0 {
+fn poll_read_some<IO: SessionIo>(io: &mut IO, buf: &mut Buffer, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    if !buf.held() {
         std::task::ready!(io.poll_read_ready(cx))?;
     }
-    make_room(buf);
-    poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf)
-}
-
-/// Room for one read in `buf`: a borrowed buffer, or more room in the one that holds part of
-/// a package.
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() == 0 {
-        *buf = buffers::borrow();
-    } else {
-        buf.reserve(buffers::CHUNK);
-    }
+    poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf.with_room())
 }
 
 /// Reads what is already there, or `None` if the read would block.
-async fn read_now<IO: SessionIo>(io: &mut IO, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
-    make_room(buf);
+async fn read_now<IO: SessionIo>(io: &mut IO, buf: &mut Buffer) -> Option<std::io::Result<usize>> {
+    let buf = buf.with_room();
     poll_fn(|cx| match poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf) {
         Poll::Pending => Poll::Ready(None),
         Poll::Ready(result) => Poll::Ready(Some(result)),
@@ -735,10 +710,10 @@ mod tests {
     #[allow(unreachable_code)]
     fn an_idle_session_stays_small() {
         let echo = future_size(|| super::serve_tcp(&Echo, unreachable!(), unreachable!()));
-        assert!(echo <= 352, "a plain TCP session's future is {echo} bytes");
+        assert!(echo <= 256, "a plain TCP session's future is {echo} bytes");
         let command = crate::services::CommandService::default();
         let lines = future_size(|| super::serve_tcp(&command, unreachable!(), unreachable!()));
-        assert!(lines <= 384, "a line protocol's session future is {lines} bytes");
+        assert!(lines <= 288, "a line protocol's session future is {lines} bytes");
         let entry = std::mem::size_of::<crate::session::SessionEntry>();
         assert!(entry <= 232, "a session's shared record is {entry} bytes");
     }

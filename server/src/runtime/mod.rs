@@ -7,7 +7,6 @@
 //! server types.
 
 pub(crate) mod accept;
-mod buffers;
 pub(crate) mod driver;
 pub(crate) mod listener;
 mod steps;

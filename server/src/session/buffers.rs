@@ -9,48 +9,105 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 
 /// Room a borrowed buffer has at least: one read's worth.
-pub(crate) const CHUNK: usize = 8 * 1024;
+const CHUNK: usize = 8 * 1024;
 /// Buffers a thread keeps for its sessions.
 const KEPT: usize = 16;
 /// A buffer that grew past this (a large package or reply went through it) is not kept.
 const LARGEST_KEPT: usize = 64 * 1024;
 
 thread_local! {
-    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    // Boxed: the box itself is what a session holds while it uses one.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<BytesMut>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One of a session's buffers. Boxed, and only there while it holds bytes or a step uses it:
+/// a session that holds none keeps 8 bytes, not the 32 of an empty `BytesMut`, for each.
+#[derive(Default)]
+pub(crate) struct Buffer(Option<Box<BytesMut>>);
+
+impl Buffer {
+    /// The bytes, in a buffer borrowed from this thread if the session holds none.
+    pub(crate) fn get(&mut self) -> &mut BytesMut {
+        self.0.get_or_insert_with(borrow)
+    }
+
+    /// The bytes, with room for one more read.
+    pub(crate) fn with_room(&mut self) -> &mut BytesMut {
+        match self.0 {
+            Some(ref mut bytes) => {
+                bytes.reserve(CHUNK);
+                bytes
+            }
+            None => self.get(),
+        }
+    }
+
+    /// Whether the session holds a buffer here.
+    pub(crate) fn held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |bytes| bytes.len())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the bytes; the buffer goes back to this thread.
+    pub(crate) fn clear(&mut self) {
+        if let Some(bytes) = &mut self.0 {
+            bytes.clear();
+        }
+        self.give_back();
+    }
+
+    /// Drops the bytes and the buffer with them (bytes that must not be kept in memory).
+    pub(crate) fn discard(&mut self) {
+        self.0 = None;
+    }
+
+    /// Gives the buffer back to this thread if it is empty.
+    pub(crate) fn give_back(&mut self) {
+        if self.is_empty()
+            && let Some(bytes) = self.0.take()
+        {
+            keep(bytes);
+        }
+    }
+
+    /// Keeps only an exact copy of the bytes, and gives the rest back.
+    pub(crate) fn shrink(&mut self) {
+        match &mut self.0 {
+            Some(bytes) if bytes.capacity() > bytes.len() && !bytes.is_empty() => {
+                let exact = BytesMut::from(&bytes[..]);
+                let mut roomy = std::mem::replace(&mut **bytes, exact);
+                roomy.clear();
+                keep(Box::new(roomy));
+            }
+            _ => self.give_back(),
+        }
+    }
 }
 
 /// An empty buffer with room for [`CHUNK`] bytes: one of this thread's, or a new one.
-pub(crate) fn borrow() -> BytesMut {
-    let mut buffer = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+fn borrow() -> Box<BytesMut> {
+    let mut bytes = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
     // A kept buffer whose bytes no package shares any more takes its whole room back here.
-    buffer.reserve(CHUNK);
-    buffer
+    bytes.reserve(CHUNK);
+    bytes
 }
 
-/// Gives `buffer` back to this thread if it is empty, leaving it without any allocation.
-pub(crate) fn give_back(buffer: &mut BytesMut) {
-    if !buffer.is_empty() || buffer.capacity() == 0 {
-        return;
-    }
-    let buffer = std::mem::take(buffer);
-    if buffer.capacity() <= LARGEST_KEPT {
+/// Keeps an empty buffer for this thread's sessions, unless it grew large or enough are kept.
+fn keep(bytes: Box<BytesMut>) {
+    if bytes.capacity() <= LARGEST_KEPT {
         SPARE.with_borrow_mut(|spare| {
             if spare.len() < KEPT {
-                spare.push(buffer);
+                spare.push(bytes);
             }
         });
-    }
-}
-
-/// Leaves in `buffer` only an exact copy of its bytes, and gives the rest back.
-pub(crate) fn shrink(buffer: &mut BytesMut) {
-    if buffer.is_empty() {
-        give_back(buffer);
-    } else if buffer.capacity() > buffer.len() {
-        let mut kept = BytesMut::from(&buffer[..]);
-        std::mem::swap(buffer, &mut kept);
-        kept.clear();
-        give_back(&mut kept);
     }
 }
 
@@ -60,29 +117,31 @@ mod tests {
 
     #[test]
     fn buffers_go_round_and_sessions_keep_none() {
-        let mut buffer = borrow();
-        assert!(buffer.capacity() >= CHUNK);
-        buffer.extend_from_slice(b"hello");
-        give_back(&mut buffer);
-        assert_eq!(buffer.len(), 5, "a buffer with bytes stays");
-        let package = buffer.split_to(5);
-        give_back(&mut buffer);
-        assert_eq!(buffer.capacity(), 0, "an empty one goes back");
+        let mut buffer = Buffer::default();
+        assert!(buffer.get().capacity() >= CHUNK);
+        buffer.get().extend_from_slice(b"hello");
+        buffer.give_back();
+        assert_eq!(buffer.get().len(), 5, "a buffer with bytes stays");
+        let package = buffer.get().split_to(5);
+        buffer.give_back();
+        assert!(!buffer.held(), "an empty one goes back");
         drop(package);
-        let again = borrow();
-        assert!(again.capacity() >= CHUNK);
-        let mut partial = borrow();
-        partial.extend_from_slice(b"half a line");
-        shrink(&mut partial);
-        assert_eq!((&partial[..], partial.capacity()), (&b"half a line"[..], 11));
+        assert!(buffer.with_room().capacity() >= CHUNK);
+        let mut partial = Buffer::default();
+        partial.get().extend_from_slice(b"half a line");
+        partial.shrink();
+        let kept = partial.get();
+        assert_eq!((&kept[..], kept.capacity()), (&b"half a line"[..], 11));
+        partial.clear();
+        assert!(!partial.held(), "a cleared one goes back");
     }
 
     #[test]
     fn large_buffers_are_not_kept() {
-        let mut large = BytesMut::with_capacity(LARGEST_KEPT * 2);
-        give_back(&mut large);
-        assert_eq!(large.capacity(), 0);
-        let spare = SPARE.with_borrow(|spare| spare.iter().map(BytesMut::capacity).max());
+        let mut large = Buffer(Some(Box::new(BytesMut::with_capacity(LARGEST_KEPT * 2))));
+        large.give_back();
+        assert!(!large.held());
+        let spare = SPARE.with_borrow(|spare| spare.iter().map(|bytes| bytes.capacity()).max());
         assert!(spare.is_none_or(|largest| largest <= LARGEST_KEPT));
     }
 }

@@ -1,8 +1,9 @@
 //! Sessions as the rest of the host keeps them: ids, close reasons, the entry of an open
-//! session (its identity, counters and outbox), an instance's registry of them and the idle
-//! sweeper. The task that runs a connection lives in `runtime`; what a handler sees of its
+//! session (its identity, counters and outbox), an instance's registry of them, the idle
+//! sweeper, and the buffers sessions borrow from their worker thread. The task that runs a connection lives in `runtime`; what a handler sees of its
 //! session lives in `context`.
 
+pub(crate) mod buffers;
 mod entry;
 mod id;
 mod outbox;

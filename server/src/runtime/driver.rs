@@ -204,49 +204,19 @@ struct Driver<'a, S: Service, IO> {
     state: &'a mut SessionState,
 }
 
-/// A session's transport: a byte stream that can also say when a read would not block
-/// without being given a buffer (so idle sessions hold none), and whether the kernel holds
-/// bytes not read yet (so a drain does not stop early).
+/// A session's transport: a byte stream that can also say whether the kernel holds bytes not
+/// read yet (so a drain does not stop early).
 trait SessionIo: AsyncRead + AsyncWrite + Unpin + Send {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
     fn has_pending_bytes(&self) -> bool;
 }
 
 impl SessionIo for TcpStream {
-    /// Ready only when the kernel really holds something: tokio may report a fresh socket
-    /// readable before any byte arrives, and an idle session must not take a buffer for that.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        loop {
-            match TcpStream::poll_read_ready(self, cx) {
-                Poll::Ready(Ok(())) => {}
-                other => return other,
-            }
-            // A peek that would block clears tokio's readiness, so the next poll waits again.
-            let probe = self.try_io(tokio::io::Interest::READABLE, || {
-                if kernel_has_bytes(self) {
-                    Ok(())
-                } else {
-                    Err(std::io::ErrorKind::WouldBlock.into())
-                }
-            });
-            match probe {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
-    }
-
     fn has_pending_bytes(&self) -> bool {
         kernel_has_bytes(self)
     }
 }
 
 impl SessionIo for TlsStream<TcpStream> {
-    /// rustls may hold decrypted bytes the socket no longer shows, so always read.
-    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
     fn has_pending_bytes(&self) -> bool {
         kernel_has_bytes(self.get_ref().0)
     }
@@ -330,12 +300,12 @@ where
     /// references, not a future per source: this wait is all an idle session holds.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         // The stop wakes every session through its outbox once the token is cancelled.
-        if self.setup.drain.is_cancelled() {
+        // What the outbox holds, not only whether it signalled: a step that waited on it
+        // (a write, a waiting handler) may have taken the signal of a stop or a close request.
+        let outbox = &self.setup.entry.outbox;
+        if outbox.stopping() {
             return Poll::Ready(Event::Drain);
         }
-        // What the outbox holds, not only whether it signalled: a step that waited on it
-        // (a write, a waiting handler) may have taken the signal of a close request.
-        let outbox = &self.setup.entry.outbox;
         if outbox.poll_wait(cx).is_ready() || outbox.has_work() {
             return Poll::Ready(Event::Outbox);
         }
@@ -461,12 +431,15 @@ where
     async fn flush(&mut self) -> Result<(), CloseReason> {
         write_all(&mut *self.io, &mut self.side, self.setup).await?;
         write_all(&mut *self.io, &mut self.replies.now, self.setup).await?;
-        let hard = &self.setup.hard;
-        tokio::select! {
-            biased;
-            () = hard.cancelled() => Err(CloseReason::ServerShutdown),
-            flushed = self.io.flush() => flushed.map_err(|_| CloseReason::SocketError),
-        }
+        let flushed = match at_once(self.io.flush()).await {
+            Some(flushed) => flushed,
+            None => tokio::select! {
+                biased;
+                () = self.setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
+                flushed = self.io.flush() => flushed,
+            },
+        };
+        flushed.map_err(|_| CloseReason::SocketError)
     }
 
     /// Closes from this side: TLS close_notify and FIN, briefly bounded.
@@ -602,24 +575,40 @@ fn count_out(setup: &SessionSetup, n: usize) {
 /// the idle sweeper, a kick) while the peer is not reading.
 async fn write_all<IO: SessionIo>(io: &mut IO, buffer: &mut Buffer, setup: &SessionSetup) -> Result<(), CloseReason> {
     let outbox = &setup.entry.outbox;
-    loop {
-        if buffer.is_empty() {
-            break Ok(());
-        }
-        tokio::select! {
-            biased;
-            () = setup.hard.cancelled() => break Err(CloseReason::ServerShutdown),
-            written = io.write_buf(buffer.get()) => match written {
-                Ok(0) | Err(_) => break Err(CloseReason::SocketError),
-                Ok(n) => count_out(setup, n),
+    while !buffer.is_empty() {
+        // Most writes go through at once. Only one that would block also waits on the stop's
+        // deadline and the outbox: waiting on the deadline locks what every session shares.
+        let written = match at_once(io.write_buf(buffer.get())).await {
+            Some(written) => written,
+            None => tokio::select! {
+                biased;
+                () = setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
+                written = io.write_buf(buffer.get()) => written,
+                // A wake-up for anything else (a message, a release) is the session loop's: it
+                // looks at what the outbox holds after this step.
+                () = outbox.wait() => match outbox.close_requested() {
+                    Some(reason) => return Err(reason),
+                    None => continue,
+                },
             },
-            // A wake-up for anything else (a message, a release) is the session loop's: it
-            // looks at what the outbox holds after this step.
-            () = outbox.wait() => if let Some(reason) = outbox.close_requested() {
-                break Err(reason);
-            },
+        };
+        match written {
+            Ok(0) | Err(_) => return Err(CloseReason::SocketError),
+            Ok(n) => count_out(setup, n),
         }
     }
+    Ok(())
+}
+
+/// The output of `future` if it is ready when first polled (else it is dropped, its waker
+/// registered as any poll does).
+async fn at_once<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Most outbox bytes taken aside while a handler waits; beyond it the queue fills and its
@@ -635,6 +624,10 @@ async fn keep_outbox_moving<IO: SessionIo>(
     side: &mut Buffer,
     setup: &SessionSetup,
 ) -> bool {
+    // Most handlers finish without waiting: nothing to keep moving.
+    if at_once(handler.as_mut()).await.is_some() {
+        return false;
+    }
     let outbox = &setup.entry.outbox;
     let mut failed = false;
     loop {
@@ -652,16 +645,21 @@ async fn keep_outbox_moving<IO: SessionIo>(
     }
 }
 
-/// Reads once into `buf`; a session without a buffer waits for data before it borrows one.
+/// Reads once into `buf`; a session without a buffer borrows one for the read and gives it
+/// back if nothing came.
 async fn read_some<IO: SessionIo>(io: &mut IO, buf: &mut Buffer) -> std::io::Result<usize> {
     poll_fn(|cx| poll_read_some(io, buf, cx)).await
 }
 
 fn poll_read_some<IO: SessionIo>(io: &mut IO, buf: &mut Buffer, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-    if !buf.held() {
-        std::task::ready!(io.poll_read_ready(cx))?;
+    let borrowed = !buf.held();
+    let read = poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf.with_room());
+    if read.is_pending() && borrowed {
+        // Nothing came (or tokio's readiness ran ahead of the kernel): an idle session keeps
+        // no buffer while it waits.
+        buf.give_back();
     }
-    poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf.with_room())
+    read
 }
 
 /// Reads what is already there, or `None` if the read would block.

@@ -224,9 +224,8 @@ impl Run for LocalRun {
             let context = &self.backend.context;
             self.backend.service.stopping(context);
             self.drain.cancel();
-            // Sessions look at the token whenever they wake: wake them all (every one is
-            // registered, as no accept loop runs any more).
-            context.sessions.for_each(|session| session.outbox.wake());
+            // Tell every session (every one is registered, as no accept loop runs any more).
+            context.sessions.for_each(|session| session.outbox.stop());
             self.sessions.close();
             let drained = tokio::select! {
                 drained = tokio::time::timeout(timeout, self.sessions.wait()) => drained.is_ok(),

@@ -44,6 +44,9 @@ pub(crate) struct Outbox {
     close: AtomicU8,
     /// Whether the session holds buffers, and whether it was asked to release them.
     buffers: AtomicU8,
+    /// Set when the instance stops: the session drains. (Its own flag: a look at the stop's
+    /// token would lock a mutex every session of the instance shares.)
+    stopping: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +166,7 @@ impl Outbox {
             notify: Signal::default(),
             close: AtomicU8::new(0),
             buffers: AtomicU8::new(0),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -245,10 +249,14 @@ impl Outbox {
         self.notify.poll_take(cx)
     }
 
-    /// Makes the next [`wait`](Self::wait) resolve at once (a stop, which the session sees for
-    /// itself).
-    pub(crate) fn wake(&self) {
+    /// The instance stops: the session drains, as soon as it is woken or done with its step.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.notify.give();
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Whether anything waits for the session: a message, a close request, a request to

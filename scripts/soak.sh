@@ -5,8 +5,9 @@
 # process and chat backends in process; an ftp instance — and runs `loadgen soak` against it: echo,
 # command, DISPATCH, chat and FTP traffic with every message checked, while agents are killed and
 # frozen, instances stopped, restarted and reloaded; then SIGTERM. Prints a summary and loadgen's
-# JSON line; exits non-zero if a message was lost, an agent outlived the host, or the host did not
-# exit 0.
+# JSON line; exits non-zero if a message was lost or left without an outcome, refused for a
+# receiver that was there, a connection was closed unserved, no fault was injected, an agent
+# outlived the host, or the host did not exit 0.
 #
 #   scripts/soak.sh [DURATION]        default 60s; SEED=N replays a run's fault schedule;
 #                                     SOAK_ARGS="--fault-every 400ms ..." adds loadgen options

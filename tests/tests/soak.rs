@@ -1,8 +1,10 @@
 //! The chaos soak, short (SPEC §9, "nothing lost at the seams"): the real host on a config that
 //! mixes isolation levels, `loadgen soak` for 8 s — echo, command, DISPATCH, chat and FTP
 //! traffic checked message by message while agents are killed and frozen and instances are
-//! stopped, restarted and reloaded — then SIGTERM. Nothing acknowledged may be lost, no agent
-//! may outlive the host, and the host must exit 0. `scripts/soak.sh` is the long run.
+//! stopped, restarted and reloaded — then SIGTERM. Nothing acknowledged may be lost, every
+//! message gets its outcome within the reply timeout, nobody is refused for a receiver that was
+//! there, no connection is closed unserved, no agent may outlive the host, and the host must
+//! exit 0. `scripts/soak.sh` is the long run.
 
 use std::process::Command;
 use std::time::Duration;
@@ -44,6 +46,18 @@ fn nothing_is_lost_at_the_seams_while_faults_hit_the_host() {
     let mut problems = Vec::new();
     if report["lost"] != 0 {
         problems.push(format!("lost {}: {}", report["lost"], report["lost_by_kind"]));
+    }
+    for (key, what) in [
+        ("stalled", "messages left without an outcome"),
+        ("wrongly_refused", "messages refused for a receiver that was there"),
+        ("unserved_connections", "connections closed unserved"),
+    ] {
+        if report[key] != 0 {
+            problems.push(format!("{what}: {}", report[key]));
+        }
+    }
+    if report["faults_injected"] == 0 {
+        problems.push("no fault was injected".to_owned());
     }
     if report["orphans"] != 0 {
         problems.push(format!("agents outlived the host: {}", report["orphan_pids"]));

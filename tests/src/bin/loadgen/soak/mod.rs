@@ -525,12 +525,37 @@ impl Report {
         total
     }
 
+    /// Exactly once or an error, within the deadline: nothing lost, nothing left without an
+    /// outcome (a stall breaks the promise as a loss does), no refusal for a receiver that was
+    /// there, no connection closed unserved; at least one fault injected; no agent left behind;
+    /// a clean exit.
     fn passed(&self) -> bool {
-        self.total().lost() == 0
+        let total = self.total();
+        total.lost() == 0
+            && total.stalled == 0
+            && total.wrongly_refused == 0
+            && total.unserved_connections == 0
+            && self.faults_injected() > 0
             && self.orphans.is_empty()
             && self.exit.exited
             && self.exit.signal.is_none()
             && self.exit.code.is_none_or(|c| c == 0)
+    }
+
+    /// Faults injected (a frozen agent's thaw is the end of a fault, not one more).
+    fn faults_injected(&self) -> u64 {
+        self.faults
+            .counts
+            .iter()
+            .filter(|(kind, _)| **kind != "heal")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// How far the host's RSS moved from the start to the end of traffic, in KiB.
+    fn rss_drift(&self) -> Option<i64> {
+        let (start, end) = self.rss;
+        start.zip(end).map(|(s, e)| e as i64 - s as i64)
     }
 
     fn examples(&self) -> Vec<String> {
@@ -557,7 +582,6 @@ impl Report {
             })
             .collect();
         let (start, end) = self.rss;
-        let drift = start.zip(end).map(|(s, e)| e as i64 - s as i64);
         json!({
             "mode": "soak",
             "seed": self.seed,
@@ -583,11 +607,12 @@ impl Report {
             },
             "paths": paths,
             "faults": self.faults.counts,
+            "faults_injected": self.faults_injected(),
             "host_problems": self.faults.problems.lines().len(),
             "agents_seen": self.agents.len(),
             "orphans": self.orphans.len(),
             "orphan_pids": self.orphans.keys().collect::<Vec<_>>(),
-            "host_rss_kib": { "start": start, "end": end, "drift": drift },
+            "host_rss_kib": { "start": start, "end": end, "drift": self.rss_drift() },
             "host_exited": self.exit.exited,
             "exit_code": self.exit.code,
             "exit_signal": self.exit.signal,
@@ -602,13 +627,14 @@ impl Report {
     fn tell(&self, world: &World) {
         eprintln!("soak: seed {}", self.seed);
         eprintln!(
-            "soak: {:<9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>5} {:>7} {:>9} {:>7} {:>5}",
+            "soak: {:<9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>5} {:>7} {:>7} {:>5} {:>7} {:>9} {:>7} {:>5}",
             "path",
             "sent",
             "acked",
             "delivered",
             "refused",
             "stalled",
+            "lost",
             "dropped",
             "missing",
             "dup",
@@ -621,13 +647,14 @@ impl Report {
         rows.push(("total", self.total()));
         for (name, t) in rows {
             eprintln!(
-                "soak: {:<9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>5} {:>7} {:>9} {:>7} {:>5}",
+                "soak: {:<9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>5} {:>7} {:>7} {:>5} {:>7} {:>9} {:>7} {:>5}",
                 name,
                 t.sent,
                 t.acked,
                 t.delivered,
                 t.refused,
                 t.stalled,
+                t.lost(),
                 t.dropped_with_session,
                 t.missing,
                 t.duplicate,
@@ -651,7 +678,11 @@ impl Report {
             }
         }
         let faults: Vec<String> = self.faults.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        eprintln!("soak: faults: {}", faults.join(", "));
+        eprintln!(
+            "soak: faults: {} injected ({})",
+            self.faults_injected(),
+            faults.join(", ")
+        );
         let instances: BTreeSet<&String> = self.agents.values().collect();
         eprintln!(
             "soak: agents seen: {} ({} instances); orphans: {:?}",
@@ -660,8 +691,10 @@ impl Report {
             self.orphans
         );
         eprintln!(
-            "soak: host RSS {:?} KiB at the start, {:?} KiB at the end of traffic",
-            self.rss.0, self.rss.1
+            "soak: host RSS {:?} KiB at the start, {:?} KiB at the end of traffic (drift {:?} KiB)",
+            self.rss.0,
+            self.rss.1,
+            self.rss_drift()
         );
         let how = match (self.exit.exited, self.exit.reaped, self.exit.code, self.exit.signal) {
             (false, ..) => "did not exit".to_owned(),

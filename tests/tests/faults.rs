@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use supersocket_tests::net::{IO_TIMEOUT, LineClient, connect, free_consecutive_ports};
+use supersocket_tests::net::{IO_TIMEOUT, LineClient, connect, echo_roundtrip, free_consecutive_ports};
 use supersocket_tests::{HostOptions, HostProcess, Scratch, example, freeze};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -39,6 +39,17 @@ async fn queued_clients(port: u16, request: impl Fn(usize) -> Vec<u8>) -> Vec<to
 /// Every client gets its answer and a clean end, none a reset; the host exits 0.
 async fn every_queued_client_is_served(
     mut host: HostProcess,
+    clients: Vec<tokio::net::TcpStream>,
+    answer: impl Fn(usize) -> Vec<u8>,
+    isolation: &str,
+) {
+    every_client_gets_its_answer(clients, answer, isolation).await;
+    let status = host.wait_exit(Duration::from_secs(10)).expect("the host exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Every client gets its answer and a clean end, none a reset.
+async fn every_client_gets_its_answer(
     mut clients: Vec<tokio::net::TcpStream>,
     answer: impl Fn(usize) -> Vec<u8>,
     isolation: &str,
@@ -52,8 +63,6 @@ async fn every_queued_client_is_served(
         // Its end too, so the host's drain need not wait for it.
         let _ = client.shutdown().await;
     }
-    let status = host.wait_exit(Duration::from_secs(10)).expect("the host exits");
-    assert_eq!(status.code(), Some(0));
 }
 
 /// SIGTERM while 50 clients wait in the listen backlog, each having sent 5,000 bytes.
@@ -514,4 +523,344 @@ async fn a_stop_with_an_absurd_timeout_leaves_no_agent_behind() {
     assert!(kill(Pid::from_raw(pid as i32), None).is_err(), "the agent is gone");
     assert!(!host.stderr().contains("panic"), "{}", host.stderr());
     assert_eq!(host.ctl(&["start", "Agent"]).code, 0);
+}
+
+/// Whether `pid` is gone: no such process, or a zombie not reaped yet (it holds nothing).
+fn is_gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// SIGTERM while an agent is frozen, with `shutdown_timeout = "1s"`: the host exits 0 within the
+/// shutdown bound plus the margin of an agent's stop (RELIABILITY §3: the drain bound + 1 s, then
+/// SIGKILL; §4: a shutdown bounds every stop by `shutdown_timeout`), 2 s, before the 3 s after
+/// which the agent would be killed as silent anyway; and the frozen agent is gone by then.
+/// `reported`: SIGTERM once `/readyz` reports the agent (silent for 1 s): it is killed at once and
+/// one more agent serves the 50 clients queued meanwhile; else SIGTERM at once, while the agent
+/// still counts as answering: it is asked to drain and killed at the bound.
+async fn sigterm_with_a_frozen_agent(reported: bool) {
+    const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+    const STOP_MARGIN: Duration = Duration::from_secs(1);
+    let mut host = HostProcess::start(&format!(
+        r#"
+        shutdown_timeout = "{}s"
+        [[servers]]
+        name = "Frozen"
+        type = "echo"
+        isolation = "process"
+        listeners = [{{ ip = "Loopback", port = 0 }}]
+        "#,
+        SHUTDOWN_TIMEOUT.as_secs()
+    ));
+    let port = host.port("Frozen", 0).await;
+    // A session the frozen agent holds: nobody can drain it.
+    let mut held = connect(port).await;
+    assert_eq!(echo_roundtrip(&mut held, b"held").await, b"held");
+    let pid = host.server("Frozen").await["pid"].as_u64().unwrap();
+    freeze(pid).await;
+    let clients = if reported {
+        host.wait_ready_state(503).await;
+        queued_clients(port, |n| pattern(n, 5000)).await
+    } else {
+        Vec::new()
+    };
+    let signalled = Instant::now();
+    host.signal(Signal::SIGTERM);
+    every_client_gets_its_answer(clients, |n| pattern(n, 5000), "process, frozen").await;
+    let status = host
+        .wait_exit(Duration::from_secs(10))
+        .expect("the host exits after SIGTERM");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // The bound, and half a second for the host to kill, reap and exit.
+    let bound = SHUTDOWN_TIMEOUT + STOP_MARGIN + Duration::from_millis(500);
+    assert!(took < bound, "the host took {took:?} to exit (bound {bound:?})");
+    // Killed and reaped by the host itself before it exited, not left to PR_SET_PDEATHSIG.
+    assert!(is_gone(pid), "the frozen agent {pid} outlived the host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_freshly_frozen_agent_exits_within_the_bound_and_leaves_no_agent() {
+    sigterm_with_a_frozen_agent(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_reported_frozen_agent_serves_its_backlog_and_leaves_no_agent() {
+    sigterm_with_a_frozen_agent(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_of_a_frozen_agent_serves_the_connections_queued_meanwhile() {
+    let host = HostProcess::start(
+        r#"
+        shutdown_timeout = "5s"
+        [[servers]]
+        name = "Frozen"
+        type = "echo"
+        isolation = "process"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let port = host.port("Frozen", 0).await;
+    let pid = host.server("Frozen").await["pid"].as_u64().unwrap();
+    freeze(pid).await;
+    // Once it is reported frozen, 50 clients queue in the backlog, each having sent 5,000 bytes.
+    host.wait_ready_state(503).await;
+    let clients = queued_clients(port, |n| pattern(n, 5000)).await;
+    let stopping = Instant::now();
+    let stop = post_in_background(&host, "/api/v1/servers/Frozen/stop");
+    // One more agent takes them and echoes every byte, then ends each cleanly.
+    every_client_gets_its_answer(clients, |n| pattern(n, 5000), "process, frozen").await;
+    let status = stop.await.unwrap().expect("the stop is answered");
+    assert_eq!(status, 200);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    assert!(is_gone(pid), "the frozen agent {pid} is gone");
+    let stopped = host.server("Frozen").await;
+    assert_eq!(
+        (stopped["state"].as_str(), stopped["pid"].is_null()),
+        (Some("stopped"), true),
+        "{stopped}"
+    );
+}
+
+/// An answer of the admin API within 10 s (a hang fails): its status, its body, and how long it
+/// took.
+async fn timed(request: reqwest::RequestBuilder) -> (u16, serde_json::Value, Duration) {
+    let asked = Instant::now();
+    let response = request
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("no answer after {:?}: {e}", asked.elapsed()));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body, asked.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_and_a_session_list_of_a_frozen_agent_answer_unavailable_within_their_deadline() {
+    // RELIABILITY §3: a session list and a kick across processes answer within 5 s.
+    const DEADLINE: Duration = Duration::from_secs(5);
+    let host = HostProcess::start(
+        r#"
+        [[servers]]
+        name = "Frozen"
+        type = "echo"
+        isolation = "process"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let port = host.port("Frozen", 0).await;
+    let mut held = connect(port).await;
+    assert_eq!(echo_roundtrip(&mut held, b"held").await, b"held");
+    let (status, sessions) = host.get("/api/v1/servers/Frozen/sessions").await;
+    assert_eq!(status, 200, "{sessions}");
+    let id = sessions[0]["id"].as_str().expect("the session's id").to_owned();
+    let pid = host.server("Frozen").await["pid"].as_u64().unwrap();
+    freeze(pid).await;
+
+    let session_url = format!("{}/api/v1/servers/Frozen/sessions/{id}", host.admin);
+    let list_url = format!("{}/api/v1/servers/Frozen/sessions", host.admin);
+    let (kick, list) = tokio::join!(
+        timed(host.http().delete(&session_url)),
+        timed(host.http().get(&list_url))
+    );
+    // Clients that queue while the agent is frozen, served by the agent that replaces it.
+    let mut queued = queued_clients(port, |n| pattern(n, 1000)).await;
+    for (what, (status, body, took)) in [("kick", kick), ("session list", list)] {
+        assert!(took < DEADLINE + Duration::from_secs(1), "the {what} took {took:?}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "the {what}: {body}"
+        );
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("did not answer"),
+            "{body}"
+        );
+    }
+    let replaced = host
+        .wait_server("Frozen", Duration::from_secs(10), |s| {
+            s["state"] == "running" && s["pid"].as_u64() != Some(pid)
+        })
+        .await;
+    assert!(
+        replaced["last_error"].as_str().unwrap().contains("did not answer"),
+        "{replaced}"
+    );
+    for (n, client) in queued.iter_mut().enumerate() {
+        let mut back = vec![0; 1000];
+        tokio::time::timeout(IO_TIMEOUT, client.read_exact(&mut back))
+            .await
+            .unwrap_or_else(|_| panic!("client {n}: no echo within {IO_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("client {n}: {e}"));
+        assert!(back == pattern(n, 1000), "client {n}: wrong bytes back");
+    }
+    // The session went with its agent: a kick of it now is a missing session, answered at once.
+    let (status, body, took) = timed(host.http().delete(&session_url)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+/// The inodes of the sockets process `pid` holds.
+fn socket_inodes(pid: u64) -> std::collections::HashSet<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the process's descriptors");
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// The TCP sockets of this network namespace: inode, local port, state (`0A` is LISTEN).
+fn tcp_sockets() -> Vec<(u64, u16, String)> {
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields[1]
+                .rsplit_once(':')
+                .map(|(_, p)| u16::from_str_radix(p, 16).unwrap());
+            sockets.push((fields[9].parse().unwrap(), port.unwrap(), fields[3].to_owned()));
+        }
+    }
+    sockets
+}
+
+/// The inodes of the sockets listening on `port`.
+fn listening_on(port: u16) -> std::collections::HashSet<u64> {
+    tcp_sockets()
+        .into_iter()
+        .filter(|(_, p, state)| *p == port && state == "0A")
+        .map(|(inode, ..)| inode)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_agent_holds_a_socket_of_the_host_it_was_not_given() {
+    let host = HostProcess::start(
+        r#"
+        [[servers]]
+        name = "Plain"
+        type = "echo"
+        listeners = [{ ip = "Loopback", port = 0 }]
+
+        [[servers]]
+        name = "Agent"
+        type = "echo"
+        isolation = "process"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let plain_port = host.port("Plain", 0).await;
+    let admin_port: u16 = host.admin.rsplit_once(':').unwrap().1.parse().unwrap();
+    // The host holds a session of Plain and this admin connection when the agent is started
+    // again.
+    let mut session = connect(plain_port).await;
+    assert_eq!(echo_roundtrip(&mut session, b"x").await, b"x");
+    let (status, restarted) = host.post("/api/v1/servers/Agent/restart").await;
+    assert_eq!(status, 200, "{restarted}");
+    let agent = restarted["pid"].as_u64().unwrap();
+    assert_ne!(agent, u64::from(host.pid()), "{restarted}");
+    // Its port, bound again (port 0) by the restart.
+    let agent_port = restarted["listeners"][0]["port"].as_u64().unwrap() as u16;
+
+    let in_host = socket_inodes(u64::from(host.pid()));
+    let in_agent = socket_inodes(agent);
+    let (plain, admin, own) = (
+        listening_on(plain_port),
+        listening_on(admin_port),
+        listening_on(agent_port),
+    );
+    // What is looked for is there to be seen: the host holds all three listeners, and the agent
+    // the one it was given.
+    for (what, inodes) in [("Plain", &plain), ("admin", &admin), ("Agent", &own)] {
+        assert!(
+            !inodes.is_empty() && inodes.is_subset(&in_host),
+            "the host's {what} listener {inodes:?} among {in_host:?}"
+        );
+    }
+    assert!(!own.is_disjoint(&in_agent), "the agent holds its own listener");
+    assert!(plain.is_disjoint(&in_agent), "the agent holds Plain's listener");
+    assert!(admin.is_disjoint(&in_agent), "the agent holds the admin listener");
+    // Every TCP socket the agent holds is on its own port: no session of Plain, no admin
+    // connection.
+    let foreign: Vec<_> = tcp_sockets()
+        .into_iter()
+        .filter(|(inode, port, _)| in_agent.contains(inode) && *port != agent_port)
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "the agent holds TCP sockets of the host: {foreign:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigint_is_answered_while_a_reload_blocks() {
+    let mut host = HostProcess::start(
+        r#"
+        shutdown_timeout = "30s"
+        [[servers]]
+        name = "Slow"
+        type = "echo"
+        listeners = [{ ip = "Loopback", port = 0 }]
+
+        [[servers]]
+        name = "Agent"
+        type = "echo"
+        isolation = "process"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    // A client that never closes keeps the graceful shutdown draining for 30 s.
+    let mut stubborn = connect(host.port("Slow", 0).await).await;
+    assert_eq!(echo_roundtrip(&mut stubborn, b"x").await, b"x");
+    let agent = host.server("Agent").await["pid"].as_u64().unwrap();
+    // The config file becomes a FIFO nobody writes: reading it blocks for ever.
+    let path = host.config_path();
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
+    host.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host.stderr().contains("reloading the config") {
+        assert!(Instant::now() < deadline, "the reload began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    host.signal(Signal::SIGINT);
+    host.wait_ready_state(503).await;
+    let signalled = Instant::now();
+    host.signal(Signal::SIGINT);
+    let status = host
+        .wait_exit(Duration::from_secs(10))
+        .expect("the host exits on the second SIGINT");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "a forced exit is not a graceful one");
+    // Its agent dies with it.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !is_gone(agent) {
+        assert!(Instant::now() < deadline, "the agent {agent} outlived the host");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

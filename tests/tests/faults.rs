@@ -632,6 +632,38 @@ async fn a_stop_of_a_frozen_agent_serves_the_connections_queued_meanwhile() {
     );
 }
 
+/// An agent that froze just before its stop (not yet reported silent) is asked to drain like a
+/// live one; when it stays silent, it is killed and one more agent serves the connections that
+/// queued meanwhile, which the host's copies of the listeners kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_right_after_an_agent_froze_serves_the_connections_queued_meanwhile() {
+    let host = HostProcess::start(
+        r#"
+        shutdown_timeout = "8s"
+        [[servers]]
+        name = "Frozen"
+        type = "echo"
+        isolation = "process"
+        listeners = [{ ip = "Loopback", port = 0 }]
+        "#,
+    );
+    let port = host.port("Frozen", 0).await;
+    let pid = host.server("Frozen").await["pid"].as_u64().unwrap();
+    freeze(pid).await;
+    let clients = queued_clients(port, |n| pattern(n, 5000)).await;
+    let stopping = Instant::now();
+    let stop = post_in_background(&host, "/api/v1/servers/Frozen/stop");
+    every_client_gets_its_answer(clients, |n| pattern(n, 5000), "process, just frozen").await;
+    assert_eq!(stop.await.unwrap().expect("the stop is answered"), 200);
+    // The silence that tells a frozen agent (3 s), then the backlog's drain.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(6),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
+    assert!(is_gone(pid), "the frozen agent {pid} is gone");
+}
+
 /// An answer of the admin API within 10 s (a hang fails): its status, its body, and how long it
 /// took.
 async fn timed(request: reqwest::RequestBuilder) -> (u16, serde_json::Value, Duration) {

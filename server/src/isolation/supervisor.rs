@@ -212,7 +212,17 @@ impl Supervisor {
                             stop_when_up = Some((timeout, hurry));
                             continue;
                         }
-                        Ended::StopAsked(timeout, hurry) => return self.stop_agent(agent, timeout, hurry).await,
+                        Ended::StopAsked(timeout, hurry) => {
+                            match self.stop_agent(agent, timeout, hurry.clone()).await {
+                                // It froze before it took its backlog: one more agent serves it.
+                                Stopped::Froze if !replaced_to_drain && !hurry.is_cancelled() => {
+                                    replaced_to_drain = true;
+                                    stop_when_up = Some((timeout, hurry));
+                                    continue;
+                                }
+                                _ => return,
+                            }
+                        }
                         Ended::Silent => {
                             agent.process.kill().await;
                             self.agent_gone(&agent);
@@ -371,12 +381,12 @@ impl Supervisor {
     }
 
     /// Asks the agent to drain within `timeout` and kills it at the bound (or at once if it
-    /// does not answer any more).
-    async fn stop_agent(mut self, agent: Agent, timeout: Duration, hurry: CancellationToken) {
-        // The agent's copies are the last: once it has taken the backlog and closed them, the
-        // ports close.
-        self.listeners.clear();
+    /// does not answer any more). Whether it froze before it could take its backlog, which the
+    /// host's copies of the listeners then still hold.
+    async fn stop_agent(&mut self, agent: Agent, timeout: Duration, hurry: CancellationToken) -> Stopped {
+        let mut stopped = Stopped::Drained;
         if agent.link.silent_for() < SILENCE_REPORTED {
+            let asked_at = Instant::now();
             let asked = agent.link.request(
                 Op::Stop {
                     timeout_ms: timeout.as_millis() as u64,
@@ -384,16 +394,47 @@ impl Supervisor {
                 Bytes::new(),
                 timeout.saturating_add(STOP_MARGIN),
             );
-            tokio::select! {
-                _ = asked => {}
-                () = hurry.cancelled() => {}
-                _ = agent.process.exited() => {}
-                // One that freezes while it drains is not waited for.
-                () = silence(&agent.link) => {}
+            tokio::pin!(asked);
+            loop {
+                tokio::select! {
+                    _ = &mut asked => break,
+                    () = hurry.cancelled() => break,
+                    _ = agent.process.exited() => break,
+                    // Heard from after the ask: it takes its backlog itself, and the ports close
+                    // once its copies do.
+                    () = heard_since(&agent.link, asked_at), if !self.listeners.is_empty() => self.listeners.clear(),
+                    // One that freezes while it drains is not waited for.
+                    () = silence(&agent.link) => {
+                        if !self.listeners.is_empty() {
+                            stopped = Stopped::Froze;
+                        }
+                        break;
+                    }
+                }
             }
         }
         agent.process.kill().await;
         self.agent_gone(&agent);
+        stopped
+    }
+}
+
+/// How a stop of an agent ended.
+enum Stopped {
+    Drained,
+    /// It fell silent before it was heard from again: the host's listeners still hold the
+    /// connections that queued meanwhile.
+    Froze,
+}
+
+/// Resolves once the agent at the other end of `link` was heard from after `since`.
+async fn heard_since(link: &Link, since: Instant) {
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        every.tick().await;
+        if link.silent_for() < since.elapsed() {
+            return;
+        }
     }
 }
 

@@ -244,8 +244,7 @@ async fn a_client_that_never_reads_cannot_grow_memory_or_slow_others() {
 
 /// Pipelines requests whose replies are as big as they are, reading none, until the server
 /// stops taking more: from then on the server is blocked writing to this peer.
-async fn stall_the_server(port: u16) -> tokio::net::TcpStream {
-    let mut sink = connect(port).await;
+async fn stall_the_server<S: tokio::io::AsyncWrite + Unpin>(mut sink: S) -> S {
     let request = format!("ECHO {}\r\n", "s".repeat(1000)).repeat(64);
     for _ in 0..(64 * 1024) {
         match tokio::time::timeout(Duration::from_millis(500), sink.write_all(request.as_bytes())).await {
@@ -259,32 +258,55 @@ async fn stall_the_server(port: u16) -> tokio::net::TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_still_closed_by_the_idle_timeout_or_a_kick() {
-    let host = HostProcess::start(
+    a_peer_that_stops_reading_is_closed(false).await;
+}
+
+/// Over TLS, writes are taken into rustls' buffer at once: the session waits in its flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_peer_that_stops_reading_is_still_closed_by_the_idle_timeout_or_a_kick() {
+    a_peer_that_stops_reading_is_closed(true).await;
+}
+
+async fn a_peer_that_stops_reading_is_closed(tls: bool) {
+    let tls_line = if tls { "tls = { self_signed = true }" } else { "" };
+    let host = HostProcess::start(&format!(
         r#"
         [[servers]]
         name = "Stalled"
         type = "command"
         idle_timeout = "1s"
-        listeners = [{ ip = "Loopback", port = 0 }]
+        {tls_line}
+        listeners = [{{ ip = "Loopback", port = 0 }}]
 
         [[servers]]
         name = "Kickable"
         type = "command"
-        listeners = [{ ip = "Loopback", port = 0 }]
-        "#,
-    );
+        {tls_line}
+        listeners = [{{ ip = "Loopback", port = 0 }}]
+        "#
+    ));
     let gone = |server: &serde_json::Value| server["sessions"] == 0;
+    let stall = |port: u16| async move {
+        let stalled: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if tls {
+            let trusted = supersocket_tests::tls::fetch_certificate(port).await;
+            Box::new(stall_the_server(supersocket_tests::tls::connect_trusting(port, &trusted).await).await)
+        } else {
+            Box::new(stall_the_server(connect(port).await).await)
+        };
+        stalled
+    };
 
-    let _stalled = stall_the_server(host.port("Stalled", 0).await).await;
+    let stalled = stall(host.port("Stalled", 0).await).await;
     assert_eq!(host.server("Stalled").await["sessions"], 1);
     host.wait_server("Stalled", Duration::from_secs(10), gone).await;
 
-    let _kicked = stall_the_server(host.port("Kickable", 0).await).await;
+    let kicked = stall(host.port("Kickable", 0).await).await;
     let (_, sessions) = host.get("/api/v1/servers/Kickable/sessions").await;
     let id = sessions[0]["id"].as_str().expect("one session").to_owned();
     let kick = host.ctl(&["kick", "Kickable", &id]);
     assert_eq!(kick.code, 0, "{}", kick.stderr);
     host.wait_server("Kickable", Duration::from_secs(5), gone).await;
+    drop((stalled, kicked));
 }
 
 #[tokio::test]

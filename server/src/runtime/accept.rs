@@ -37,8 +37,6 @@ pub(crate) struct Admission {
     pub instance: Arc<InstanceContext>,
     /// The outbox bounds of each session.
     pub limits: QueueLimits,
-    /// Handed to sessions: drain gracefully.
-    pub drain: CancellationToken,
     /// Handed to sessions: close at once.
     pub hard: CancellationToken,
     /// Tracks the session tasks so a stop can wait for them.
@@ -197,7 +195,6 @@ impl Admission {
         let setup = SessionSetup {
             instance: instance.clone(),
             entry,
-            drain: accept.drain.clone(),
             hard: accept.hard.clone(),
         };
         accept.sessions.spawn(accept.service.clone().serve(connection, setup));

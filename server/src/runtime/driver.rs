@@ -56,8 +56,6 @@ pub(crate) struct SessionSetup {
     pub instance: Arc<InstanceContext>,
     /// Its registry entry.
     pub entry: Arc<SessionEntry>,
-    /// Cancelled when the instance stops: drain gracefully.
-    pub drain: CancellationToken,
     /// Cancelled when the stop's timeout passes: close at once.
     pub hard: CancellationToken,
 }
@@ -161,7 +159,9 @@ async fn run_tls<S: Service>(
     let handshake = tokio::time::timeout(bound, acceptor.accept(stream));
     tokio::select! {
         biased;
-        () = setup.drain.cancelled() => CloseReason::ServerShutdown,
+        // A stop lets a handshake under way finish (a connection taken from the backlog drains
+        // like any other), within its own bound and the stop's deadline.
+        () = setup.hard.cancelled() => CloseReason::ServerShutdown,
         result = handshake => match result {
             Ok(Ok(mut tls)) => Driver::new(service, &mut tls, setup, state).run().await,
             Ok(Err(e)) => {
@@ -263,6 +263,7 @@ where
         if let Some(reason) = self.close {
             return Step::new(self.close_politely(reason)).await;
         }
+        self.give_back_buffers();
         loop {
             let result = match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Drain => return Step::new(self.drain()).await,
@@ -365,12 +366,12 @@ where
                         close: &mut self.close,
                         state: self.state,
                     };
-                    let stuck = {
+                    let handled = {
                         let handler = pin!(self.service.received(&mut session, package));
                         keep_outbox_moving(handler, &mut *self.io, &mut self.side, setup).await
                     };
-                    if stuck {
-                        break Err(CloseReason::SocketError);
+                    if let Err(reason) = handled {
+                        break Err(reason);
                     }
                     // With too many replies waiting, the rest waits in `rbuf` until they settle.
                     if self.close.is_some() || self.replies.full() {
@@ -429,15 +430,24 @@ where
     /// Writes `side` and the replies ready completely, unless the stop's deadline passes or a
     /// close is requested meanwhile (a peer that stops reading is closed by the idle timeout).
     async fn flush(&mut self) -> Result<(), CloseReason> {
-        write_all(&mut *self.io, &mut self.side, self.setup).await?;
-        write_all(&mut *self.io, &mut self.replies.now, self.setup).await?;
-        let flushed = match at_once(self.io.flush()).await {
-            Some(flushed) => flushed,
-            None => tokio::select! {
+        let setup = self.setup;
+        write_all(&mut *self.io, &mut self.side, setup).await?;
+        write_all(&mut *self.io, &mut self.replies.now, setup).await?;
+        // TLS takes what is written into its own buffer at once: the wait for a peer that does
+        // not read is here.
+        let outbox = &setup.entry.outbox;
+        let flushed = loop {
+            if let Some(flushed) = at_once(self.io.flush()).await {
+                break flushed;
+            }
+            tokio::select! {
                 biased;
-                () = self.setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
-                flushed = self.io.flush() => flushed,
-            },
+                () = setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
+                flushed = self.io.flush() => break flushed,
+                () = outbox.wait() => if let Some(reason) = outbox.close_requested() {
+                    return Err(reason);
+                },
+            }
         };
         flushed.map_err(|_| CloseReason::SocketError)
     }
@@ -480,6 +490,11 @@ where
         // Read until the socket would block — as the kernel sees it: tokio's readiness can lag
         // behind bytes that have already arrived.
         loop {
+            // A peer that keeps sending and reading never makes a step wait: the deadline is
+            // looked at here too.
+            if hard.is_cancelled() {
+                return CloseReason::ServerShutdown;
+            }
             let read = match read_now(&mut *self.io, &mut self.rbuf).await {
                 Some(read) => read,
                 None if !self.io.has_pending_bytes() => {
@@ -617,27 +632,32 @@ const SIDE_LIMIT: usize = 64 * 1024;
 
 /// Runs a handler to its end while keeping this session's outbox moving to the peer: a handler
 /// may wait on something (a call, room in another session's queue) that itself waits on this
-/// session's queue, and that must not deadlock. Returns true if the socket failed meanwhile.
+/// session's queue, and that must not deadlock. A handler still waiting when the stop's
+/// deadline passes is dropped; a socket that failed meanwhile closes the session once the
+/// handler is done.
 async fn keep_outbox_moving<IO: SessionIo>(
     mut handler: std::pin::Pin<&mut impl Future<Output = ()>>,
     io: &mut IO,
     side: &mut Buffer,
     setup: &SessionSetup,
-) -> bool {
+) -> Result<(), CloseReason> {
     // Most handlers finish without waiting: nothing to keep moving.
     if at_once(handler.as_mut()).await.is_some() {
-        return false;
+        return Ok(());
     }
     let outbox = &setup.entry.outbox;
     let mut failed = false;
     loop {
         tokio::select! {
             biased;
-            () = &mut handler => return failed,
+            () = &mut handler => return if failed { Err(CloseReason::SocketError) } else { Ok(()) },
+            () = setup.hard.cancelled() => return Err(CloseReason::ServerShutdown),
             () = outbox.wait(), if side.len() < SIDE_LIMIT => {
                 outbox.drain_into(side.get());
             }
-            written = io.write_buf(side.get()), if !side.is_empty() && !failed => match written {
+            // An async block: a branch's future is made even when the branch is off, and
+            // `side.get()` would borrow a buffer for nothing.
+            written = async { io.write_buf(side.get()).await }, if !side.is_empty() && !failed => match written {
                 Ok(n) if n > 0 => count_out(setup, n),
                 _ => failed = true,
             },
@@ -652,13 +672,15 @@ async fn read_some<IO: SessionIo>(io: &mut IO, buf: &mut Buffer) -> std::io::Res
 }
 
 fn poll_read_some<IO: SessionIo>(io: &mut IO, buf: &mut Buffer, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-    let borrowed = !buf.held();
-    let read = poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf.with_room());
-    if read.is_pending() && borrowed {
-        // Nothing came (or tokio's readiness ran ahead of the kernel): an idle session keeps
-        // no buffer while it waits.
-        buf.give_back();
+    if buf.has_room() {
+        return poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf.with_room());
     }
+    // No buffer, or one kept at the exact size of a package begun: read into a borrowed one, so
+    // that a session that waits holds no more than it did.
+    let mut scratch = Buffer::default();
+    let read = poll_read_buf(std::pin::Pin::new(&mut *io), cx, scratch.get());
+    buf.append(&mut scratch);
+    scratch.give_back();
     read
 }
 

@@ -177,7 +177,6 @@ impl Prepared {
                     service: self.service.clone(),
                     instance: context.clone(),
                     limits,
-                    drain: drain.clone(),
                     hard: hard.clone(),
                     sessions: sessions.clone(),
                 },

@@ -48,6 +48,26 @@ impl Buffer {
         self.0.is_some()
     }
 
+    /// Whether it holds a buffer with room for more bytes (not one kept at the exact size of
+    /// its bytes).
+    pub(crate) fn has_room(&self) -> bool {
+        self.0.as_ref().is_some_and(|bytes| bytes.capacity() > bytes.len())
+    }
+
+    /// Moves the bytes of `other` after its own: the whole buffer when it holds none.
+    pub(crate) fn append(&mut self, other: &mut Buffer) {
+        if other.is_empty() {
+            return;
+        }
+        match &mut self.0 {
+            None => self.0 = other.0.take(),
+            Some(bytes) => {
+                bytes.extend_from_slice(other.get());
+                other.clear();
+            }
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |bytes| bytes.len())
     }
@@ -132,8 +152,18 @@ mod tests {
         partial.shrink();
         let kept = partial.get();
         assert_eq!((&kept[..], kept.capacity()), (&b"half a line"[..], 11));
-        partial.clear();
-        assert!(!partial.held(), "a cleared one goes back");
+        assert!(!partial.has_room(), "a kept package has no room to grow into");
+        let mut read = Buffer::default();
+        read.get().extend_from_slice(b" and the rest");
+        partial.append(&mut read);
+        assert_eq!(&partial.get()[..], b"half a line and the rest");
+        assert!(!read.held(), "what was appended goes back");
+        let mut empty = Buffer::default();
+        empty.append(&mut partial);
+        assert!(!partial.held(), "a whole buffer moves");
+        assert_eq!(&empty.get()[..], b"half a line and the rest");
+        empty.clear();
+        assert!(!empty.held(), "a cleared one goes back");
     }
 
     #[test]

@@ -7,7 +7,13 @@
 //! (docs/BENCHMARKS.md). Here a block aligned to 32, 64 or 128 bytes and no larger than 1 KiB
 //! comes from a 64 KiB region mapped for its size class (a multiple of 128 bytes), with no header
 //! per block. A region whose blocks are all free goes back to the operating system, except one
-//! per class, kept for the next block. Everything else goes to the system's allocator.
+//! per class, kept for the next block; blocks come from the regions listed first, and a full
+//! region that has a block back goes last, so blocks pack into few regions. Everything else
+//! goes to the system's allocator.
+//!
+//! One lock per size class: these blocks are taken when a task is spawned or a socket is
+//! registered, not for each package. Nothing here may be called between a fork and an exec
+//! (the agents' spawn allocates nothing there).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
@@ -123,11 +129,15 @@ struct Region {
     listed: bool,
 }
 
-/// A size class: its regions that have room for a block.
+/// A size class: its regions that have room for a block, the one blocks come from first.
+/// A full region that has a block back goes last, so blocks pack into few regions and the
+/// others can empty and go back.
 struct Class {
     /// The first region with room (full regions are in no list; their blocks know them by
     /// address).
     room: *mut Region,
+    /// The last region with room.
+    last: *mut Region,
     /// Regions with no block handed out.
     empty: usize,
 }
@@ -138,6 +148,7 @@ unsafe impl Send for Class {}
 static CLASS: [Mutex<Class>; CLASSES] = [const {
     Mutex::new(Class {
         room: ptr::null_mut(),
+        last: ptr::null_mut(),
         empty: 0,
     })
 }; CLASSES];
@@ -203,7 +214,7 @@ unsafe fn give_back(class: usize, block: *mut u8) {
         record.free = block;
         record.used -= 1;
         if !record.listed {
-            link(&mut list, region);
+            link_last(&mut list, region);
         }
         if record.used == 0 {
             if list.empty < KEEP_EMPTY {
@@ -226,11 +237,30 @@ unsafe fn link(list: &mut Class, region: *mut Region) {
         (*region).prev = ptr::null_mut();
         (*region).next = list.room;
         (*region).listed = true;
-        if !list.room.is_null() {
-            (*list.room).prev = region;
+        match list.room.is_null() {
+            true => list.last = region,
+            false => (*list.room).prev = region,
         }
     }
     list.room = region;
+}
+
+/// Puts `region` last in its class's list.
+///
+/// # Safety
+/// As [`link`].
+unsafe fn link_last(list: &mut Class, region: *mut Region) {
+    // SAFETY: the regions of the list are mapped; the lock is held.
+    unsafe {
+        (*region).prev = list.last;
+        (*region).next = ptr::null_mut();
+        (*region).listed = true;
+        match list.last.is_null() {
+            true => list.room = region,
+            false => (*list.last).next = region,
+        }
+    }
+    list.last = region;
 }
 
 /// Takes `region` out of its class's list.
@@ -245,8 +275,9 @@ unsafe fn unlink(list: &mut Class, region: *mut Region) {
             true => list.room = next,
             false => (*prev).next = next,
         }
-        if !next.is_null() {
-            (*next).prev = prev;
+        match next.is_null() {
+            true => list.last = prev,
+            false => (*next).prev = prev,
         }
         (*region).listed = false;
     }

@@ -28,6 +28,14 @@ pub enum CtlError {
         /// The host's message.
         message: String,
     },
+    /// The token's role may not do this: exit 4.
+    #[error("forbidden at {url}: {message}")]
+    Forbidden {
+        /// The URL tried.
+        url: String,
+        /// The host's message.
+        message: String,
+    },
 }
 
 impl CtlError {
@@ -36,7 +44,7 @@ impl CtlError {
         match self {
             Self::Failed(_) => 1,
             Self::Unreachable { .. } => 3,
-            Self::Unauthorized { .. } => 4,
+            Self::Unauthorized { .. } | Self::Forbidden { .. } => 4,
         }
     }
 }
@@ -104,6 +112,12 @@ impl Client {
         };
         if status == StatusCode::UNAUTHORIZED {
             return Err(CtlError::Unauthorized {
+                url: self.url.clone(),
+                message: message(&body, status),
+            });
+        }
+        if status == StatusCode::FORBIDDEN {
+            return Err(CtlError::Forbidden {
                 url: self.url.clone(),
                 message: message(&body, status),
             });

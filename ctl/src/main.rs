@@ -232,7 +232,7 @@ async fn health(client: &Client, printer: &Printer, wait: Option<Duration>) -> R
                     render::not_ready(&answer.body)
                 )));
             }
-            Err(error @ CtlError::Unauthorized { .. }) => return Err(error),
+            Err(error @ (CtlError::Unauthorized { .. } | CtlError::Forbidden { .. })) => return Err(error),
             Err(error) if done => return Err(error),
             _ => tokio::time::sleep(Duration::from_millis(200).min(deadline - Instant::now())).await,
         }

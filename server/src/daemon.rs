@@ -193,7 +193,7 @@ fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErr
     if let Some(token) = env_token() {
         config.admin.token = Some(token);
     }
-    if !config.admin.listen.is_local() && config.admin.token.is_none() {
+    if !config.admin.listen.is_local() && !config.admin.requires_token() {
         return Err(ConfigErrors(vec![crate::config::ConfigError {
             file: config.source.display_name(),
             line: None,

@@ -231,9 +231,9 @@ impl Host {
         self.config().shutdown_timeout
     }
 
-    /// The bearer token the admin API requires, if any.
-    pub fn admin_token(&self) -> Option<String> {
-        self.config().admin.token.clone()
+    /// The admin API's settings as the config says now (its tokens change with a reload).
+    pub fn admin_config(&self) -> crate::config::AdminConfig {
+        self.config().admin.clone()
     }
 
     /// Waits (briefly) until every agent knows the instances as they are now: an operation is

@@ -244,3 +244,122 @@ async fn metrics_are_prometheus_text_per_server() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Named tokens with roles: `read` may only look, `operate` may also start, stop, restart, send,
+/// kick and reload, `admin` (and the single `token`) may do everything. A role that may not
+/// gets 403 `forbidden`, and `supersocket` exits 4 with the reason; every write is logged with
+/// the token's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_may_do_what_its_role_allows() {
+    let scratch = Scratch::new("roles");
+    let file = scratch.write("ops.token", "ops-secret\n");
+    let host = HostProcess::start(&format!(
+        r#"[admin]
+token = "root-secret"
+tokens = [
+    {{ name = "ci", token = "ci-secret", role = "read" }},
+    {{ name = "ops", token_file = "{}", role = "operate" }},
+]
+{SERVER}"#,
+        file.display()
+    ));
+    let client = reqwest::Client::new();
+    let ask = |method: reqwest::Method, path: &str, token: &str| {
+        client
+            .request(method, format!("{}{path}", host.admin))
+            .bearer_auth(token)
+            .send()
+    };
+    let post = reqwest::Method::POST;
+    for token in ["ci-secret", "ops-secret", "root-secret"] {
+        let listed = ask(reqwest::Method::GET, "/api/v1/servers", token).await.unwrap();
+        assert_eq!(listed.status(), 200, "{token} may read");
+    }
+    let refused = ask(post.clone(), "/api/v1/servers/Cmd/stop", "ci-secret")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("\"ci\""), "{body}");
+    let cmd: serde_json::Value = ask(reqwest::Method::GET, "/api/v1/servers/Cmd", "ci-secret")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cmd["state"], "running", "a refused stop stops nothing: {cmd}");
+
+    let denied = host.ctl(&["--token", "ci-secret", "stop", "Cmd"]);
+    assert_eq!(denied.code, 4, "{denied:?}");
+    assert!(denied.stderr.contains("forbidden"), "{}", denied.stderr);
+
+    for action in ["stop", "start", "restart"] {
+        let path = format!("/api/v1/servers/Cmd/{action}");
+        assert_eq!(
+            ask(post.clone(), &path, "ops-secret").await.unwrap().status(),
+            200,
+            "ops may {action}"
+        );
+    }
+    assert_eq!(
+        ask(post.clone(), "/api/v1/reload", "ops-secret")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A write no route of `operate` covers takes `admin`: ops is refused before any route is
+    // looked at; the root token reaches the router, which knows no such route.
+    let create = ask(post.clone(), "/api/v1/servers", "ops-secret").await.unwrap();
+    assert_eq!(create.status(), 403);
+    assert_ne!(
+        ask(post.clone(), "/api/v1/servers", "root-secret")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        ask(post.clone(), "/api/v1/reload", "wrong").await.unwrap().status(),
+        401
+    );
+
+    let log = host.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("admin write")
+            && l.contains("ops")
+            && l.contains("/api/v1/servers/Cmd/stop")
+            && l.contains("200")),
+        "writes are logged with the token's name:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("admin write") && l.contains("ci") && l.contains("403")),
+        "refused writes too:\n{log}"
+    );
+}
+
+#[test]
+fn a_token_with_a_bad_role_or_no_secret_is_refused_with_its_key() {
+    let scratch = Scratch::new("roles-bad");
+    let config = scratch.write(
+        "host.toml",
+        "[admin]\ntokens = [\n  { name = \"ci\", token = \"a\", role = \"root\" },\n  { name = \"ci\", role = \"read\" },\n]\n",
+    );
+    let checked = std::process::Command::new(supersocket_tests::bin("supersocketd"))
+        .args(["--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(!checked.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("admin.tokens[0].role") && stderr.contains("\"root\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("admin.tokens[1]") && stderr.contains("no `token` or `token_file`"),
+        "{stderr}"
+    );
+}

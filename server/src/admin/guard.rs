@@ -1,31 +1,55 @@
 //! The admin API's manners: Host and Origin checks against DNS rebinding and cross-site
-//! requests, the bearer token (constant-time) on every route but the probes', and the body
-//! limit.
+//! requests, a bearer token (constant-time) on every route but the probes', whose role must
+//! allow the request, the body limit, and a log line for every write with the token's name.
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use supersocket_proto::{ErrorCode, MAX_ADMIN_BODY};
 
 use super::AdminState;
 use super::error::ApiError;
+use crate::config::Role;
 use crate::secret::constant_time_eq;
 
 /// Routes open without a token, for probes.
 const HEALTH_ROUTES: [&str; 3] = ["/livez", "/healthz", "/readyz"];
 
-/// Checks every request before it reaches a handler.
+/// Checks every request before it reaches a handler; logs every write with who asked and what
+/// came of it.
 pub async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    if let Err(error) = check(&state, request.uri(), request.headers()) {
-        return error.into_response();
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let mut caller = None;
+    let response = match check(&state, &method, request.uri(), request.headers(), &mut caller) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let token = caller.as_ref().map_or("-", |caller| caller.name.as_str());
+        tracing::info!(token, %method, path, status = response.status().as_u16(), "admin write");
     }
-    next.run(request).await
+    response
 }
 
-fn check(state: &AdminState, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Who a request comes from: the name of its token, and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Whether the request may reach its route; `caller` is set once the token is known (it stays
+/// `None` for a probe).
+fn check(
+    state: &AdminState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    caller: &mut Option<Caller>,
+) -> Result<(), ApiError> {
     // A unix socket is out of a browser's reach: Host and Origin say nothing there.
     if let Some(own) = state.own {
         let host = match headers.get(header::HOST).map(|v| v.to_str()) {
@@ -58,7 +82,20 @@ fn check(state: &AdminState, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiEr
         }
     }
     if !HEALTH_ROUTES.contains(&uri.path()) {
-        authorized(state, headers)?;
+        let known = caller.insert(authorized(state, headers)?);
+        let needed = needed(method, uri.path());
+        if known.role < needed {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "token {:?} has the role {}; {method} {} needs {}",
+                    known.name,
+                    known.role.as_str(),
+                    uri.path(),
+                    needed.as_str()
+                ),
+            ));
+        }
     }
     let length = headers
         .get(header::CONTENT_LENGTH)
@@ -72,21 +109,50 @@ fn check(state: &AdminState, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiEr
     Ok(())
 }
 
-/// Whether the request carries the bearer token, when one is set.
-pub fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = state.host.admin_token() else {
-        return Ok(());
-    };
+/// The role a request needs: reading takes `read`; start, stop, restart, reload, send and kick
+/// take `operate`; every other write takes `admin`.
+fn needed(method: &Method, path: &str) -> Role {
+    if method == Method::GET || method == Method::HEAD {
+        return Role::Read;
+    }
+    let parts: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+    let operates = matches!(
+        (method, parts.as_slice()),
+        (&Method::POST, ["reload"])
+            | (&Method::POST, ["servers", _, "start" | "stop" | "restart"])
+            | (&Method::DELETE, ["servers", _, "sessions", _])
+            | (&Method::POST, ["servers", _, "sessions", _, "send"])
+    );
+    if operates { Role::Operate } else { Role::Admin }
+}
+
+/// The caller a request's bearer token names; with no token set, anyone, as `admin`.
+pub fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let admin = state.host.admin_config();
+    if !admin.requires_token() {
+        return Ok(Caller {
+            name: "-".to_owned(),
+            role: Role::Admin,
+        });
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token"))
+    let single = admin.token.iter().map(|token| ("admin", token.as_str(), Role::Admin));
+    let named = admin.tokens.iter().map(|t| (t.name.as_str(), t.token.as_str(), t.role));
+    // Every token is compared, so the time taken does not tell which one came close.
+    let mut found = None;
+    for (name, token, role) in single.chain(named) {
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) && found.is_none() {
+            found = Some(Caller {
+                name: name.to_owned(),
+                role,
+            });
+        }
     }
+    found.ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing or wrong bearer token"))
 }
 
 /// A Host is fine when it names this machine's loopback, or is an IP literal this listener
@@ -134,6 +200,19 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:2020".parse().unwrap();
         assert!(host_allowed("10.0.0.1:2020", any));
         assert!(!host_allowed("admin.example:2020", any));
+    }
+
+    #[test]
+    fn each_route_needs_its_role() {
+        let path = |p: &str| format!("/api/v1/{p}");
+        assert_eq!(needed(&Method::GET, &path("servers/A/sessions")), Role::Read);
+        assert_eq!(needed(&Method::POST, &path("servers/A/stop")), Role::Operate);
+        assert_eq!(needed(&Method::POST, &path("reload")), Role::Operate);
+        assert_eq!(needed(&Method::DELETE, &path("servers/A/sessions/7")), Role::Operate);
+        assert_eq!(needed(&Method::POST, &path("servers/A/sessions/7/send")), Role::Operate);
+        assert_eq!(needed(&Method::DELETE, &path("servers/A")), Role::Admin);
+        assert_eq!(needed(&Method::PUT, &path("config")), Role::Admin);
+        assert_eq!(needed(&Method::POST, &path("servers")), Role::Admin);
     }
 
     #[test]

@@ -74,10 +74,58 @@ pub const AGENT_THREADS: usize = 4;
 pub struct AdminConfig {
     /// TCP address or unix socket path.
     pub listen: AdminAddr,
-    /// Bearer token every non-health route requires, if set (`token` or `token_file`).
+    /// The bearer token of the `admin` role (`token` or `token_file`).
     pub token: Option<String>,
+    /// Named tokens, each with its role (`tokens`). With any token set, every route but the
+    /// probes' requires one.
+    pub tokens: Vec<NamedToken>,
     /// Its own limits, apart from the instances'.
     pub limits: AdminLimits,
+}
+
+impl AdminConfig {
+    /// Whether the API asks for a token.
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some() || !self.tokens.is_empty()
+    }
+}
+
+/// A bearer token with a name (for the log) and a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    pub name: String,
+    pub token: String,
+    pub role: Role,
+}
+
+/// What a token may do: each role may do what the one before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read only: `GET`.
+    Read,
+    /// Also start, stop, restart, send, kick and reload.
+    Operate,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "read" => Some(Self::Read),
+            "operate" => Some(Self::Operate),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Operate => "operate",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 /// What the admin listener allows a peer, so that no client of it can take what the instances

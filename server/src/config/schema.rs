@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::node::{Node, Value};
 use super::{
-    AdminAddr, AdminConfig, AdminLimits, Config, ConfigError, ConfigSource, Isolation, ListenerConfig, RestartConfig,
-    RestartPolicy, ServerConfig, TlsConfig, parse_duration,
+    AdminAddr, AdminConfig, AdminLimits, Config, ConfigError, ConfigSource, Isolation, ListenerConfig, NamedToken,
+    RestartConfig, RestartPolicy, Role, ServerConfig, TlsConfig, parse_duration,
 };
 
 /// Lines of the keys that cross-server validation reports on.
@@ -54,6 +54,7 @@ pub(super) fn read(root: &Node, source: ConfigSource) -> (Draft, Vec<ConfigError
         admin: AdminConfig {
             listen: AdminAddr::parse(DEFAULT_ADMIN).expect("default admin address parses"),
             token: None,
+            tokens: Vec::new(),
             limits: AdminLimits::default(),
         },
         admin_line: None,
@@ -99,23 +100,30 @@ fn read_admin(field: &Field<'_>, base_dir: &std::path::Path, admin: &mut AdminCo
             Err(message) => errs.at(&field, message),
         }
     }
-    let token = table.take("token");
-    let token_file = table.take("token_file");
-    match (token, token_file) {
-        (Some(_), Some(file)) => errs.at(&file, "set either `token` or `token_file`, not both".into()),
-        (Some(field), None) => admin.token = field.string(errs).filter(|t| nonempty_token(t, &field, errs)),
-        (None, Some(field)) => {
-            if let Some(path) = field.string(errs) {
-                match std::fs::read_to_string(base_dir.join(&path)) {
-                    Ok(text) => {
-                        let token = text.trim().to_owned();
-                        admin.token = Some(token).filter(|t| nonempty_token(t, &field, errs));
-                    }
-                    Err(e) => errs.at(&field, format!("cannot read token file {path:?}: {e}")),
+    admin.token = read_token(&mut table, base_dir, false, errs);
+    if let Some(field) = table.take("tokens") {
+        for (index, item) in field.array(errs).unwrap_or_default().iter().enumerate() {
+            let path = format!("{}[{index}]", field.path);
+            if let Some(named) = read_named_token(item, path, base_dir, errs) {
+                if admin.tokens.iter().any(|t| t.name == named.name) {
+                    errs.at_line(
+                        field.path.clone(),
+                        item.line,
+                        format!("a second token named {:?}", named.name),
+                    );
+                } else if admin.tokens.iter().any(|t| t.token == named.token)
+                    || admin.token.as_ref() == Some(&named.token)
+                {
+                    errs.at_line(
+                        field.path.clone(),
+                        item.line,
+                        format!("token {:?} is the same secret as another", named.name),
+                    );
+                } else {
+                    admin.tokens.push(named);
                 }
             }
         }
-        (None, None) => {}
     }
     let limits = &mut admin.limits;
     if let Some(field) = table.take("max_connections")
@@ -138,16 +146,93 @@ fn read_admin(field: &Field<'_>, base_dir: &std::path::Path, admin: &mut AdminCo
         }
     }
     table.finish(
-        "listen, token, token_file, max_connections, header_timeout, idle_timeout",
+        "listen, token, token_file, tokens, max_connections, header_timeout, idle_timeout",
         errs,
     );
 }
 
-fn nonempty_token(token: &str, field: &Field<'_>, errs: &mut Errors) -> bool {
-    if token.is_empty() {
-        errs.at(field, "the admin token is empty".into());
+/// A secret given as `token` or as `token_file` (read from the file, trimmed); an error if it is
+/// `required` and neither is there.
+fn read_token(table: &mut Table<'_>, base_dir: &std::path::Path, required: bool, errs: &mut Errors) -> Option<String> {
+    let (field, text) = match (table.take("token"), table.take("token_file")) {
+        (Some(_), Some(file)) => {
+            errs.at(&file, "set either `token` or `token_file`, not both".into());
+            return None;
+        }
+        (Some(field), None) => {
+            let text = field.string(errs)?;
+            (field, text)
+        }
+        (None, Some(field)) => {
+            let path = field.string(errs)?;
+            match std::fs::read_to_string(base_dir.join(&path)) {
+                Ok(text) => (field, text.trim().to_owned()),
+                Err(e) => {
+                    errs.at(&field, format!("cannot read token file {path:?}: {e}"));
+                    return None;
+                }
+            }
+        }
+        (None, None) => {
+            if required {
+                errs.at_line(
+                    table.path.clone(),
+                    table.line,
+                    "token has no `token` or `token_file`".into(),
+                );
+            }
+            return None;
+        }
+    };
+    if text.is_empty() {
+        errs.at(&field, "the admin token is empty".into());
+        return None;
     }
-    !token.is_empty()
+    Some(text)
+}
+
+/// One of `[admin] tokens`: `{ name, token | token_file, role }`.
+fn read_named_token(node: &Node, path: String, base_dir: &std::path::Path, errs: &mut Errors) -> Option<NamedToken> {
+    let mut table = Table::open(node, path, errs)?;
+    let name = match table.take("name") {
+        Some(field) => field.string(errs).filter(|name| {
+            let fits = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !fits {
+                errs.at(
+                    &field,
+                    format!("token name {name:?} is not letters, digits, '-', '_' or '.'"),
+                );
+            }
+            fits
+        }),
+        None => {
+            errs.at_line(table.path.clone(), table.line, "token has no `name`".into());
+            None
+        }
+    };
+    let token = read_token(&mut table, base_dir, true, errs);
+    let role = match table.take("role") {
+        Some(field) => field.string(errs).and_then(|text| {
+            let role = Role::parse(&text);
+            if role.is_none() {
+                errs.at(
+                    &field,
+                    format!("role {text:?} is not \"read\", \"operate\" or \"admin\""),
+                );
+            }
+            role
+        }),
+        None => {
+            errs.at_line(table.path.clone(), table.line, "token has no `role`".into());
+            None
+        }
+    };
+    table.finish("name, token, token_file, role", errs);
+    Some(NamedToken {
+        name: name?,
+        token: token?,
+        role: role?,
+    })
 }
 
 const SERVER_KEYS: &str = "name, type, autostart, isolation, threads, replicas, listeners, port_fallback, \

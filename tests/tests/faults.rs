@@ -374,7 +374,16 @@ async fn signals_are_answered_while_a_reload_blocks() {
         listeners = [{ ip = "Loopback", port = 0 }]
         "#,
     );
-    // The config file becomes a FIFO nobody writes: reading it blocks for ever.
+    block_a_reload(&host).await;
+    let signalled = Instant::now();
+    host.signal(Signal::SIGTERM);
+    let status = host.wait_exit(Duration::from_secs(10)).expect("the host exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+}
+
+/// Starts a reload that never ends: the config file becomes a FIFO nobody writes, then SIGHUP.
+async fn block_a_reload(host: &HostProcess) {
     let path = host.config_path();
     std::fs::remove_file(&path).unwrap();
     nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
@@ -384,11 +393,6 @@ async fn signals_are_answered_while_a_reload_blocks() {
         assert!(Instant::now() < deadline, "the reload began");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let signalled = Instant::now();
-    host.signal(Signal::SIGTERM);
-    let status = host.wait_exit(Duration::from_secs(10)).expect("the host exits");
-    assert_eq!(status.code(), Some(0));
-    assert!(signalled.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -866,16 +870,7 @@ async fn a_second_sigint_is_answered_while_a_reload_blocks() {
     let mut stubborn = connect(host.port("Slow", 0).await).await;
     assert_eq!(echo_roundtrip(&mut stubborn, b"x").await, b"x");
     let agent = host.server("Agent").await["pid"].as_u64().unwrap();
-    // The config file becomes a FIFO nobody writes: reading it blocks for ever.
-    let path = host.config_path();
-    std::fs::remove_file(&path).unwrap();
-    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
-    host.signal(Signal::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !host.stderr().contains("reloading the config") {
-        assert!(Instant::now() < deadline, "the reload began");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    block_a_reload(&host).await;
     host.signal(Signal::SIGINT);
     host.wait_ready_state(503).await;
     let signalled = Instant::now();

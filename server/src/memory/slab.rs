@@ -172,7 +172,7 @@ fn take(class: usize) -> *mut u8 {
         }
         list.empty += 1;
         // SAFETY: a new region, in no list.
-        unsafe { link(&mut list, region) };
+        unsafe { link(&mut list, region, true) };
     }
     let region = list.room;
     // SAFETY: a listed region is mapped, and only touched under its class's lock.
@@ -214,7 +214,7 @@ unsafe fn give_back(class: usize, block: *mut u8) {
         record.free = block;
         record.used -= 1;
         if !record.listed {
-            link_last(&mut list, region);
+            link(&mut list, region, false);
         }
         if record.used == 0 {
             if list.empty < KEEP_EMPTY {
@@ -227,40 +227,29 @@ unsafe fn give_back(class: usize, block: *mut u8) {
     }
 }
 
-/// Puts `region` first in its class's list.
+/// Puts `region` first in its class's list, or last.
 ///
 /// # Safety
 /// `region` is mapped and in no list; the caller holds the class's lock.
-unsafe fn link(list: &mut Class, region: *mut Region) {
+unsafe fn link(list: &mut Class, region: *mut Region, first: bool) {
+    let (prev, next) = match first {
+        true => (ptr::null_mut(), list.room),
+        false => (list.last, ptr::null_mut()),
+    };
     // SAFETY: the regions of the list are mapped; the lock is held.
     unsafe {
-        (*region).prev = ptr::null_mut();
-        (*region).next = list.room;
+        (*region).prev = prev;
+        (*region).next = next;
         (*region).listed = true;
-        match list.room.is_null() {
-            true => list.last = region,
-            false => (*list.room).prev = region,
-        }
-    }
-    list.room = region;
-}
-
-/// Puts `region` last in its class's list.
-///
-/// # Safety
-/// As [`link`].
-unsafe fn link_last(list: &mut Class, region: *mut Region) {
-    // SAFETY: the regions of the list are mapped; the lock is held.
-    unsafe {
-        (*region).prev = list.last;
-        (*region).next = ptr::null_mut();
-        (*region).listed = true;
-        match list.last.is_null() {
+        match prev.is_null() {
             true => list.room = region,
-            false => (*list.last).next = region,
+            false => (*prev).next = region,
+        }
+        match next.is_null() {
+            true => list.last = region,
+            false => (*next).prev = region,
         }
     }
-    list.last = region;
 }
 
 /// Takes `region` out of its class's list.

@@ -687,11 +687,7 @@ fn poll_read_some<IO: SessionIo>(io: &mut IO, buf: &mut Buffer, cx: &mut Context
 /// Reads what is already there, or `None` if the read would block.
 async fn read_now<IO: SessionIo>(io: &mut IO, buf: &mut Buffer) -> Option<std::io::Result<usize>> {
     let buf = buf.with_room();
-    poll_fn(|cx| match poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf) {
-        Poll::Pending => Poll::Ready(None),
-        Poll::Ready(result) => Poll::Ready(Some(result)),
-    })
-    .await
+    at_once(poll_fn(|cx| poll_read_buf(std::pin::Pin::new(&mut *io), cx, buf))).await
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ pub mod agent;
 mod duration;
 
 pub use duration::{format_duration, parse_duration};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Path prefix of the versioned admin API.
@@ -133,6 +135,9 @@ pub struct ServerInfo {
     pub restarts: u64,
     /// Why the last start or run failed, if it did.
     pub last_error: Option<String>,
+    /// The server's `labels` from the config (selectors of `start|stop|restart --label`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `Session`: one open connection of an instance.
@@ -167,6 +172,10 @@ pub struct HostInfo {
     pub uptime_secs: u64,
     /// The config file in use, or `null` for the embedded default.
     pub config_path: Option<String>,
+    /// Whether changes made through the API are written to `config_path` (false only while
+    /// the embedded default is in use and nothing was changed yet).
+    #[serde(default)]
+    pub persisted: bool,
     /// `running`, or `stopping` once a shutdown has begun.
     pub state: String,
 }
@@ -228,8 +237,72 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Servers restarted with their new settings.
     pub changed: Vec<String>,
+    /// Servers whose new settings were applied while they ran, every session kept.
+    #[serde(default)]
+    pub updated: Vec<String>,
     /// Servers left untouched.
     pub unchanged: Vec<String>,
+}
+
+/// What a config change does to one server (`POST /api/v1/config/check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanAction {
+    /// Created (and started if `autostart`).
+    Add,
+    /// Stopped (its sessions drained) and dropped.
+    Remove,
+    /// Stopped (its sessions drained) and started with the new settings.
+    Restart,
+    /// The new settings applied while it runs: no session is closed.
+    Update,
+    /// Unchanged.
+    Keep,
+}
+
+impl PlanAction {
+    /// The name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Add => "add",
+            Self::Remove => "remove",
+            Self::Restart => "restart",
+            Self::Update => "update",
+            Self::Keep => "keep",
+        }
+    }
+}
+
+impl std::fmt::Display for PlanAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One server in a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// The server.
+    pub name: String,
+    /// What the change does to it.
+    pub action: PlanAction,
+    /// Sessions it holds now that the change would drain (`remove` and `restart`; 0 otherwise).
+    pub sessions: u64,
+    /// The top-level keys of its config that differ (for `restart` and `update`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// The answer of `POST /api/v1/config/check`: a dry run of a whole config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigCheck {
+    /// Whether the config would be accepted.
+    pub valid: bool,
+    /// Every error, each naming its server and key (empty when valid).
+    pub errors: Vec<String>,
+    /// What applying it would do, server by server in the new config's order, then the
+    /// servers it removes (empty when invalid).
+    pub plan: Vec<PlanStep>,
 }
 
 /// Body of `POST .../sessions/{id}/send`: exactly one of the two fields.
@@ -270,6 +343,8 @@ pub enum ErrorCode {
     Internal,
     /// 503: the server did not answer in time (its agent is frozen or overloaded)
     Unavailable,
+    /// 412: `If-Match` names a config that is no longer the current one
+    PreconditionFailed,
 }
 
 impl ErrorCode {
@@ -286,6 +361,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => 431,
             Self::StartFailed | Self::Internal => 500,
             Self::Unavailable => 503,
+            Self::PreconditionFailed => 412,
         }
     }
 }

@@ -305,9 +305,13 @@ impl Host {
                 Ok(())
             });
         }
-        for (instance, config) in changed {
+        for (instance, config, live) in changed {
             work.spawn(async move {
-                let applied = instance.reconfigure(config, timeout).await;
+                let applied = if live {
+                    instance.update(config, timeout).await
+                } else {
+                    instance.reconfigure(config, timeout).await
+                };
                 applied.map_err(|e| (instance.name().to_owned(), format!("{e}; its old config is kept")))
             });
         }
@@ -322,16 +326,16 @@ impl Host {
         }
         self.settle().await;
         tracing::info!(
-            added = ?report.added, removed = ?report.removed, changed = ?report.changed,
+            added = ?report.added, removed = ?report.removed, changed = ?report.changed, updated = ?report.updated,
             unchanged = report.unchanged.len(), failed = failures.len(), "config reloaded"
         );
         if failures.is_empty() {
             return Ok(report);
         }
         // A changed server that kept its old config is not reported as changed.
-        report
-            .changed
-            .retain(|name| !failures.iter().any(|(failed, _)| failed == name));
+        let applied = |name: &String| !failures.iter().any(|(failed, _)| failed == name);
+        report.changed.retain(applied);
+        report.updated.retain(applied);
         let failures = failures
             .iter()
             .map(|(name, cause)| format!("{name}: {cause}"))
@@ -357,10 +361,18 @@ impl Host {
                 plan.report.unchanged.push(server.name.clone());
                 continue;
             }
+            let live = crate::config::changes(&instance.config(), server)
+                .iter()
+                .all(|c| c.live);
             match probe(instance, server).await {
                 Ok(()) => {
-                    plan.report.changed.push(server.name.clone());
-                    plan.changed.push((instance.clone(), server.clone()));
+                    let names = if live {
+                        &mut plan.report.updated
+                    } else {
+                        &mut plan.report.changed
+                    };
+                    names.push(server.name.clone());
+                    plan.changed.push((instance.clone(), server.clone(), live));
                 }
                 Err(e) => plan
                     .failures
@@ -458,6 +470,7 @@ impl Host {
                 ConfigSource::File(path) => Some(path.display().to_string()),
                 ConfigSource::Embedded => None,
             },
+            persisted: matches!(config.source, ConfigSource::File(_)),
             state: if self.is_stopping() { "stopping" } else { "running" }.into(),
         }
     }
@@ -469,7 +482,8 @@ struct Plan {
     report: ReloadReport,
     /// The instances after it, in the new config order.
     instances: Vec<Arc<Instance>>,
-    changed: Vec<(Arc<Instance>, ServerConfig)>,
+    /// Changed instances, their new configs, and whether every change is live.
+    changed: Vec<(Arc<Instance>, ServerConfig, bool)>,
     added: Vec<Arc<Instance>>,
     removed: Vec<Arc<Instance>>,
     /// Changes found impossible before anything was stopped: the server and why.

@@ -27,6 +27,7 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
         server("Own", "isolation = \"runtime\""),
         server("Drop", ""),
         server("Change", "max_connections = 10"),
+        server("Tune", "max_connections = 10"),
     ]
     .concat();
     let host = HostProcess::start(&before);
@@ -40,7 +41,8 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
         server("Keep", ""),
         // Its default written out: the same config.
         server("Own", "isolation = \"runtime\"\nthreads = 1"),
-        server("Change", "max_connections = 20"),
+        server("Change", "max_connections = 20\nisolation = \"runtime\""),
+        server("Tune", "max_connections = 20"),
         server("Add", ""),
     ]
     .concat();
@@ -51,6 +53,7 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
     assert_eq!(report["added"], serde_json::json!(["Add"]));
     assert_eq!(report["removed"], serde_json::json!(["Drop"]));
     assert_eq!(report["changed"], serde_json::json!(["Change"]));
+    assert_eq!(report["updated"], serde_json::json!(["Tune"]));
     assert_eq!(report["unchanged"], serde_json::json!(["Keep", "Own"]));
 
     assert_eq!(
@@ -77,13 +80,13 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["Keep", "Own", "Change", "Add"], "the new config order");
+    assert_eq!(names, ["Keep", "Own", "Change", "Tune", "Add"], "the new config order");
 
     // The table form names each group.
     let again = host.ctl(&["reload"]);
     assert_eq!(
         again.stdout,
-        "added      -\nremoved    -\nchanged    -\nunchanged  Keep, Own, Change, Add\n"
+        "added      -\nremoved    -\nchanged    -\nunchanged  Keep, Own, Change, Tune, Add\n"
     );
 }
 

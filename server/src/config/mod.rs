@@ -5,16 +5,19 @@
 //! types below, collecting every problem; `validate` checks what spans servers (unique names,
 //! overlapping ports, TLS files, known types); `default.toml` is the embedded default.
 
+mod diff;
 mod error;
 mod node;
 mod schema;
 pub mod tls;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use diff::{Change, changes};
 pub use error::{ConfigError, ConfigErrors};
 pub use supersocket_proto::Isolation;
 pub use supersocket_proto::{format_duration, parse_duration};
@@ -234,6 +237,9 @@ pub struct ServerConfig {
     pub advertise: Option<String>,
     /// Type-specific settings, as JSON.
     pub options: serde_json::Value,
+    /// Free-form `key = "value"` pairs that select servers (`--label team=chat`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Folder that relative paths in `options` are resolved against.
     pub base_dir: PathBuf,
 }
@@ -258,6 +264,7 @@ impl Default for ServerConfig {
             restart: RestartConfig::default(),
             advertise: None,
             options: serde_json::Value::Object(Default::default()),
+            labels: BTreeMap::new(),
             base_dir: PathBuf::new(),
         }
     }

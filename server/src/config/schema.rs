@@ -1,6 +1,7 @@
 //! The schema walk: turns the value tree into config types, collecting every problem (wrong
 //! kinds, values out of range, unknown keys) with its key path, server and line.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -236,7 +237,8 @@ fn read_named_token(node: &Node, path: String, base_dir: &std::path::Path, errs:
 }
 
 const SERVER_KEYS: &str = "name, type, autostart, isolation, threads, replicas, listeners, port_fallback, \
-    max_connections, max_package_length, idle_timeout, send_queue, send_queue_bytes, tls, restart, advertise, options";
+    max_connections, max_package_length, idle_timeout, send_queue, send_queue_bytes, tls, restart, advertise, options, \
+    labels";
 
 fn read_server(
     node: &Node,
@@ -340,6 +342,9 @@ fn read_server(
             errs.at(&f, format!("expected a table, found {}", f.node.kind()));
         }
     }
+    if let Some(f) = table.take("labels") {
+        server.labels = read_labels(&f, errs);
+    }
     table.finish(SERVER_KEYS, errs);
     errs.server = None;
     // A server without a usable name or type is reported above and left out of cross-checks.
@@ -364,6 +369,33 @@ fn expand_replicas(server: ServerConfig, spots: Spots, replicas: i64) -> Vec<(Se
             (replica, spots.clone())
         })
         .collect()
+}
+
+/// `labels = { key = "value" }`: keys of letters, digits, `_ . - /`, string values.
+fn read_labels(field: &Field<'_>, errs: &mut Errors) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let Value::Table(entries) = &field.node.value else {
+        errs.at(field, format!("expected a table, found {}", field.node.kind()));
+        return labels;
+    };
+    for (key, node) in entries {
+        let entry = Field {
+            node,
+            path: format!("{}.{key}", field.path),
+        };
+        let fits = !key.is_empty()
+            && key.len() <= 63
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
+        if !fits {
+            errs.at(
+                &entry,
+                format!("label {key:?} must be 1-63 characters of A-Z a-z 0-9 _ . - /"),
+            );
+        } else if let Some(value) = entry.string(errs) {
+            labels.insert(key.clone(), value);
+        }
+    }
+    labels
 }
 
 fn valid_name(name: &str, field: &Field<'_>, errs: &mut Errors) -> bool {

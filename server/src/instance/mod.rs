@@ -228,6 +228,12 @@ impl Instance {
         .await
     }
 
+    /// Takes a changed config whose every change is live ([`crate::config::changes`]) while
+    /// it runs, closing no session.
+    pub(crate) async fn update(self: &Arc<Self>, config: ServerConfig, timeout: Duration) -> Result<(), StartError> {
+        self.reconfigure(config, timeout).await
+    }
+
     async fn start_locked(self: &Arc<Self>, run: &mut Option<Box<dyn Run>>) -> Result<(), StartError> {
         match run.take() {
             Some(current) if !current.ended() => {
@@ -441,6 +447,7 @@ impl Instance {
             uptime_secs: status.started.map_or(0, |(_, since)| since.elapsed().as_secs()),
             restarts: status.restarts,
             last_error: status.last_error,
+            labels: config.labels.clone(),
         }
     }
 

@@ -6,8 +6,12 @@
 //! overlapping ports, TLS files, known types); `default.toml` is the embedded default.
 
 mod diff;
+mod document;
 mod error;
+pub mod export;
+mod merge;
 mod node;
+mod persist;
 mod schema;
 pub mod tls;
 mod validate;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diff::{Change, changes};
+pub use document::{DEFAULT_FILE, Document, EditError, parse_body};
 pub use error::{ConfigError, ConfigErrors};
 pub use supersocket_proto::Isolation;
 pub use supersocket_proto::{format_duration, parse_duration};

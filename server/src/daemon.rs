@@ -53,9 +53,6 @@ enum LogFormat {
     Json,
 }
 
-/// The config file used when none is named.
-const DEFAULT_CONFIG_FILE: &str = "supersocket.toml";
-
 /// Parses the command line and runs the host until it is shut down.
 pub fn main(builder: HostBuilder) -> ExitCode {
     let args = match Args::try_parse() {
@@ -181,7 +178,7 @@ fn env_token() -> Option<String> {
 /// `--config`, else `$SUPERSOCKET_CONFIG` (both through clap), else `./supersocket.toml`, else
 /// the embedded default; then the command-line and environment overrides.
 fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErrors> {
-    let local = PathBuf::from(DEFAULT_CONFIG_FILE);
+    let local = PathBuf::from(crate::config::DEFAULT_FILE);
     let mut config = match (&args.config, local.exists()) {
         (Some(path), _) => Config::load(path, types)?,
         (None, true) => Config::load(&local, types)?,
@@ -193,18 +190,7 @@ fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErr
     if let Some(token) = env_token() {
         config.admin.token = Some(token);
     }
-    if !config.admin.listen.is_local() && !config.admin.requires_token() {
-        return Err(ConfigErrors(vec![crate::config::ConfigError {
-            file: config.source.display_name(),
-            line: None,
-            server: None,
-            key: Some("admin.listen".into()),
-            message: format!(
-                "admin address {} is reachable from other machines; set `admin.token` (or SUPERSOCKET_TOKEN) or listen on loopback",
-                config.admin.listen
-            ),
-        }]));
-    }
+    config.check_exposure()?;
     Ok(config)
 }
 

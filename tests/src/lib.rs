@@ -172,6 +172,8 @@ pub struct HostOptions {
     pub env: Vec<(String, String)>,
     /// Admin address; `None` keeps the config's.
     pub admin: Option<String>,
+    /// The folder the host runs in; `None`: a fresh scratch folder.
+    pub workdir: Option<PathBuf>,
 }
 
 impl HostOptions {
@@ -184,6 +186,7 @@ impl HostOptions {
             args: Vec::new(),
             env: Vec::new(),
             admin: Some("127.0.0.1:0".into()),
+            workdir: None,
         }
     }
 }
@@ -203,7 +206,7 @@ impl HostProcess {
     pub fn try_start(options: HostOptions) -> Result<Self, String> {
         let scratch = Scratch::new("host");
         let mut command = Command::new(&options.program);
-        command.current_dir(scratch.path());
+        command.current_dir(options.workdir.as_deref().unwrap_or(scratch.path()));
         if let Some(config) = &options.config {
             let name = if options.json { "host.json" } else { "host.toml" };
             let path = scratch.write(name, config);

@@ -1,6 +1,7 @@
 //! The embedded admin API (SPEC §6): axum routes over the host, guarded by Host/Origin checks
 //! and the bearer token, served on TCP or a unix socket within limits of its own.
 
+mod changes;
 mod error;
 mod guard;
 mod metrics;
@@ -35,8 +36,13 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
     let server = "/servers/{name}";
     let api = Router::new()
         .route("/host", get(routes::host_info))
-        .route("/servers", get(routes::list_servers))
-        .route(server, get(routes::get_server))
+        .route("/servers", get(routes::list_servers).post(changes::add_server))
+        .route(
+            server,
+            get(routes::get_server)
+                .put(changes::replace_server)
+                .delete(changes::remove_server),
+        )
         .route(&format!("{server}/start"), post(routes::start))
         .route(&format!("{server}/stop"), post(routes::stop))
         .route(&format!("{server}/restart"), post(routes::restart))
@@ -44,7 +50,9 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route(&format!("{server}/sessions/{{id}}"), delete(routes::kick))
         .route(&format!("{server}/sessions/{{id}}/send"), post(routes::send))
         .route("/route/{type}", get(routes::route))
-        .route("/reload", post(routes::reload));
+        .route("/reload", post(routes::reload))
+        .route("/config", get(changes::get_config).put(changes::replace_config))
+        .route("/config/check", post(changes::check_config));
     Router::new()
         .route("/livez", get(routes::livez))
         .route("/healthz", get(routes::livez))

@@ -85,10 +85,12 @@ fn operable(state: &AdminState, name: &str) -> Result<Arc<Instance>, ApiError> {
     instance(state, name)
 }
 
-/// Query of stop and restart.
+/// Query of start, stop and restart.
 #[derive(Debug, Deserialize)]
 pub struct StopQuery {
     timeout: Option<String>,
+    /// Also record the outcome as the server's `autostart` in the config (start and stop).
+    save: Option<bool>,
 }
 
 impl StopQuery {
@@ -101,24 +103,38 @@ impl StopQuery {
     }
 }
 
-/// `POST /api/v1/servers/{name}/start`: the server once running, or `start_failed`.
-pub async fn start(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Json<ServerInfo>, ApiError> {
+/// `POST /api/v1/servers/{name}/start?save=true`: the server once running, or
+/// `start_failed`; with `save`, its `autostart` is then recorded as true.
+pub async fn start(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<StopQuery>,
+    headers: HeaderMap,
+) -> Result<Json<ServerInfo>, ApiError> {
     let instance = operable(&state, &name)?;
     let started = instance.start().await;
     state.host.settle().await;
     started.map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
+    if query.save == Some(true) {
+        super::changes::save_autostart(&state, &headers, &name, true).await?;
+    }
     Ok(Json(instance.info()))
 }
 
-/// `POST /api/v1/servers/{name}/stop?timeout=5s`: the server once stopped.
+/// `POST /api/v1/servers/{name}/stop?timeout=5s&save=true`: the server once stopped; with
+/// `save`, its `autostart` is then recorded as false.
 pub async fn stop(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     Query(query): Query<StopQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<ServerInfo>, ApiError> {
     let instance = operable(&state, &name)?;
     instance.stop(query.timeout(&state)?).await;
     state.host.settle().await;
+    if query.save == Some(true) {
+        super::changes::save_autostart(&state, &headers, &name, false).await?;
+    }
     Ok(Json(instance.info()))
 }
 

@@ -86,9 +86,41 @@ impl Document {
         })
     }
 
+    /// A document for a file that could not be read: changes wait for a reload (the file on
+    /// disk differs from this empty text).
+    pub fn unreadable(source: &ConfigSource) -> Self {
+        let path = match source {
+            ConfigSource::File(path) => path.clone(),
+            ConfigSource::Embedded => PathBuf::from(DEFAULT_FILE),
+        };
+        Self {
+            doc: DocumentMut::new(),
+            json: false,
+            path,
+            on_disk: Some(String::new()),
+        }
+    }
+
+    /// Takes the file's text as read again (a reload).
+    pub fn reread(&mut self, text: String) {
+        *self = Self::from_file(self.path.clone(), text.clone()).unwrap_or_else(|_| Self {
+            on_disk: Some(text),
+            ..Self::unreadable(&self.source())
+        });
+    }
+
     /// Where it is written; what configs read from it say they came from.
     pub fn source(&self) -> ConfigSource {
         ConfigSource::File(self.path.clone())
+    }
+
+    /// Where a reload reads the config: the file, or the embedded default while nothing was
+    /// written.
+    pub fn source_read(&self) -> ConfigSource {
+        match self.on_disk {
+            Some(_) => self.source(),
+            None => ConfigSource::Embedded,
+        }
     }
 
     /// Whether it was ever written (else it is the embedded default, in memory).

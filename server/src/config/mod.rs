@@ -346,6 +346,11 @@ pub trait TypeCatalog {
 impl Config {
     /// Reads and validates a config file (`.json` as JSON, anything else as TOML).
     pub fn load(path: &Path, types: &dyn TypeCatalog) -> Result<Self, ConfigErrors> {
+        Self::read(path, types).map(|(config, _)| config)
+    }
+
+    /// Reads and validates a config file; also gives the text read.
+    pub fn read(path: &Path, types: &dyn TypeCatalog) -> Result<(Self, String), ConfigErrors> {
         let source = ConfigSource::File(path.to_path_buf());
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
@@ -357,7 +362,8 @@ impl Config {
             }])
         })?;
         let json = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
-        Self::parse(&text, json, source, types)
+        let config = Self::parse(&text, json, source, types)?;
+        Ok((config, text))
     }
 
     /// The embedded default config of SPEC §2.
@@ -392,6 +398,23 @@ impl Config {
             errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// Refuses an admin API reachable from other machines with no token (SPEC §6).
+    pub fn check_exposure(&self) -> Result<(), ConfigErrors> {
+        if self.admin.listen.is_local() || self.admin.requires_token() {
+            return Ok(());
+        }
+        Err(ConfigErrors(vec![ConfigError {
+            file: self.source.display_name(),
+            line: None,
+            server: None,
+            key: Some("admin.listen".into()),
+            message: format!(
+                "admin address {} is reachable from other machines; set `admin.token` (or SUPERSOCKET_TOKEN) or listen on loopback",
+                self.admin.listen
+            ),
+        }]))
     }
 
     /// A server by name.

@@ -1,6 +1,9 @@
 //! The host: the registry of instances built from one config, their coordinated start at boot
 //! and stop at shutdown, reload, and the host-wide facts the admin API reports. The builder
 //! chooses where each isolation level runs (the launchers) and registers the built-in types.
+//! `writes` changes the config through the admin API.
+
+mod writes;
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -10,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ReloadReport, ServerState};
 use tokio::task::JoinSet;
 
-use crate::config::{AdminAddr, Config, ConfigErrors, ConfigSource, ServerConfig};
+pub use writes::{ChangeError, Edit};
+
+use crate::config::{AdminAddr, Config, ConfigErrors, ConfigSource, Document, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
 use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
 use crate::isolation::spawn::Processes;
@@ -139,6 +144,11 @@ impl HostBuilder {
             .map(|server| Arc::new(Instance::new(server.clone(), env.clone())))
             .collect();
         directory.replace(instances);
+        let document = Document::open(&config.source).unwrap_or_else(|e| {
+            // Changes through the API then ask for a reload first (the file differs from this).
+            tracing::warn!("cannot read the config file again: {e}");
+            Document::unreadable(&config.source)
+        });
         Host {
             inner: Arc::new(HostInner {
                 types: self.types,
@@ -146,8 +156,10 @@ impl HostBuilder {
                 admin_override: self.admin_override,
                 env,
                 views,
-                reload: tokio::sync::Mutex::new(()),
-                config: RwLock::new(config),
+                persisted: std::sync::atomic::AtomicBool::new(document.is_persisted()),
+                writes: tokio::sync::Mutex::new(document),
+                config: RwLock::new(Current { config, generation: 0 }),
+                etag_key: std::hash::RandomState::new(),
                 directory,
                 started_at: SystemTime::now(),
                 started: Instant::now(),
@@ -192,9 +204,14 @@ struct HostInner {
     env: InstanceEnv,
     /// What the agents know of the instances.
     views: Arc<Views>,
-    /// Serialises reloads, and a shutdown after them.
-    reload: tokio::sync::Mutex<()>,
-    config: RwLock<Config>,
+    /// The config file as last read or written; its lock serialises reloads and changes, and a
+    /// shutdown after them.
+    writes: tokio::sync::Mutex<Document>,
+    config: RwLock<Current>,
+    /// Makes the `ETag` of a config: unguessable, and different in each run of the host.
+    etag_key: std::hash::RandomState,
+    /// Whether the config is in a file (else the embedded default, not written yet).
+    persisted: std::sync::atomic::AtomicBool,
     /// Every instance, by name and type.
     directory: Arc<Directory>,
     started_at: SystemTime,
@@ -222,18 +239,22 @@ impl Host {
         HostHandle(Arc::downgrade(&self.inner.directory))
     }
 
-    fn config(&self) -> std::sync::RwLockReadGuard<'_, Config> {
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
         self.inner.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn config(&self) -> Config {
+        self.current().config.clone()
     }
 
     /// The stop bound of the config.
     pub fn shutdown_timeout(&self) -> Duration {
-        self.config().shutdown_timeout
+        self.current().config.shutdown_timeout
     }
 
     /// The admin API's settings as the config says now (its tokens change with a reload).
     pub fn admin_config(&self) -> crate::config::AdminConfig {
-        self.config().admin.clone()
+        self.current().config.admin.clone()
     }
 
     /// Waits (briefly) until every agent knows the instances as they are now: an operation is
@@ -244,26 +265,24 @@ impl Host {
 
     /// Re-reads the config file and applies the difference: servers added are created (and
     /// started if autostart), removed ones stopped and dropped, changed ones restarted with
-    /// their new settings, unchanged ones left alone with their sessions. An invalid file, or
-    /// one with no servers (unless `allow_empty`), changes nothing. A change that cannot be
-    /// applied (a new port in use) leaves that instance with its old config and is reported.
+    /// their new settings (or updated while they run, when every change is live), unchanged ones
+    /// left alone with their sessions. An invalid file, or one with no servers (unless
+    /// `allow_empty`), changes nothing. A change that cannot be applied (a new port in use)
+    /// leaves that instance with its old config and is reported.
     pub async fn reload(&self, allow_empty: bool) -> Result<ReloadReport, ReloadError> {
         // One reload at a time, each reading the file when its turn comes: the last one asked
         // applies the file as it is last.
-        let _serialised = self.inner.reload.lock().await;
+        let mut document = self.inner.writes.lock().await;
         let shutting_down = &self.inner.env.life.shutting_down;
         if shutting_down.is_cancelled() {
             return Err(ReloadError::ShuttingDown);
         }
-        let source = self.config().source.clone();
+        let source = document.source_read();
         let types = self.inner.types.clone();
         // Reading the file and checking its TLS files and type options touch the disk. A read
         // that blocks (a FIFO) is abandoned at shutdown.
-        let loaded = tokio::task::spawn_blocking(move || match &source {
-            ConfigSource::File(path) => Config::load(path, &types),
-            ConfigSource::Embedded => Config::embedded(&types),
-        });
-        let mut next = tokio::select! {
+        let loaded = tokio::task::spawn_blocking(move || read(&source, &types));
+        let (next, text) = tokio::select! {
             loaded = loaded => match loaded {
                 Ok(loaded) => loaded.map_err(ReloadError::Invalid)?,
                 Err(_) => return Err(ReloadError::ShuttingDown),
@@ -273,20 +292,37 @@ impl Host {
         if next.servers.is_empty() && !allow_empty {
             return Err(ReloadError::Empty);
         }
+        if let Some(text) = text {
+            document.reread(text);
+        }
+        let next = self.with_overrides(next);
+        let plan = self.plan(&next).await;
+        self.apply(next, plan, None).await
+    }
+
+    /// The command line's and the environment's settings, which win over any config's.
+    fn with_overrides(&self, mut next: Config) -> Config {
         if self.inner.token_override.is_some() {
             next.admin.token.clone_from(&self.inner.token_override);
         }
         if let Some(admin) = &self.inner.admin_override {
             next.admin.listen = admin.clone();
         }
-        if next.admin.listen != self.config().admin.listen {
+        if next.admin.listen != self.current().config.admin.listen {
             tracing::warn!(
                 "admin.listen changed to {}; it takes effect at the next start",
                 next.admin.listen
             );
         }
-        let timeout = next.shutdown_timeout;
-        let plan = self.plan(&next).await;
+        next
+    }
+
+    /// Makes `next` the config by carrying out `plan`: stops (for at most `timeout`, else the
+    /// new config's `shutdown_timeout`) what it removes, restarts or updates what changed,
+    /// starts what it adds. Changes `plan` found impossible, and those that fail now, leave
+    /// their instances as they were and are reported.
+    async fn apply(&self, next: Config, plan: Plan, timeout: Option<Duration>) -> Result<ReloadReport, ReloadError> {
+        let timeout = timeout.unwrap_or(next.shutdown_timeout);
         let Plan {
             mut report,
             instances,
@@ -296,7 +332,13 @@ impl Host {
             mut failures,
         } = plan;
         self.inner.directory.replace(instances);
-        *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = next;
+        {
+            let mut current = self.inner.config.write().unwrap_or_else(|e| e.into_inner());
+            if current.config != next {
+                current.generation += 1;
+            }
+            current.config = next;
+        }
 
         let mut work = JoinSet::new();
         for instance in removed {
@@ -327,7 +369,7 @@ impl Host {
         self.settle().await;
         tracing::info!(
             added = ?report.added, removed = ?report.removed, changed = ?report.changed, updated = ?report.updated,
-            unchanged = report.unchanged.len(), failed = failures.len(), "config reloaded"
+            unchanged = report.unchanged.len(), failed = failures.len(), "config applied"
         );
         if failures.is_empty() {
             return Ok(report);
@@ -411,8 +453,8 @@ impl Host {
             tokio::time::sleep(timeout).await;
             hurry.cancel();
         });
-        // A reload applying its changes finishes first (its stops hurry too).
-        let _serialised = self.inner.reload.lock().await;
+        // A reload or change applying its changes finishes first (its stops hurry too).
+        let _serialised = self.inner.writes.lock().await;
         let stops = self
             .instances()
             .into_iter()
@@ -460,7 +502,8 @@ impl Host {
 
     /// The host facts of `GET /api/v1/host`.
     pub fn info(&self) -> HostInfo {
-        let config = self.config();
+        let persisted = self.inner.persisted.load(std::sync::atomic::Ordering::Acquire);
+        let config = &self.current().config;
         HostInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -470,9 +513,24 @@ impl Host {
                 ConfigSource::File(path) => Some(path.display().to_string()),
                 ConfigSource::Embedded => None,
             },
-            persisted: matches!(config.source, ConfigSource::File(_)),
+            persisted,
             state: if self.is_stopping() { "stopping" } else { "running" }.into(),
         }
+    }
+}
+
+/// The config in force, and how many times it changed.
+struct Current {
+    config: Config,
+    /// Bumped at every change of `config`; the `ETag` is made from it.
+    generation: u64,
+}
+
+/// Reads a config source: the config, and the file's text (`None` for the embedded default).
+fn read(source: &ConfigSource, types: &ServerTypes) -> Result<(Config, Option<String>), ConfigErrors> {
+    match source {
+        ConfigSource::File(path) => Config::read(path, types).map(|(config, text)| (config, Some(text))),
+        ConfigSource::Embedded => Ok((Config::embedded(types)?, None)),
     }
 }
 

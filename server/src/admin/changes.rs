@@ -1,0 +1,185 @@
+//! The admin API's routes that change the config (SPEC §10): the config as JSON with its
+//! `ETag`, servers added, replaced and removed, a whole config applied or checked. Bodies are
+//! JSON, or TOML with `Content-Type: application/toml`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use supersocket_proto::{ConfigCheck, ErrorCode, ReloadReport, ServerInfo};
+
+use super::AdminState;
+use super::error::ApiError;
+use crate::config::{EditError, parse_body, parse_duration};
+use crate::host::{ChangeError, Edit};
+
+/// `GET /api/v1/config`: the config in the file's schema, secrets masked, with its `ETag`.
+pub async fn get_config(State(state): State<AdminState>) -> Response {
+    let (config, etag) = state.host.config_json();
+    with_etag(Json(config), &etag)
+}
+
+/// Query of the writes that stop servers.
+#[derive(Debug, Deserialize)]
+pub struct WriteQuery {
+    timeout: Option<String>,
+    allow_empty: Option<bool>,
+}
+
+impl WriteQuery {
+    fn timeout(&self) -> Result<Option<std::time::Duration>, ApiError> {
+        self.timeout
+            .as_deref()
+            .map(|text| parse_duration(text).map_err(|e| ApiError::bad_request(format!("timeout: {e}"))))
+            .transpose()
+    }
+}
+
+/// `POST /api/v1/servers`: 201 with the new server (started if `autostart`).
+pub async fn add_server(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let server = body_table(&headers, &body)?;
+    let name = server
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    change(&state, &headers, Edit::Add(server), None).await?;
+    let info = server_info(&state, &name)?;
+    Ok((StatusCode::CREATED, with_etag(Json(info), &state.host.etag())).into_response())
+}
+
+/// `PUT /api/v1/servers/{name}`: the server with its new config.
+pub async fn replace_server(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<WriteQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let server = body_table(&headers, &body)?;
+    change(&state, &headers, Edit::Replace(name.clone(), server), query.timeout()?).await?;
+    Ok(with_etag(Json(server_info(&state, &name)?), &state.host.etag()))
+}
+
+/// `DELETE /api/v1/servers/{name}?timeout=DUR`: drains it, then removes it; 204.
+pub async fn remove_server(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<WriteQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    change(&state, &headers, Edit::Remove(name), query.timeout()?).await?;
+    Ok(with_etag(StatusCode::NO_CONTENT, &state.host.etag()))
+}
+
+/// `PUT /api/v1/config`: a whole config, applied as a reload is; answers as a reload.
+pub async fn replace_config(
+    State(state): State<AdminState>,
+    Query(query): Query<WriteQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let config = body_table(&headers, &body)?;
+    let edit = Edit::Whole {
+        config,
+        allow_empty: query.allow_empty.unwrap_or(false),
+    };
+    let report = change(&state, &headers, edit, query.timeout()?).await?;
+    Ok(with_etag(Json(report), &state.host.etag()))
+}
+
+/// `POST /api/v1/config/check`: a dry run of a whole config.
+pub async fn check_config(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ConfigCheck>, ApiError> {
+    let config = body_table(&headers, &body)?;
+    Ok(Json(state.host.check(config).await))
+}
+
+/// Records a server's `autostart` (`start|stop?save=true`).
+pub(super) async fn save_autostart(
+    state: &AdminState,
+    headers: &HeaderMap,
+    name: &str,
+    on: bool,
+) -> Result<(), ApiError> {
+    change(state, headers, Edit::Autostart(name.to_owned(), on), None)
+        .await
+        .map(drop)
+}
+
+/// Makes a change with the request's `If-Match`.
+async fn change(
+    state: &AdminState,
+    headers: &HeaderMap,
+    edit: Edit,
+    timeout: Option<std::time::Duration>,
+) -> Result<ReloadReport, ApiError> {
+    let if_match = match headers.get(header::IF_MATCH).map(HeaderValue::to_str) {
+        Some(Ok(tag)) => Some(tag),
+        Some(Err(_)) => return Err(ApiError::bad_request("If-Match is not visible ASCII")),
+        None => None,
+    };
+    state.host.change(edit, if_match, timeout).await.map_err(answer)
+}
+
+/// The answer to a change that was not made.
+fn answer(error: ChangeError) -> ApiError {
+    let message = error.to_string();
+    let nothing = "nothing was changed";
+    match error {
+        ChangeError::ShuttingDown => ApiError::new(ErrorCode::Conflict, message),
+        ChangeError::Stale { .. } => ApiError::new(ErrorCode::PreconditionFailed, message),
+        ChangeError::Edit(EditError::NoServer(name)) => ApiError::no_server(&name),
+        ChangeError::Edit(EditError::NameTaken(_) | EditError::Replica { .. }) => {
+            ApiError::new(ErrorCode::Conflict, message)
+        }
+        ChangeError::Edit(EditError::Body(_) | EditError::Masked(_)) => ApiError::bad_request(message),
+        ChangeError::Invalid(errors) => ApiError::with_details(
+            ErrorCode::BadRequest,
+            format!("{message}; {nothing}"),
+            errors.0.iter().map(ToString::to_string).collect(),
+        ),
+        ChangeError::Unbindable(failures) => {
+            ApiError::with_details(ErrorCode::BadRequest, format!("{message}; {nothing}"), failures)
+        }
+        ChangeError::FileChanged(_) => ApiError::new(ErrorCode::Conflict, format!("{message}; {nothing}")),
+        ChangeError::Persist(_) => ApiError::new(ErrorCode::Internal, format!("{message}; {nothing}")),
+        ChangeError::Unapplied(failures) => ApiError::with_details(ErrorCode::StartFailed, message, failures),
+    }
+}
+
+/// A body as a table: TOML with `Content-Type: application/toml`, else JSON.
+fn body_table(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let toml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/toml"));
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    parse_body(text, toml).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+fn server_info(state: &AdminState, name: &str) -> Result<ServerInfo, ApiError> {
+    Ok(state
+        .host
+        .instance(name)
+        .ok_or_else(|| ApiError::no_server(name))?
+        .info())
+}
+
+fn with_etag(response: impl IntoResponse, etag: &str) -> Response {
+    let mut response = response.into_response();
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}

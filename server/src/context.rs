@@ -27,7 +27,8 @@ use crate::session::{CloseReason, SessionEntry, SessionId, SessionRegistry};
 /// One run of an instance, as its handlers see it.
 pub struct InstanceContext {
     pub(crate) name: String,
-    pub(crate) config: Arc<ServerConfig>,
+    /// Changes while the run lasts: a change of limits applies to the running instance.
+    pub(crate) config: std::sync::RwLock<Arc<ServerConfig>>,
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) stats: Arc<InstanceStats>,
     pub(crate) host: HostHandle,
@@ -44,8 +45,14 @@ impl InstanceContext {
         &self.name
     }
 
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
+    /// Its config now (limits may change while it runs).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes a changed config while the run lasts.
+    pub(crate) fn set_config(&self, config: Arc<ServerConfig>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// The other instances of the host: by name, by type, and through the dispatcher.

@@ -35,6 +35,8 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
     let kept_id = kept.request("WHOAMI").await;
     let mut changed_client = LineClient::connect(host.port("Change", 0).await).await;
     assert_eq!(changed_client.request("PING").await, "PONG");
+    let mut tuned = LineClient::connect(host.port("Tune", 0).await).await;
+    let tuned_id = tuned.request("WHOAMI").await;
 
     let after = [
         "shutdown_timeout = \"1s\"\n".to_owned(),
@@ -54,6 +56,11 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
     assert_eq!(report["removed"], serde_json::json!(["Drop"]));
     assert_eq!(report["changed"], serde_json::json!(["Change"]));
     assert_eq!(report["updated"], serde_json::json!(["Tune"]));
+    assert_eq!(
+        tuned.request("WHOAMI").await,
+        tuned_id,
+        "a server whose limits changed keeps its sessions"
+    );
     assert_eq!(report["unchanged"], serde_json::json!(["Keep", "Own"]));
 
     assert_eq!(

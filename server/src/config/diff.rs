@@ -1,7 +1,7 @@
 //! What differs between two configs of one server, key by key, and which differences a running
 //! instance can take without closing a session.
 
-use super::ServerConfig;
+use super::{Isolation, ServerConfig};
 
 /// One top-level key of a server's config that differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,7 +10,9 @@ pub struct Change {
     pub key: &'static str,
     /// Whether a running instance takes it live: limits, restart policy, labels, autostart,
     /// `advertise` and listeners (bound anew beside the old ones, which then close while their
-    /// sessions stay). Everything else (type, isolation, threads, TLS, options) needs a restart.
+    /// sessions stay) — except under process isolation, where the agent serves the sockets it
+    /// was started with, so a change of listeners restarts it. Everything else (type,
+    /// isolation, threads, TLS, options) needs a restart.
     pub live: bool,
 }
 
@@ -44,10 +46,17 @@ pub fn changes(old: &ServerConfig, new: &ServerConfig) -> Vec<Change> {
         ("tls", old.tls != *tls),
         ("options", old.options != *options || old.base_dir != *base_dir),
     ];
+    let in_agent = *isolation == Isolation::Process;
+    let restart_keys = [
+        ("listeners", in_agent && old.listeners != *listeners),
+        ("port_fallback", in_agent && old.port_fallback != *port_fallback),
+    ]
+    .into_iter()
+    .chain(restart_keys);
     let live_keys = [
         ("autostart", old.autostart != *autostart),
-        ("listeners", old.listeners != *listeners),
-        ("port_fallback", old.port_fallback != *port_fallback),
+        ("listeners", !in_agent && old.listeners != *listeners),
+        ("port_fallback", !in_agent && old.port_fallback != *port_fallback),
         ("max_connections", old.max_connections != *max_connections),
         ("max_package_length", old.max_package_length != *max_package_length),
         ("idle_timeout", old.idle_timeout != *idle_timeout),
@@ -57,7 +66,7 @@ pub fn changes(old: &ServerConfig, new: &ServerConfig) -> Vec<Change> {
         ("advertise", old.advertise != *advertise),
         ("labels", old.labels != *labels),
     ];
-    let restart = restart_keys.iter().map(|&(key, differs)| (key, differs, false));
+    let restart = restart_keys.map(|(key, differs)| (key, differs, false));
     let live = live_keys.iter().map(|&(key, differs)| (key, differs, true));
     restart
         .chain(live)
@@ -71,7 +80,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Isolation;
+    use crate::config::ListenerConfig;
 
     #[test]
     fn limits_are_live_and_the_type_is_not() {
@@ -92,5 +101,24 @@ mod tests {
                 live: false
             }
         );
+    }
+
+    #[test]
+    fn listeners_move_live_except_in_an_agent() {
+        let old = ServerConfig::default();
+        let mut new = old.clone();
+        new.listeners.push(ListenerConfig {
+            ip: [127, 0, 0, 1].into(),
+            port: 0,
+            backlog: 1,
+        });
+        let live = |live| vec![Change { key: "listeners", live }];
+        assert_eq!(changes(&old, &new), live(true));
+        let old = ServerConfig {
+            isolation: Isolation::Process,
+            ..old
+        };
+        new.isolation = Isolation::Process;
+        assert_eq!(changes(&old, &new), live(false));
     }
 }

@@ -252,7 +252,11 @@ impl Document {
     /// Replaces the whole config.
     pub fn replace_all(&mut self, config: &Map<String, Json>, current: &Config) -> Result<(), EditError> {
         let reference = export::config(current);
-        let defaults = self.server_defaults();
+        // Under the root isolation the new config sets.
+        let defaults = match config.get("isolation") {
+            Some(root) => server_defaults(root.as_str()),
+            None => self.server_defaults(),
+        };
         let mut merge = Merge::default();
         merge.root(self.doc.as_table_mut(), config, &reference, &defaults);
         unmatched(merge)
@@ -260,12 +264,7 @@ impl Document {
 
     /// A server's keys with their defaults, under this document's root `isolation`.
     fn server_defaults(&self) -> Json {
-        let isolation = match self.doc.get("isolation").and_then(Item::as_str) {
-            Some("runtime") => Isolation::Runtime,
-            Some("process") => Isolation::Process,
-            _ => Isolation::None,
-        };
-        export::server_defaults(isolation)
+        server_defaults(self.doc.get("isolation").and_then(Item::as_str))
     }
 
     /// The server tables of the file, in order.
@@ -317,6 +316,16 @@ impl Document {
             _ => Err(EditError::NoServer(name.to_owned())),
         }
     }
+}
+
+/// A server's keys with their defaults under root isolation `root`.
+fn server_defaults(root: Option<&str>) -> Json {
+    let isolation = match root {
+        Some("runtime") => Isolation::Runtime,
+        Some("process") => Isolation::Process,
+        _ => Isolation::None,
+    };
+    export::server_defaults(isolation)
 }
 
 /// The name a server's body gives.

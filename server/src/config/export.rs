@@ -14,6 +14,7 @@ pub const MASK: &str = "***";
 /// The whole config, secrets masked.
 pub fn config(config: &Config) -> Value {
     json!({
+        "isolation": config.isolation.as_str(),
         "shutdown_timeout": format_duration(config.shutdown_timeout),
         "admin": admin(&config.admin),
         "servers": config.servers.iter().map(server).collect::<Vec<_>>(),

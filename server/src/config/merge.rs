@@ -97,7 +97,8 @@ impl Merge {
             };
             match old.get_mut(key) {
                 Some(item) => self.item(item, key, value, below),
-                None if below.defaults.is_some_and(|d| same(d, value)) => {}
+                // Left out, the key already means this value (its default, or the root's).
+                None if below.defaults.or(below.current).is_some_and(|d| same(d, value)) => {}
                 None => {
                     self.no_masks_in(value, &path);
                     old.insert(key, new_item(key, value, below.depth));

@@ -65,6 +65,8 @@ impl ConfigSource {
 pub struct Config {
     /// Where it was read from.
     pub source: ConfigSource,
+    /// The root `isolation`: each server's unless it sets its own.
+    pub isolation: Isolation,
     /// Bound on draining sessions at stop and at shutdown.
     pub shutdown_timeout: Duration,
     /// The admin API.

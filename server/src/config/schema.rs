@@ -25,6 +25,7 @@ pub(super) struct Spots {
 /// The config as read, each server with the lines of its keys.
 pub(super) struct Draft {
     pub source: ConfigSource,
+    pub isolation: Isolation,
     pub shutdown_timeout: Duration,
     pub admin: AdminConfig,
     pub admin_line: Option<usize>,
@@ -35,6 +36,7 @@ impl Draft {
     pub fn into_config(self) -> Config {
         Config {
             source: self.source,
+            isolation: self.isolation,
             shutdown_timeout: self.shutdown_timeout,
             admin: self.admin,
             servers: self.servers.into_iter().map(|(server, _)| server).collect(),
@@ -51,6 +53,7 @@ pub(super) fn read(root: &Node, source: ConfigSource) -> (Draft, Vec<ConfigError
     let base_dir = source.base_dir();
     let mut draft = Draft {
         source,
+        isolation: Isolation::None,
         shutdown_timeout: Duration::from_secs(10),
         admin: AdminConfig {
             listen: AdminAddr::parse(DEFAULT_ADMIN).expect("default admin address parses"),
@@ -68,6 +71,7 @@ pub(super) fn read(root: &Node, source: ConfigSource) -> (Draft, Vec<ConfigError
         .take("isolation")
         .and_then(|field| isolation(&field, &mut errs))
         .unwrap_or_default();
+    draft.isolation = isolation;
     if let Some(field) = table.take("shutdown_timeout") {
         draft.shutdown_timeout = duration(&field, &mut errs).unwrap_or(draft.shutdown_timeout);
     }

@@ -350,7 +350,7 @@ impl Host {
         for (instance, config, live) in changed {
             work.spawn(async move {
                 let applied = if live {
-                    instance.update(config, timeout).await
+                    instance.update(config).await
                 } else {
                     instance.reconfigure(config, timeout).await
                 };

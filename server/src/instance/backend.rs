@@ -10,10 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use supersocket_proto::agent::Counters;
-use supersocket_proto::{Isolation, SessionInfo};
+use supersocket_proto::{Isolation, ListenerInfo, SessionInfo};
 use tokio_util::sync::CancellationToken;
 
 use super::Instance;
+use crate::config::ServerConfig;
 use crate::outcome::{BoxFuture, OpError, Pending};
 use crate::session::SessionId;
 
@@ -51,6 +52,14 @@ pub(crate) trait Run: Send {
     /// Closes the listeners, lets sessions drain for at most `drain` (cut short when `hurry`
     /// fires), then closes the rest.
     fn stop(self: Box<Self>, drain: Duration, hurry: CancellationToken) -> BoxFuture<'static, ()>;
+    /// Takes a config whose every change is live ([`crate::config::changes`]) without closing
+    /// a session; answers the listeners it now serves on when they are its own to bind (`None`:
+    /// the run takes the config another way, as an agent does from the host's view).
+    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Option<Vec<ListenerInfo>>, StartError>> {
+        let _ = config;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Whether the run ended on its own (a supervisor that gave up).
     fn ended(&self) -> bool {
         false

@@ -229,9 +229,34 @@ impl Instance {
     }
 
     /// Takes a changed config whose every change is live ([`crate::config::changes`]) while
-    /// it runs, closing no session.
-    pub(crate) async fn update(self: &Arc<Self>, config: ServerConfig, timeout: Duration) -> Result<(), StartError> {
-        self.reconfigure(config, timeout).await
+    /// it runs, closing no session: limits apply to the run, listeners move (the new ones bound
+    /// first; if they cannot be, nothing changes). Runs to its end even if the caller stops
+    /// waiting.
+    pub(crate) async fn update(self: &Arc<Self>, config: ServerConfig) -> Result<(), StartError> {
+        let this = self.clone();
+        finish_detached(async move {
+            let mut run = this.run.lock().await;
+            let config = Arc::new(config);
+            if let Some(current) = run.as_mut().filter(|r| !r.ended())
+                && let Some(listeners) = current.update(config.clone()).await?
+            {
+                let held = listeners
+                    .iter()
+                    .filter_map(|l| format!("{}:{}", l.ip, l.port).parse().ok())
+                    .collect();
+                let mut status = this.status();
+                status.held = held;
+                if status.state == ServerState::Running {
+                    status.listeners = listeners;
+                }
+            }
+            this.set_config(config);
+            // The agents' views carry configs: an agent running it takes the new one from its
+            // next view (and the host waits for that before it answers).
+            this.topology_changed();
+            Ok(())
+        })
+        .await
     }
 
     async fn start_locked(self: &Arc<Self>, run: &mut Option<Box<dyn Run>>) -> Result<(), StartError> {

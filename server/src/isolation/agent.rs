@@ -115,11 +115,7 @@ async fn run(
     else {
         return false;
     };
-    let config = serde_json::from_value::<ServerConfig>(init.server).map(|config| ServerConfig {
-        // In its agent the instance runs in-process: the agent is its isolation.
-        isolation: Isolation::None,
-        ..config
-    });
+    let config = in_agent(init.server);
     let directory = Arc::new(Directory::new(routes, types.writers()));
     let env = |launchers| InstanceEnv {
         launchers,
@@ -159,7 +155,8 @@ async fn run(
     ));
     let _ = agent.local.set(local.clone());
     // The host's instances are known before the service starts.
-    agent.mirror(init.view);
+    // (Its own config in the view is the one it starts with.)
+    let _ = agent.mirror(init.view);
     if let Err(e) = local.start().await {
         agent.fail(&link, e.0).await;
         return false;
@@ -176,6 +173,15 @@ async fn run(
     }
     // The host hung up (or died), or stopped the instance: nothing is left to serve for.
     agent.stopped.load(Ordering::Acquire)
+}
+
+/// The host's config of the agent's instance, as it runs in the agent: in-process (the agent
+/// is its isolation).
+fn in_agent(config: serde_json::Value) -> Result<ServerConfig, serde_json::Error> {
+    serde_json::from_value::<ServerConfig>(config).map(|config| ServerConfig {
+        isolation: Isolation::None,
+        ..config
+    })
 }
 
 /// One of the host's other instances, and the way to it (through the host).
@@ -209,11 +215,12 @@ impl Agent {
 
     /// Takes the host's view: its own instance keeps its place in the host's order (the
     /// dispatcher indexes it), every other one is a view of the host's whose operations go
-    /// through the host.
-    fn mirror(&self, view: View) {
+    /// through the host. Answers its own instance's config when the view brings a new one.
+    fn mirror(&self, view: View) -> Option<ServerConfig> {
         let (Some(local), Some(link)) = (self.local.get(), self.link.get()) else {
-            return;
+            return None;
         };
+        let mut own = None;
         let mut peers = self.peers();
         let mut ordered = Vec::with_capacity(view.instances.len());
         let mut next = HashMap::with_capacity(view.instances.len());
@@ -221,6 +228,7 @@ impl Agent {
             let name = peer.info.name.clone();
             if name == local.name() {
                 ordered.push(local.clone());
+                own = peer.config.and_then(|config| in_agent(config).ok());
                 continue;
             }
             let config = match peer.config.map(serde_json::from_value::<ServerConfig>) {
@@ -257,6 +265,8 @@ impl Agent {
         *peers = next;
         drop(peers);
         self.directory.replace(ordered);
+        // The first view repeats the config the agent started with.
+        own.filter(|config| *config != *local.config())
     }
 }
 
@@ -329,10 +339,20 @@ impl Serve for Agent {
                     link.reply(id, Ok(serde_json::Value::Null));
                 });
             }
-            Op::Sync(view) => {
-                self.mirror(view);
-                link.reply(id, Ok(serde_json::Value::Null));
-            }
+            Op::Sync(view) => match self.mirror(view) {
+                // Its own config changed (live: a change that is not restarts the agent): the
+                // view is acknowledged once the instance has taken it.
+                Some(config) => {
+                    let link = link.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = local.update(config).await {
+                            tracing::error!(server = %local.name(), "cannot take the new config: {e}");
+                        }
+                        link.reply(id, Ok(serde_json::Value::Null));
+                    });
+                }
+                None => link.reply(id, Ok(serde_json::Value::Null)),
+            },
             op => {
                 // Only its own instance is served here; the host reaches the others itself.
                 let target = (server_of(&op) == Some(local.name())).then_some(local);

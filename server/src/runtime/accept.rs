@@ -35,8 +35,6 @@ pub(crate) struct Admission {
     pub tls: Option<TlsAcceptor>,
     pub service: Arc<dyn ErasedService>,
     pub instance: Arc<InstanceContext>,
-    /// The outbox bounds of each session.
-    pub limits: QueueLimits,
     /// Handed to sessions: close at once.
     pub hard: CancellationToken,
     /// Tracks the session tasks so a stop can wait for them.
@@ -171,7 +169,9 @@ impl Admission {
     fn admit(&self, stream: TcpStream, remote: SocketAddr) {
         let (instance, accept) = (&self.instance, self);
         let stats = &instance.stats;
-        let max = instance.config.max_connections as u64;
+        // The limits as they are now: a change applies from the next connection.
+        let config = instance.config();
+        let max = config.max_connections as u64;
         if stats.sessions.fetch_add(1, Ordering::AcqRel) >= max {
             stats.sessions.fetch_sub(1, Ordering::AcqRel);
             stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +186,11 @@ impl Admission {
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let entry = Arc::new(SessionEntry::new(remote, local, accept.limits));
+        let limits = QueueLimits {
+            messages: config.send_queue,
+            bytes: config.send_queue_bytes,
+        };
+        let entry = Arc::new(SessionEntry::new(remote, local, limits));
         instance.sessions.insert(entry.clone());
         let connection = match &accept.tls {
             Some(tls) => Connection::Tls(tls.clone(), stream),

@@ -153,7 +153,7 @@ async fn run_tls<S: Service>(
 ) -> CloseReason {
     let bound = setup
         .instance
-        .config
+        .config()
         .idle_timeout
         .map_or(HANDSHAKE_TIMEOUT, |idle| idle.min(HANDSHAKE_TIMEOUT));
     let handshake = tokio::time::timeout(bound, acceptor.accept(stream));
@@ -238,11 +238,11 @@ where
     IO: SessionIo,
 {
     fn new(service: &'a S, io: &'a mut IO, setup: &'a SessionSetup, state: &'a mut SessionState) -> Self {
-        let config = &setup.instance.config;
         Self {
             service,
             io,
-            filter: service.filter(config.max_package_length),
+            // A session keeps the bound it opened with; a change applies to the next ones.
+            filter: service.filter(setup.instance.config().max_package_length),
             setup,
             rbuf: Buffer::default(),
             replies: Replies::default(),

@@ -25,12 +25,12 @@ use tokio_util::task::TaskTracker;
 
 use self::accept::{AcceptLoop, Admission};
 use self::types::{ErasedService, ServerTypes};
-use crate::config::ServerConfig;
+use crate::config::{ListenerConfig, ServerConfig};
 use crate::context::InstanceContext;
 use crate::dispatch::HostHandle;
 use crate::instance::{Backend, Instance, Launch, REQUEST_DEADLINE, Run, StartError};
 use crate::outcome::{BoxFuture, OpError, Pending};
-use crate::session::{CloseReason, QueueLimits, SessionId};
+use crate::session::{CloseReason, SessionId};
 
 /// Starts runs in this process.
 pub(crate) struct LocalLaunch {
@@ -140,7 +140,7 @@ impl Prepared {
         let sessions = TaskTracker::new();
         let context = Arc::new(InstanceContext {
             name: name.to_owned(),
-            config: config.clone(),
+            config: std::sync::RwLock::new(config.clone()),
             sessions: Arc::default(),
             stats: Arc::default(),
             host,
@@ -148,77 +148,150 @@ impl Prepared {
             stopping: drain.clone(),
             runtime: handle.clone(),
         });
-        context.spawn(crate::session::sweeper::run(
-            context.sessions.clone(),
-            config.idle_timeout,
-        ));
-        let limits = QueueLimits {
-            messages: config.send_queue,
-            bytes: config.send_queue_bytes,
-        };
-        let mut infos = Vec::new();
-        let mut accept_loops = Vec::new();
-        for std_listener in self.listeners {
-            let addr = std_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
-            infos.push(ListenerInfo {
-                ip: addr.ip().to_string(),
-                port: addr.port(),
-                tls: self.tls.is_some(),
-            });
-            let accept = AcceptLoop {
-                // Registered with the reactor of the runtime it runs on.
-                listener: {
-                    let _enter = handle.enter();
-                    tokio::net::TcpListener::from_std(std_listener).map_err(|e| StartError(e.to_string()))?
-                },
-                listen: listen.clone(),
-                admission: Admission {
-                    tls: self.tls.clone(),
-                    service: self.service.clone(),
-                    instance: context.clone(),
-                    limits,
-                    hard: hard.clone(),
-                    sessions: sessions.clone(),
-                },
-            };
-            accept_loops.push(handle.spawn(accept.run()));
-        }
+        let weak = Arc::downgrade(&context);
+        context.spawn(crate::session::sweeper::run(context.sessions.clone(), move || {
+            weak.upgrade().and_then(|context| context.config().idle_timeout)
+        }));
         let backend = Arc::new(LocalBackend {
             service: self.service,
             context,
         });
-        let run = LocalRun {
+        let mut run = LocalRun {
             backend: backend.clone(),
+            tls: self.tls,
             listen,
             drain,
             hard,
-            accept_loops,
+            accept_loops: Vec::new(),
             sessions,
             runtime: self.runtime,
+            handle,
         };
+        for (listener, config) in self.listeners.into_iter().zip(&config.listeners) {
+            run.accept_on(listener, config.clone())?;
+        }
+        let infos = run.listeners();
         Ok((run, infos, backend))
     }
+}
+
+/// One listener of a run: what the config asked for, where it is bound, and its accept loop.
+struct Listening {
+    config: ListenerConfig,
+    info: ListenerInfo,
+    /// Cancelled to close this listener alone (a child of the run's `listen`).
+    listen: CancellationToken,
+    accept_loop: JoinHandle<()>,
 }
 
 /// The handles of a run in this process.
 struct LocalRun {
     backend: Arc<LocalBackend>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     listen: CancellationToken,
     drain: CancellationToken,
     hard: CancellationToken,
-    accept_loops: Vec<JoinHandle<()>>,
+    accept_loops: Vec<Listening>,
     sessions: TaskTracker,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The runtime its tasks run on.
+    handle: tokio::runtime::Handle,
+}
+
+impl LocalRun {
+    /// Starts accepting on `listener`, bound for `config`.
+    fn accept_on(&mut self, listener: TcpListener, config: ListenerConfig) -> Result<(), StartError> {
+        let addr = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+        let listen = self.listen.child_token();
+        let accept = AcceptLoop {
+            // Registered with the reactor of the runtime it runs on.
+            listener: {
+                let _enter = self.handle.enter();
+                tokio::net::TcpListener::from_std(listener).map_err(|e| StartError(e.to_string()))?
+            },
+            listen: listen.clone(),
+            admission: Admission {
+                tls: self.tls.clone(),
+                service: self.backend.service.clone(),
+                instance: self.backend.context.clone(),
+                hard: self.hard.clone(),
+                sessions: self.sessions.clone(),
+            },
+        };
+        self.accept_loops.push(Listening {
+            config,
+            info: ListenerInfo {
+                ip: addr.ip().to_string(),
+                port: addr.port(),
+                tls: self.tls.is_some(),
+            },
+            listen,
+            accept_loop: self.handle.spawn(accept.run()),
+        });
+        Ok(())
+    }
+
+    fn listeners(&self) -> Vec<ListenerInfo> {
+        self.accept_loops.iter().map(|l| l.info.clone()).collect()
+    }
+
+    /// Moves to the listeners of `config`: binds those it does not have (all or none), then
+    /// closes those it no longer lists, each once its backlog is taken; the sessions of every
+    /// listener stay.
+    async fn move_listeners(&mut self, config: &ServerConfig) -> Result<(), StartError> {
+        let wanted: Vec<ListenerConfig> = config
+            .listeners
+            .iter()
+            .filter(|l| !self.accept_loops.iter().any(|held| held.config == **l))
+            .cloned()
+            .collect();
+        let to_bind = ServerConfig {
+            listeners: wanted.clone(),
+            ..config.clone()
+        };
+        let bound = tokio::task::spawn_blocking(move || listener::bind_all(&to_bind))
+            .await
+            .map_err(|_| StartError("the bind was cut short".into()))?
+            .map_err(StartError)?;
+        for (listener, wanted) in bound.into_iter().zip(wanted) {
+            self.accept_on(listener, wanted)?;
+        }
+        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.accept_loops)
+            .into_iter()
+            .partition(|held| config.listeners.contains(&held.config));
+        self.accept_loops = kept;
+        for listening in gone {
+            listening.listen.cancel();
+            let _ = listening.accept_loop.await;
+        }
+        // Kept in the config's order, as the API lists them.
+        self.accept_loops
+            .sort_by_key(|held| config.listeners.iter().position(|l| *l == held.config));
+        Ok(())
+    }
 }
 
 impl Run for LocalRun {
+    /// Takes a config whose changes are all live: new limits apply to the next connections
+    /// (and `idle_timeout` at the next sweep), listeners move.
+    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Option<Vec<ListenerInfo>>, StartError>> {
+        Box::pin(async move {
+            let context = self.backend.context.clone();
+            if context.config().listeners != config.listeners {
+                self.move_listeners(&config).await?;
+            }
+            context.set_config(config);
+            Ok(Some(self.listeners()))
+        })
+    }
+
     /// Closes the listeners once their backlog is taken, lets sessions drain for at most
     /// `timeout` (or until `hurry`), then closes the rest.
     fn stop(self: Box<Self>, timeout: Duration, hurry: CancellationToken) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.listen.cancel();
-            for accept_loop in self.accept_loops {
-                let _ = accept_loop.await;
+            for listening in self.accept_loops {
+                let _ = listening.accept_loop.await;
             }
             let context = &self.backend.context;
             self.backend.service.stopping(context);

@@ -22,13 +22,12 @@ fn tick(idle_timeout: Option<Duration>) -> Duration {
     idle_timeout.map_or(release, |t| (t / 4).clamp(MIN_TICK, release))
 }
 
-/// Sweeps `sessions` until the task is dropped (the instance stops).
-pub(crate) async fn run(sessions: Arc<SessionRegistry>, idle_timeout: Option<Duration>) {
-    let mut ticks = tokio::time::interval(tick(idle_timeout));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Sweeps `sessions` until the task is dropped (the instance stops); `idle_timeout` says the
+/// instance's idle timeout now (it may change while the instance runs).
+pub(crate) async fn run(sessions: Arc<SessionRegistry>, idle_timeout: impl Fn() -> Option<Duration>) {
     loop {
-        ticks.tick().await;
-        sweep(&sessions, idle_timeout, Instant::now());
+        tokio::time::sleep(tick(idle_timeout())).await;
+        sweep(&sessions, idle_timeout(), Instant::now());
     }
 }
 

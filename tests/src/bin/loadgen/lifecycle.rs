@@ -10,7 +10,6 @@ use crate::common::IO_TIMEOUT;
 /// Stops and starts `server` `cycles` times; each time measures from the start request to the
 /// first echo answered on its port.
 pub async fn start_time(admin: &str, server: &str, cycles: usize) -> Result<String, String> {
-    use tokio::io::AsyncReadExt;
     let http = reqwest::Client::new();
     let mut samples = Vec::with_capacity(cycles);
     let post = |action: &str| http.post(format!("{admin}/api/v1/servers/{server}/{action}")).send();
@@ -26,26 +25,36 @@ pub async fn start_time(admin: &str, server: &str, cycles: usize) -> Result<Stri
         let port = started["listeners"][0]["port"]
             .as_u64()
             .ok_or_else(|| format!("{server} did not start: {started}"))? as u16;
-        loop {
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await {
-                let mut back = [0u8; 4];
-                if stream.write_all(b"ping").await.is_ok() && stream.read_exact(&mut back).await.is_ok() {
-                    break;
-                }
-            }
-            if began.elapsed() > IO_TIMEOUT {
-                return Err(format!("{server} did not serve within {IO_TIMEOUT:?}"));
-            }
-        }
+        until_it_echoes(server, port, began).await?;
         samples.push(began.elapsed());
     }
+    let (p50, max) = p50_and_max(samples);
+    Ok(format!(
+        r#"{{"mode":"start-time","server":"{server}","cycles":{cycles},"p50_ms":{p50:.2},"max_ms":{max:.2}}}"#
+    ))
+}
+
+/// Connects to an echo server on `port` until one connection echoes, for at most
+/// [`IO_TIMEOUT`] since `began`.
+pub async fn until_it_echoes(server: &str, port: u16, began: Instant) -> Result<(), String> {
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await {
+            let mut back = [0u8; 4];
+            if stream.write_all(b"ping").await.is_ok() && stream.read_exact(&mut back).await.is_ok() {
+                return Ok(());
+            }
+        }
+        if began.elapsed() > IO_TIMEOUT {
+            return Err(format!("{server} did not serve within {IO_TIMEOUT:?}"));
+        }
+    }
+}
+
+/// The median and the longest of `samples`, in milliseconds.
+pub fn p50_and_max(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    Ok(format!(
-        r#"{{"mode":"start-time","server":"{server}","cycles":{cycles},"p50_ms":{:.2},"max_ms":{:.2}}}"#,
-        ms(samples[samples.len() / 2]),
-        ms(samples[samples.len() - 1])
-    ))
+    (ms(samples[samples.len() / 2]), ms(samples[samples.len() - 1]))
 }
 
 /// Opens `sessions` connections to `server` that close as soon as the server closes them, then

@@ -20,6 +20,7 @@
 //!
 //! The target is `--port P`, or `--admin URL` plus a server name looked up in the admin API.
 
+mod changes;
 mod closed_loop;
 mod cluster;
 mod common;
@@ -130,6 +131,29 @@ enum Mode {
         /// after they all left it is measured again.
         #[arg(long, default_value = "5s", value_parser = bounded_duration)]
         quiet: Duration,
+    },
+    /// Time from `POST /api/v1/servers` to the new echo server answering, over add/remove
+    /// cycles.
+    AddTime {
+        /// Isolation of the servers added.
+        #[arg(long, default_value = "none")]
+        isolation: String,
+        /// Cycles.
+        #[arg(long, default_value_t = 20, value_parser = count)]
+        cycles: usize,
+    },
+    /// Time of `PUT /api/v1/servers/{name}` changing a limit, with sessions open over every
+    /// server of the host (all of them must stay open).
+    TuneTime {
+        /// The server whose `max_connections` changes.
+        #[arg(long)]
+        server: String,
+        /// Echo sessions held open, spread over the host's servers.
+        #[arg(long, default_value_t = 10_000, value_parser = count)]
+        sessions: usize,
+        /// Changes.
+        #[arg(long, default_value_t = 20, value_parser = count)]
+        cycles: usize,
     },
     /// Time from `POST .../start` to the first echo answered, over stop/start cycles.
     StartTime {
@@ -325,6 +349,12 @@ async fn main() -> Result<(), String> {
             };
             idle::hold(cli.target(server).await?, &plan, *pid).await?
         }
+        Mode::AddTime { isolation, cycles } => changes::add_time(cli.admin()?, isolation, *cycles).await?,
+        Mode::TuneTime {
+            server,
+            sessions,
+            cycles,
+        } => changes::tune_time(cli.admin()?, server, *sessions, *cycles).await?,
         Mode::StartTime { server, cycles } => lifecycle::start_time(cli.admin()?, server, *cycles).await?,
         Mode::StopTime { server, sessions } => lifecycle::stop_time(cli.admin()?, server, *sessions).await?,
         Mode::Dispatch {

@@ -49,7 +49,13 @@ pub enum Command {
         name: Option<String>,
     },
     /// Start servers.
-    Start(Targets),
+    Start {
+        #[command(flatten)]
+        targets: Targets,
+        /// Also record `autostart = true` in the config, so they start with the host.
+        #[arg(long)]
+        save: bool,
+    },
     /// Stop servers (sessions drain first).
     Stop {
         #[command(flatten)]
@@ -57,9 +63,15 @@ pub enum Command {
         /// Bound on draining sessions (default: the host's shutdown_timeout).
         #[arg(long = "timeout", id = "drain_timeout", value_name = "DUR", value_parser = supersocket_proto::parse_duration)]
         drain_timeout: Option<std::time::Duration>,
+        /// Also record `autostart = false` in the config, so they stay stopped at the next start.
+        #[arg(long)]
+        save: bool,
     },
     /// Restart servers.
-    Restart(Targets),
+    Restart {
+        #[command(flatten)]
+        targets: Targets,
+    },
     /// List the open sessions of a server.
     Sessions {
         /// The server.
@@ -93,6 +105,35 @@ pub enum Command {
     },
     /// Reload the host's config file.
     Reload,
+    /// Add a server from a file of its config (TOML, or JSON for a `.json` file; `-` reads
+    /// standard input).
+    Add {
+        /// The server's config.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: String,
+    },
+    /// Apply a whole config: shows what it does to each server, then does it.
+    Apply {
+        /// The config (TOML, or JSON for a `.json` file; `-` reads standard input).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: String,
+        /// Only show what it would do.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove a server (its sessions drain first).
+    Remove {
+        /// The server.
+        name: String,
+        /// Bound on draining sessions (default: the host's shutdown_timeout).
+        #[arg(long = "timeout", id = "drain_timeout", value_name = "DUR", value_parser = supersocket_proto::parse_duration)]
+        drain_timeout: Option<std::time::Duration>,
+    },
+    /// The host's config: print it, or check a file against it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Readiness: exit 0 when ready, 1 when not.
     Health {
         /// Poll until ready or until this much time has passed.
@@ -106,13 +147,39 @@ pub enum Command {
     },
 }
 
-/// Servers named, or all of them.
+/// What `config` does.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the config in force (TOML; secrets as "***").
+    Get,
+    /// Check a whole config: its errors, or what applying it would do to each server.
+    Check {
+        /// The config (TOML, or JSON for a `.json` file; `-` reads standard input).
+        file: String,
+    },
+}
+
+/// Servers named, all of them, or those of a type and with labels.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[group(required = true, multiple = true)]
 pub struct Targets {
     /// Server names.
+    #[arg(conflicts_with_all = ["all", "server_type", "labels"])]
     pub names: Vec<String>,
     /// Every server, in config order.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["server_type", "labels"])]
     pub all: bool,
+    /// Every server of this type.
+    #[arg(long = "type", id = "server_type", value_name = "TYPE")]
+    pub server_type: Option<String>,
+    /// Every server with this label (repeat: every one must match).
+    #[arg(long = "label", id = "labels", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }

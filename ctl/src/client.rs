@@ -55,6 +55,14 @@ pub struct Answer {
     pub status: StatusCode,
     /// The body as JSON.
     pub body: Value,
+    /// Its `ETag` header, if any.
+    pub etag: Option<String>,
+}
+
+/// A request body as read from a file: its bytes, and whether they are TOML.
+pub struct Body {
+    pub bytes: Vec<u8>,
+    pub toml: bool,
 }
 
 /// The admin API at one URL.
@@ -95,15 +103,44 @@ impl Client {
 
     /// Sends a request and returns any answer the host gave; only transport problems fail.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer, CtlError> {
+        let body = body.map(|json| Body {
+            bytes: json.to_string().into_bytes(),
+            toml: false,
+        });
+        self.send(method, path, body, None).await
+    }
+
+    /// Sends a request with a body read from a file and an `If-Match`; returns any answer the
+    /// host gave, only transport problems fail.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+        if_match: Option<&str>,
+    ) -> Result<Answer, CtlError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
-            request = request.json(body);
+            let kind = if body.toml {
+                "application/toml"
+            } else {
+                "application/json"
+            };
+            request = request.header(reqwest::header::CONTENT_TYPE, kind).body(body.bytes);
+        }
+        if let Some(tag) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, tag);
         }
         let response = request.send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
         let body = if bytes.is_empty() {
             Value::Null
@@ -122,7 +159,7 @@ impl Client {
                 message: message(&body, status),
             });
         }
-        Ok(Answer { status, body })
+        Ok(Answer { status, body, etag })
     }
 
     /// Sends a request; any non-2xx answer is a failure carrying the host's message.
@@ -138,6 +175,24 @@ impl Client {
     /// `GET` that must succeed.
     pub async fn get(&self, path: &str) -> Result<Value, CtlError> {
         self.ok(Method::GET, path, None).await
+    }
+
+    /// A request that must succeed, its answer read as `T`.
+    pub async fn typed<T: serde::de::DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, CtlError> {
+        let body = self.ok(method, path, None).await?;
+        decode(body)
+    }
+}
+
+/// An answer read as `T`; a host that answers something else fails with what it lacked.
+pub fn decode<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, CtlError> {
+    serde_json::from_value(body).map_err(|e| CtlError::Failed(format!("unexpected answer from the host: {e}")))
+}
+
+impl Client {
+    /// The message of a failed answer (with every detail).
+    pub fn failure(answer: &Answer) -> CtlError {
+        CtlError::Failed(message(&answer.body, answer.status))
     }
 
     fn transport(&self, e: reqwest::Error) -> CtlError {

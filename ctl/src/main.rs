@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the operation failed or a server/session does not exist; 2 usage;
 //! 3 host unreachable; 4 unauthorized. Every error is one line on stderr.
 
+mod changes;
 mod cli;
 mod client;
 mod render;
@@ -14,8 +15,9 @@ use clap::{CommandFactory, Parser};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use cli::{Cli, Command, Output, Targets};
+use cli::{Cli, Command, ConfigCommand, Output, Targets};
 use client::{Client, CtlError};
+use supersocket_proto::ServerInfo;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -116,11 +118,25 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 )
             });
         }
-        Command::Start(targets) => operate(&client, &printer, targets, "start").await?,
-        Command::Stop { targets, drain_timeout } => {
-            let action = match drain_timeout {
-                Some(t) => format!("stop?timeout={}", supersocket_proto::format_duration(t)),
-                None => "stop".to_owned(),
+        Command::Start { targets, save } => {
+            let action = if save { "start?save=true" } else { "start" };
+            operate(&client, &printer, targets, action).await?;
+        }
+        Command::Stop {
+            targets,
+            drain_timeout,
+            save,
+        } => {
+            let mut query = Vec::new();
+            if let Some(t) = drain_timeout {
+                query.push(format!("timeout={}", supersocket_proto::format_duration(t)));
+            }
+            if save {
+                query.push("save=true".to_owned());
+            }
+            let action = match query.is_empty() {
+                true => "stop".to_owned(),
+                false => format!("stop?{}", query.join("&")),
             };
             // A drain longer than the request timeout must not make the CLI give up first.
             let client = match drain_timeout {
@@ -129,7 +145,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             };
             operate(&client, &printer, targets, &action).await?;
         }
-        Command::Restart(targets) => operate(&client, &printer, targets, "restart").await?,
+        Command::Restart { targets } => operate(&client, &printer, targets, "restart").await?,
         Command::Sessions { name, limit } => {
             let path = format!("/api/v1/servers/{}/sessions?limit={limit}", segment(&name));
             let sessions = client.get(&path).await?;
@@ -163,6 +179,21 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             printer.show(&report, render::reload_report);
         }
         Command::Health { wait } => health(&client, &printer, wait).await?,
+        Command::Add { file } => changes::add(&client, &printer, &file).await?,
+        Command::Apply { file, dry_run } => changes::apply(&client, &printer, &file, dry_run).await?,
+        Command::Remove { name, drain_timeout } => {
+            let client = match drain_timeout {
+                Some(t) if t + DRAIN_MARGIN > cli.request_timeout => Client::new(&cli.url, token, t + DRAIN_MARGIN)?,
+                _ => client,
+            };
+            changes::remove(&client, &printer, &name, drain_timeout).await?;
+        }
+        Command::Config {
+            command: ConfigCommand::Get,
+        } => changes::get(&client, &printer).await?,
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => changes::check(&client, &printer, &file).await?,
         Command::Completions { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
@@ -171,14 +202,13 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
 /// Runs start, stop or restart on each target in turn: one line per server; fails (exit 1)
 /// if any did, after trying them all.
 async fn operate(client: &Client, printer: &Printer, targets: Targets, action: &str) -> Result<(), CtlError> {
-    let names = if targets.all {
-        let servers = client.get("/api/v1/servers").await?;
-        servers
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s["name"].as_str().map(str::to_owned))
-            .collect()
+    let names = if targets.names.is_empty() {
+        let servers: Vec<ServerInfo> = client.typed(Method::GET, "/api/v1/servers").await?;
+        let chosen = select(&servers, &targets);
+        if chosen.is_empty() {
+            return Err(CtlError::Failed(format!("no server is {}", describe(&targets))));
+        }
+        chosen
     } else {
         targets.names
     };
@@ -210,6 +240,24 @@ async fn operate(client: &Client, printer: &Printer, targets: Targets, action: &
         0 => Ok(()),
         _ => Err(CtlError::Failed(failures.join("; "))),
     }
+}
+
+/// The names of the servers `targets` selects by type and labels (all of them with `--all`),
+/// in config order.
+fn select(servers: &[ServerInfo], targets: &Targets) -> Vec<String> {
+    servers
+        .iter()
+        .filter(|s| targets.server_type.as_ref().is_none_or(|t| s.server_type == *t))
+        .filter(|s| targets.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// What a selection asked for, in words.
+fn describe(targets: &Targets) -> String {
+    let mut parts: Vec<String> = targets.server_type.iter().map(|t| format!("of type {t:?}")).collect();
+    parts.extend(targets.labels.iter().map(|(k, v)| format!("labelled {k}={v}")));
+    parts.join(" and ")
 }
 
 /// Readiness, once or polled until ready within `wait`.

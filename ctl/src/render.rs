@@ -1,6 +1,7 @@
 //! Tables and lines for people: servers, sessions, host status. Tables stay within 80 columns.
 
 use serde_json::Value;
+use supersocket_proto::PlanStep;
 use tabled::settings::object::Columns;
 use tabled::settings::peaker::PriorityMax;
 use tabled::settings::{Padding, Style, Width};
@@ -194,9 +195,34 @@ pub fn not_ready(ready: &Value) -> String {
     failing.join(", ")
 }
 
+/// One row of a plan.
+#[derive(Tabled)]
+#[tabled(rename_all = "UPPERCASE")]
+struct PlanRow {
+    name: String,
+    action: String,
+    sessions: String,
+    changes: String,
+}
+
+/// The table of a config check's plan: what applying it does to each server.
+pub fn plan(steps: &[PlanStep]) -> String {
+    let rows = steps.iter().map(|step| PlanRow {
+        name: step.name.clone(),
+        action: step.action.to_string(),
+        sessions: step.sessions.to_string(),
+        changes: if step.changes.is_empty() {
+            "-".into()
+        } else {
+            step.changes.join(",")
+        },
+    });
+    table(rows)
+}
+
 /// `added: A, B` lines of a reload report.
 pub fn reload_report(report: &Value) -> String {
-    ["added", "removed", "changed", "unchanged"]
+    ["added", "removed", "changed", "updated", "unchanged"]
         .iter()
         .map(|key| {
             let names: Vec<String> = report[key].as_array().into_iter().flatten().map(text).collect();
@@ -213,6 +239,26 @@ pub fn reload_report(report: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_names_each_server_its_action_and_what_changed() {
+        use supersocket_proto::PlanAction;
+        let step = |name: &str, action, sessions, changes: &[&str]| PlanStep {
+            name: name.into(),
+            action,
+            sessions,
+            changes: changes.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let out = plan(&[
+            step("Chat", PlanAction::Restart, 12, &["type"]),
+            step("Edge", PlanAction::Update, 0, &["max_connections", "idle_timeout"]),
+            step("Old", PlanAction::Remove, 3, &[]),
+        ]);
+        assert_eq!(
+            out,
+            "NAME ACTION  SESSIONS CHANGES\nChat restart 12       type\nEdge update  0        max_connections,idle_timeout\nOld  remove  3        -\n"
+        );
+    }
 
     #[test]
     fn uptimes_are_short() {

@@ -15,7 +15,13 @@ fn supersocket(args: &[&str]) -> std::process::Output {
 fn usage_errors_exit_2_with_a_short_message() {
     for (args, expected) in [
         (&["frobnicate"][..], "unrecognized subcommand 'frobnicate'"),
-        (&["start"], "required arguments were not provided: <NAMES|--all>"),
+        (
+            &["start"],
+            "required arguments were not provided: <NAMES|--all|--type <TYPE>|--label <KEY=VALUE>>",
+        ),
+        (&["stop", "--label", "team"], "\"team\" is not KEY=VALUE"),
+        (&["restart", "A", "--type", "echo"], "cannot be used with"),
+        (&["apply"], "--file <FILE>"),
         (&["stop", "A", "--all"], "cannot be used with '--all'"),
         (
             &["--timeout", "soon", "list"],

@@ -93,7 +93,7 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
     let again = host.ctl(&["reload"]);
     assert_eq!(
         again.stdout,
-        "added      -\nremoved    -\nchanged    -\nunchanged  Keep, Own, Change, Tune, Add\n"
+        "added      -\nremoved    -\nchanged    -\nupdated    -\nunchanged  Keep, Own, Change, Tune, Add\n"
     );
 }
 

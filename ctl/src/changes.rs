@@ -1,0 +1,136 @@
+//! The commands that change the host's config through its API (SPEC §10): `add`, `apply`,
+//! `remove`, `config get` and `config check`.
+
+use std::io::Read;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use supersocket_proto::{ConfigCheck, ReloadReport, ServerInfo};
+
+use crate::client::{Body, Client, CtlError, decode};
+use crate::{Output, Printer, render, segment};
+
+/// Reads a config file: TOML, or JSON for a `.json` file; `-` is standard input (JSON if it
+/// starts with `{`).
+fn read(file: &str) -> Result<Body, CtlError> {
+    let cannot = |e: std::io::Error| CtlError::Failed(format!("cannot read {file}: {e}"));
+    if file == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).map_err(cannot)?;
+        let toml = !bytes.trim_ascii_start().starts_with(b"{");
+        return Ok(Body { bytes, toml });
+    }
+    let bytes = std::fs::read(file).map_err(cannot)?;
+    let toml = !file.to_ascii_lowercase().ends_with(".json");
+    Ok(Body { bytes, toml })
+}
+
+/// `add -f FILE`: the new server and its state.
+pub async fn add(client: &Client, printer: &Printer, file: &str) -> Result<(), CtlError> {
+    let answer = client
+        .send(Method::POST, "/api/v1/servers", Some(read(file)?), None)
+        .await?;
+    if answer.status != StatusCode::CREATED {
+        return Err(Client::failure(&answer));
+    }
+    let server: ServerInfo = decode(answer.body.clone())?;
+    printer.show(&answer.body, |_| format!("{}: added, {}", server.name, server.state));
+    Ok(())
+}
+
+/// `remove NAME`: drains it, then removes it.
+pub async fn remove(client: &Client, printer: &Printer, name: &str, timeout: Option<Duration>) -> Result<(), CtlError> {
+    let mut path = format!("/api/v1/servers/{}", segment(name));
+    if let Some(t) = timeout {
+        path.push_str(&format!("?timeout={}", supersocket_proto::format_duration(t)));
+    }
+    client.ok(Method::DELETE, &path, None).await?;
+    printer.show(&serde_json::json!({ "server": name, "removed": true }), |_| {
+        format!("{name}: removed")
+    });
+    Ok(())
+}
+
+/// `config get`: the config in force, as TOML (or the API's JSON).
+pub async fn get(client: &Client, printer: &Printer) -> Result<(), CtlError> {
+    let config = client.get("/api/v1/config").await?;
+    let toml =
+        toml::to_string(&config).map_err(|e| CtlError::Failed(format!("cannot show the config as TOML: {e}")))?;
+    printer.show(&config, |_| toml);
+    Ok(())
+}
+
+/// `config check FILE`: its errors, or its plan; fails (exit 1) when it is invalid.
+pub async fn check(client: &Client, printer: &Printer, file: &str) -> Result<(), CtlError> {
+    let check = dry_run(client, read(file)?).await?;
+    show_check(printer, &check)
+}
+
+/// `apply -f FILE [--dry-run]`: the plan, then (unless a dry run) the change, made only if the
+/// config is still the one the plan was made against.
+pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only: bool) -> Result<(), CtlError> {
+    let body = read(file)?;
+    let seen = client.send(Method::GET, "/api/v1/config", None, None).await?;
+    if !seen.status.is_success() {
+        return Err(Client::failure(&seen));
+    }
+    let check = dry_run(
+        client,
+        Body {
+            bytes: body.bytes.clone(),
+            toml: body.toml,
+        },
+    )
+    .await?;
+    if dry_run_only || !check.valid {
+        return show_check(printer, &check);
+    }
+    if printer.output == Output::Table {
+        print!("{}", render::plan(&check.plan));
+    }
+    let answer = client
+        .send(Method::PUT, "/api/v1/config", Some(body), seen.etag.as_deref())
+        .await?;
+    if answer.status == StatusCode::PRECONDITION_FAILED {
+        return Err(CtlError::Failed(
+            "the host's config changed since the plan was made; nothing was applied (run apply again)".into(),
+        ));
+    }
+    if !answer.status.is_success() {
+        return Err(Client::failure(&answer));
+    }
+    let _: ReloadReport = decode(answer.body.clone())?;
+    printer.show(&answer.body, render::reload_report);
+    Ok(())
+}
+
+async fn dry_run(client: &Client, body: Body) -> Result<ConfigCheck, CtlError> {
+    let answer = client
+        .send(Method::POST, "/api/v1/config/check", Some(body), None)
+        .await?;
+    if !answer.status.is_success() {
+        return Err(Client::failure(&answer));
+    }
+    decode(answer.body)
+}
+
+/// Prints a check: the plan when valid, else every error; an invalid config fails.
+fn show_check(printer: &Printer, check: &ConfigCheck) -> Result<(), CtlError> {
+    let json = serde_json::to_value(check).unwrap_or(Value::Null);
+    if check.valid {
+        printer.show(&json, |_| render::plan(&check.plan));
+        return Ok(());
+    }
+    if printer.output == Output::Json {
+        printer.show(&json, |_| String::new());
+    } else {
+        for error in &check.errors {
+            println!("{error}");
+        }
+    }
+    Err(CtlError::Failed(format!(
+        "the config has {} error(s); nothing was applied",
+        check.errors.len()
+    )))
+}

@@ -8,8 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use supersocket_proto::{ConfigCheck, ReloadReport, ServerInfo};
 
-use crate::client::{Body, Client, CtlError, decode};
-use crate::{Output, Printer, render, segment};
+use crate::client::{Body, Client, CtlError, decode, drain, query, segment};
+use crate::{Output, Printer, render};
 
 /// Reads a config file: TOML, or JSON for a `.json` file; `-` is standard input (JSON if it
 /// starts with `{`).
@@ -30,21 +30,16 @@ fn read(file: &str) -> Result<Body, CtlError> {
 pub async fn add(client: &Client, printer: &Printer, file: &str) -> Result<(), CtlError> {
     let answer = client
         .send(Method::POST, "/api/v1/servers", Some(read(file)?), None)
-        .await?;
-    if answer.status != StatusCode::CREATED {
-        return Err(Client::failure(&answer));
-    }
+        .await?
+        .success()?;
     let server: ServerInfo = decode(answer.body.clone())?;
     printer.show(&answer.body, |_| format!("{}: added, {}", server.name, server.state));
     Ok(())
 }
 
-/// `remove NAME`: drains it, then removes it.
+/// `remove NAME [--timeout DUR]`: drains it, then removes it.
 pub async fn remove(client: &Client, printer: &Printer, name: &str, timeout: Option<Duration>) -> Result<(), CtlError> {
-    let mut path = format!("/api/v1/servers/{}", segment(name));
-    if let Some(t) = timeout {
-        path.push_str(&format!("?timeout={}", supersocket_proto::format_duration(t)));
-    }
+    let path = format!("/api/v1/servers/{}{}", segment(name), query([drain(timeout)]));
     client.ok(Method::DELETE, &path, None).await?;
     printer.show(&serde_json::json!({ "server": name, "removed": true }), |_| {
         format!("{name}: removed")
@@ -71,18 +66,8 @@ pub async fn check(client: &Client, printer: &Printer, file: &str) -> Result<(),
 /// config is still the one the plan was made against.
 pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only: bool) -> Result<(), CtlError> {
     let body = read(file)?;
-    let seen = client.send(Method::GET, "/api/v1/config", None, None).await?;
-    if !seen.status.is_success() {
-        return Err(Client::failure(&seen));
-    }
-    let check = dry_run(
-        client,
-        Body {
-            bytes: body.bytes.clone(),
-            toml: body.toml,
-        },
-    )
-    .await?;
+    let seen = client.call(Method::GET, "/api/v1/config", None).await?.success()?;
+    let check = dry_run(client, body.clone()).await?;
     if dry_run_only || !check.valid {
         return show_check(printer, &check);
     }
@@ -97,21 +82,18 @@ pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only:
             "the host's config changed since the plan was made; nothing was applied (run apply again)".into(),
         ));
     }
-    if !answer.status.is_success() {
-        return Err(Client::failure(&answer));
-    }
-    let _: ReloadReport = decode(answer.body.clone())?;
-    printer.show(&answer.body, render::reload_report);
+    let answer = answer.success()?;
+    let report: ReloadReport = decode(answer.body.clone())?;
+    printer.show(&answer.body, |_| render::reload_report(&report));
     Ok(())
 }
 
+/// What the host would do with a whole config, changing nothing.
 async fn dry_run(client: &Client, body: Body) -> Result<ConfigCheck, CtlError> {
     let answer = client
         .send(Method::POST, "/api/v1/config/check", Some(body), None)
-        .await?;
-    if !answer.status.is_success() {
-        return Err(Client::failure(&answer));
-    }
+        .await?
+        .success()?;
     decode(answer.body)
 }
 

@@ -183,3 +183,69 @@ fn label(text: &str) -> Result<(String, String), String> {
         _ => Err(format!("{text:?} is not KEY=VALUE")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The targets of a `start`, `stop` or `restart` command line.
+    fn targets(args: &[&str]) -> Result<Targets, clap::error::ErrorKind> {
+        let cli = Cli::try_parse_from(["supersocket"].iter().chain(args)).map_err(|e| e.kind())?;
+        match cli.command {
+            Command::Start { targets, .. } | Command::Stop { targets, .. } | Command::Restart { targets } => {
+                Ok(targets)
+            }
+            other => panic!("not a start, stop or restart: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_label_is_split_at_its_first_equals_sign() {
+        assert_eq!(label("team=chat"), Ok(("team".into(), "chat".into())));
+        assert_eq!(label("expr=a=b"), Ok(("expr".into(), "a=b".into())));
+        assert_eq!(label("empty="), Ok(("empty".into(), String::new())));
+        assert_eq!(label("team"), Err("\"team\" is not KEY=VALUE".into()));
+        assert!(label("=chat").is_err(), "a label needs a key");
+    }
+
+    #[test]
+    fn type_and_repeated_labels_select_together() {
+        let chosen = targets(&[
+            "stop",
+            "--type",
+            "command",
+            "--label",
+            "team=chat",
+            "--label",
+            "tier=edge",
+        ])
+        .unwrap();
+        assert_eq!(chosen.server_type.as_deref(), Some("command"));
+        assert_eq!(
+            chosen.labels,
+            [("team".into(), "chat".into()), ("tier".into(), "edge".into())]
+        );
+        assert!(chosen.names.is_empty() && !chosen.all);
+        assert_eq!(targets(&["restart", "A", "B"]).unwrap().names, ["A", "B"]);
+        assert!(targets(&["start", "--all"]).unwrap().all);
+    }
+
+    #[test]
+    fn names_all_and_selectors_exclude_each_other() {
+        use clap::error::ErrorKind::{ArgumentConflict, MissingRequiredArgument};
+        for args in [
+            &["start", "A", "--all"][..],
+            &["start", "A", "--type", "echo"],
+            &["stop", "A", "--label", "team=chat"],
+            &["restart", "--all", "--type", "echo"],
+            &["restart", "--all", "--label", "team=chat"],
+        ] {
+            assert_eq!(targets(args).err(), Some(ArgumentConflict), "{args:?}");
+        }
+        assert_eq!(targets(&["start"]).err(), Some(MissingRequiredArgument));
+        assert_eq!(
+            targets(&["start", "--label", "team"]).err(),
+            Some(clap::error::ErrorKind::ValueValidation)
+        );
+    }
+}

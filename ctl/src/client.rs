@@ -59,11 +59,28 @@ pub struct Answer {
     pub etag: Option<String>,
 }
 
-/// A request body as read from a file: its bytes, and whether they are TOML.
+impl Answer {
+    /// The answer if it is a success; else a failure carrying the host's message.
+    pub fn success(self) -> Result<Self, CtlError> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            Err(CtlError::Failed(message(&self.body, self.status)))
+        }
+    }
+}
+
+/// A request body as read from a file.
+#[derive(Clone)]
 pub struct Body {
+    /// The file's bytes, sent unchanged.
     pub bytes: Vec<u8>,
+    /// Whether they are TOML (else JSON): the `Content-Type` the host reads them by.
     pub toml: bool,
 }
+
+/// Time allowed beyond a drain's bound for the host to answer.
+const DRAIN_MARGIN: Duration = Duration::from_secs(10);
 
 /// The admin API at one URL.
 pub struct Client {
@@ -73,12 +90,14 @@ pub struct Client {
     /// The URL as the user gave it, for messages.
     url: String,
     token: Option<String>,
+    /// Longest wait for one answer (`--timeout`, or longer for a drain).
+    timeout: Duration,
 }
 
 impl Client {
     /// A client for `url` (`http://IP:PORT` or `unix:/path`).
     pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Self, CtlError> {
-        let builder = reqwest::Client::builder().timeout(timeout).no_proxy();
+        let builder = reqwest::Client::builder().no_proxy();
         let (builder, base) = match url.strip_prefix("unix:") {
             Some(path) => (builder.unix_socket(path), "http://localhost".to_owned()),
             None if url.starts_with("http://") || url.starts_with("https://") => {
@@ -98,7 +117,17 @@ impl Client {
             base,
             url: url.to_owned(),
             token: token.filter(|t| !t.is_empty()),
+            timeout,
         })
+    }
+
+    /// This client, waiting long enough for a host that drains sessions for up to `drain`
+    /// before it answers (so a long drain does not make the CLI give up first).
+    pub fn draining(mut self, drain: Option<Duration>) -> Self {
+        if let Some(drain) = drain {
+            self.timeout = self.timeout.max(drain + DRAIN_MARGIN);
+        }
+        self
     }
 
     /// Sends a request and returns any answer the host gave; only transport problems fail.
@@ -119,7 +148,10 @@ impl Client {
         body: Option<Body>,
         if_match: Option<&str>,
     ) -> Result<Answer, CtlError> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(self.timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -164,12 +196,7 @@ impl Client {
 
     /// Sends a request; any non-2xx answer is a failure carrying the host's message.
     pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, CtlError> {
-        let answer = self.call(method, path, body).await?;
-        if answer.status.is_success() {
-            Ok(answer.body)
-        } else {
-            Err(CtlError::Failed(message(&answer.body, answer.status)))
-        }
+        Ok(self.call(method, path, body).await?.success()?.body)
     }
 
     /// `GET` that must succeed.
@@ -181,18 +208,6 @@ impl Client {
     pub async fn typed<T: serde::de::DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, CtlError> {
         let body = self.ok(method, path, None).await?;
         decode(body)
-    }
-}
-
-/// An answer read as `T`; a host that answers something else fails with what it lacked.
-pub fn decode<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, CtlError> {
-    serde_json::from_value(body).map_err(|e| CtlError::Failed(format!("unexpected answer from the host: {e}")))
-}
-
-impl Client {
-    /// The message of a failed answer (with every detail).
-    pub fn failure(answer: &Answer) -> CtlError {
-        CtlError::Failed(message(&answer.body, answer.status))
     }
 
     fn transport(&self, e: reqwest::Error) -> CtlError {
@@ -212,6 +227,35 @@ impl Client {
     }
 }
 
+/// Encodes a path segment (server names are safe; session ids and keys may not be).
+pub fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The query string (`?a=1&b=2`) of the parameters given, empty when none is.
+pub fn query(params: impl IntoIterator<Item = Option<String>>) -> String {
+    let params: Vec<String> = params.into_iter().flatten().collect();
+    match params.is_empty() {
+        true => String::new(),
+        false => format!("?{}", params.join("&")),
+    }
+}
+
+/// The `timeout=DUR` parameter of a drain's bound.
+pub fn drain(timeout: Option<Duration>) -> Option<String> {
+    timeout.map(|t| format!("timeout={}", supersocket_proto::format_duration(t)))
+}
+
+/// An answer read as `T`; a host that answers something else fails with what it lacked.
+pub fn decode<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, CtlError> {
+    serde_json::from_value(body).map_err(|e| CtlError::Failed(format!("unexpected answer from the host: {e}")))
+}
+
 /// The host's error message (with every detail), or the status.
 fn message(body: &Value, status: StatusCode) -> String {
     let Some(error) = body.get("error") else {
@@ -228,4 +272,17 @@ fn message(body: &Value, status: StatusCode) -> String {
         text.push_str(detail);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_holds_the_parameters_given() {
+        assert_eq!(query([None, None]), "");
+        assert_eq!(query([drain(Some(Duration::from_millis(1500)))]), "?timeout=1500ms");
+        let both = [drain(Some(Duration::from_secs(2))), Some("save=true".into())];
+        assert_eq!(query(both), "?timeout=2s&save=true");
+    }
 }

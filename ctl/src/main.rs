@@ -6,6 +6,7 @@
 mod changes;
 mod cli;
 mod client;
+mod operate;
 mod render;
 
 use std::process::ExitCode;
@@ -15,9 +16,10 @@ use clap::{CommandFactory, Parser};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use cli::{Cli, Command, ConfigCommand, Output, Targets};
-use client::{Client, CtlError};
-use supersocket_proto::ServerInfo;
+use cli::{Cli, Command, ConfigCommand, Output};
+use client::{Client, CtlError, decode, drain, query, segment};
+use operate::operate;
+use supersocket_proto::ReloadReport;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -75,26 +77,12 @@ fn ensure_newline(mut text: String) -> String {
     text
 }
 
-/// Encodes a path segment (server names are safe; session ids and keys may not be).
-fn segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Time allowed beyond a stop's drain bound for the host to answer.
-const DRAIN_MARGIN: Duration = Duration::from_secs(10);
-
 async fn run(cli: Cli) -> Result<(), CtlError> {
     let printer = Printer { output: cli.output };
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "supersocket", &mut std::io::stdout());
         return Ok(());
     }
-    let token = cli.token.clone();
     let client = Client::new(&cli.url, cli.token, cli.request_timeout)?;
     match cli.command {
         Command::List => {
@@ -119,33 +107,17 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             });
         }
         Command::Start { targets, save } => {
-            let action = if save { "start?save=true" } else { "start" };
-            operate(&client, &printer, targets, action).await?;
+            operate(&client, &printer, targets, "start", &query([saving(save)])).await?;
         }
         Command::Stop {
             targets,
             drain_timeout,
             save,
         } => {
-            let mut query = Vec::new();
-            if let Some(t) = drain_timeout {
-                query.push(format!("timeout={}", supersocket_proto::format_duration(t)));
-            }
-            if save {
-                query.push("save=true".to_owned());
-            }
-            let action = match query.is_empty() {
-                true => "stop".to_owned(),
-                false => format!("stop?{}", query.join("&")),
-            };
-            // A drain longer than the request timeout must not make the CLI give up first.
-            let client = match drain_timeout {
-                Some(t) if t + DRAIN_MARGIN > cli.request_timeout => Client::new(&cli.url, token, t + DRAIN_MARGIN)?,
-                _ => client,
-            };
-            operate(&client, &printer, targets, &action).await?;
+            let query = query([drain(drain_timeout), saving(save)]);
+            operate(&client.draining(drain_timeout), &printer, targets, "stop", &query).await?;
         }
-        Command::Restart { targets } => operate(&client, &printer, targets, "restart").await?,
+        Command::Restart { targets } => operate(&client, &printer, targets, "restart", "").await?,
         Command::Sessions { name, limit } => {
             let path = format!("/api/v1/servers/{}/sessions?limit={limit}", segment(&name));
             let sessions = client.get(&path).await?;
@@ -175,18 +147,15 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             });
         }
         Command::Reload => {
-            let report = client.ok(Method::POST, "/api/v1/reload", None).await?;
-            printer.show(&report, render::reload_report);
+            let answer = client.ok(Method::POST, "/api/v1/reload", None).await?;
+            let report: ReloadReport = decode(answer.clone())?;
+            printer.show(&answer, |_| render::reload_report(&report));
         }
         Command::Health { wait } => health(&client, &printer, wait).await?,
         Command::Add { file } => changes::add(&client, &printer, &file).await?,
         Command::Apply { file, dry_run } => changes::apply(&client, &printer, &file, dry_run).await?,
         Command::Remove { name, drain_timeout } => {
-            let client = match drain_timeout {
-                Some(t) if t + DRAIN_MARGIN > cli.request_timeout => Client::new(&cli.url, token, t + DRAIN_MARGIN)?,
-                _ => client,
-            };
-            changes::remove(&client, &printer, &name, drain_timeout).await?;
+            changes::remove(&client.draining(drain_timeout), &printer, &name, drain_timeout).await?;
         }
         Command::Config {
             command: ConfigCommand::Get,
@@ -199,65 +168,9 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// Runs start, stop or restart on each target in turn: one line per server; fails (exit 1)
-/// if any did, after trying them all.
-async fn operate(client: &Client, printer: &Printer, targets: Targets, action: &str) -> Result<(), CtlError> {
-    let names = if targets.names.is_empty() {
-        let servers: Vec<ServerInfo> = client.typed(Method::GET, "/api/v1/servers").await?;
-        let chosen = select(&servers, &targets);
-        if chosen.is_empty() {
-            return Err(CtlError::Failed(format!("no server is {}", describe(&targets))));
-        }
-        chosen
-    } else {
-        targets.names
-    };
-    let verb = action.split('?').next().unwrap_or(action);
-    let mut results = Vec::new();
-    let mut failures = Vec::new();
-    for name in &names {
-        let path = format!("/api/v1/servers/{}/{action}", segment(name));
-        match client.ok(Method::POST, &path, None).await {
-            Ok(server) => {
-                if printer.output == Output::Table {
-                    println!("{name}: {}", server["state"].as_str().unwrap_or("?"));
-                }
-                results.push(server);
-            }
-            Err(CtlError::Failed(message)) => {
-                if printer.output == Output::Table {
-                    println!("{name}: {verb} failed");
-                }
-                failures.push(format!("{verb} {name}: {message}"));
-            }
-            Err(other) => return Err(other),
-        }
-    }
-    if printer.output == Output::Json {
-        printer.show(&Value::Array(results), |_| String::new());
-    }
-    match failures.len() {
-        0 => Ok(()),
-        _ => Err(CtlError::Failed(failures.join("; "))),
-    }
-}
-
-/// The names of the servers `targets` selects by type and labels (all of them with `--all`),
-/// in config order.
-fn select(servers: &[ServerInfo], targets: &Targets) -> Vec<String> {
-    servers
-        .iter()
-        .filter(|s| targets.server_type.as_ref().is_none_or(|t| s.server_type == *t))
-        .filter(|s| targets.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| s.name.clone())
-        .collect()
-}
-
-/// What a selection asked for, in words.
-fn describe(targets: &Targets) -> String {
-    let mut parts: Vec<String> = targets.server_type.iter().map(|t| format!("of type {t:?}")).collect();
-    parts.extend(targets.labels.iter().map(|(k, v)| format!("labelled {k}={v}")));
-    parts.join(" and ")
+/// The `save=true` parameter of `start|stop --save`.
+fn saving(save: bool) -> Option<String> {
+    save.then(|| "save=true".to_owned())
 }
 
 /// Readiness, once or polled until ready within `wait`.

@@ -1,7 +1,8 @@
-//! Tables and lines for people: servers, sessions, host status. Tables stay within 80 columns.
+//! Tables and lines for people: servers, sessions, host status, plans and reload reports.
+//! Tables stay within 80 columns.
 
 use serde_json::Value;
-use supersocket_proto::PlanStep;
+use supersocket_proto::{PlanStep, ReloadReport};
 use tabled::settings::object::Columns;
 use tabled::settings::peaker::PriorityMax;
 use tabled::settings::{Padding, Style, Width};
@@ -211,29 +212,31 @@ pub fn plan(steps: &[PlanStep]) -> String {
         name: step.name.clone(),
         action: step.action.to_string(),
         sessions: step.sessions.to_string(),
-        changes: if step.changes.is_empty() {
-            "-".into()
-        } else {
-            step.changes.join(",")
-        },
+        changes: or_dash(&step.changes, ","),
     });
     table(rows)
 }
 
-/// `added: A, B` lines of a reload report.
-pub fn reload_report(report: &Value) -> String {
-    ["added", "removed", "changed", "updated", "unchanged"]
-        .iter()
-        .map(|key| {
-            let names: Vec<String> = report[key].as_array().into_iter().flatten().map(text).collect();
-            let names = if names.is_empty() {
-                "-".to_owned()
-            } else {
-                names.join(", ")
-            };
-            format!("{key:<10} {names}\n")
-        })
-        .collect()
+/// One line per group of a reload report: `added      A, B`.
+pub fn reload_report(report: &ReloadReport) -> String {
+    [
+        ("added", &report.added),
+        ("removed", &report.removed),
+        ("changed", &report.changed),
+        ("updated", &report.updated),
+        ("unchanged", &report.unchanged),
+    ]
+    .iter()
+    .map(|(group, names)| format!("{group:<10} {}\n", or_dash(names, ", ")))
+    .collect()
+}
+
+/// `names` joined by `separator`, or `-` when there are none.
+fn or_dash(names: &[String], separator: &str) -> String {
+    match names.is_empty() {
+        true => "-".to_owned(),
+        false => names.join(separator),
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +260,22 @@ mod tests {
         assert_eq!(
             out,
             "NAME ACTION  SESSIONS CHANGES\nChat restart 12       type\nEdge update  0        max_connections,idle_timeout\nOld  remove  3        -\n"
+        );
+    }
+
+    #[test]
+    fn a_reload_report_names_every_group() {
+        let names = |list: &[&str]| list.iter().map(|n| (*n).to_owned()).collect();
+        let report = ReloadReport {
+            added: names(&["New"]),
+            removed: Vec::new(),
+            changed: names(&["Moved"]),
+            updated: names(&["Tuned"]),
+            unchanged: names(&["A", "B"]),
+        };
+        assert_eq!(
+            reload_report(&report),
+            "added      New\nremoved    -\nchanged    Moved\nupdated    Tuned\nunchanged  A, B\n"
         );
     }
 

@@ -719,3 +719,139 @@ async fn a_json_config_file_is_written_back_as_json() {
         ] })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_change_keeps_the_socket_and_a_server_renamed_keeps_its_port() {
+    let port = supersocket_tests::net::free_consecutive_ports(1);
+    let host = HostProcess::start(&format!(
+        "shutdown_timeout = \"1s\"\n\n[[servers]]\nname = \"Old\"\ntype = \"command\"\nport_fallback = 3\nlisteners = [{{ ip = \"127.0.0.1\", port = {port} }}]\n"
+    ));
+    let mut client = LineClient::connect(port).await;
+    let id = client.request("WHOAMI").await;
+    let mut server = call(&host, Method::GET, "/api/v1/config", Body::None, None).await.body["servers"][0].clone();
+    server["listeners"][0]["backlog"] = json!(512);
+    let put = call(
+        &host,
+        Method::PUT,
+        "/api/v1/servers/Old",
+        Body::Json(server.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(
+        put.body["listeners"][0]["port"], port,
+        "the same port, not a fallback one"
+    );
+    assert_eq!(client.request("WHOAMI").await, id);
+
+    // Renamed in one whole config: the new server binds the port the old one gave up.
+    server["name"] = json!("New");
+    let renamed = call(
+        &host,
+        Method::PUT,
+        "/api/v1/config",
+        Body::Json(json!({ "shutdown_timeout": "1s", "servers": [server] })),
+        None,
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    assert_eq!(
+        (&renamed.body["added"], &renamed.body["removed"]),
+        (&json!(["New"]), &json!(["Old"]))
+    );
+    assert_eq!(host.port("New", 0).await, port);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_saves_and_files_made_meanwhile_are_refused_before_anything_happens() {
+    let folder = Scratch::new("refused");
+    let many = "\n[[servers]]\nname = \"Many\"\ntype = \"command\"\nreplicas = 2\nlisteners = [{ ip = \"Loopback\", port = 0 }]\n";
+    let path = folder.write("host.toml", format!("{COMMENTED}{many}"));
+    let host = host_on(&path, None);
+    let replicated = json!({ "name": "R", "type": "echo", "replicas": 2 });
+    let answer = call(&host, Method::POST, "/api/v1/servers", Body::Json(replicated), None).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.to_string().contains("replicas"), "{}", answer.body);
+    let answer = call(
+        &host,
+        Method::PUT,
+        "/api/v1/servers/Many",
+        Body::Json(json!({ "type": "echo" })),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+
+    // A save that cannot be recorded leaves the server as it was.
+    let answer = call(
+        &host,
+        Method::POST,
+        "/api/v1/servers/Many-1/stop?save=true",
+        Body::None,
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(host.server("Many-1").await["state"], "running");
+
+    // A config without servers is refused by a check as by a change.
+    let check = call(
+        &host,
+        Method::POST,
+        "/api/v1/config/check",
+        Body::Json(json!({ "servers": [] })),
+        None,
+    )
+    .await;
+    assert_eq!(check.body["valid"], false, "{}", check.body);
+
+    // A body the file cannot hold.
+    let answer = call(
+        &host,
+        Method::POST,
+        "/api/v1/servers",
+        Body::Toml("name = \"N\"\ntype = \"echo\"\n[options]\nx = nan\n"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(answer.body.to_string().contains("options.x"), "{}", answer.body);
+
+    // The embedded default's file, made by hand after the host started, is not overwritten.
+    let empty = Scratch::new("made-meanwhile");
+    let embedded = HostProcess::start_with(HostOptions {
+        config: None,
+        workdir: Some(empty.path().to_path_buf()),
+        ..HostOptions::new("")
+    });
+    let by_hand = empty.write("supersocket.toml", "# mine\n");
+    let answer = call(
+        &embedded,
+        Method::POST,
+        "/api/v1/servers",
+        Body::Json(json!({ "name": "X", "type": "echo" })),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    assert_eq!(std::fs::read_to_string(by_hand).unwrap(), "# mine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_config_means_what_it_says_about_isolation_and_labels() {
+    let folder = Scratch::new("meaning");
+    let path = folder.write(
+        "host.toml",
+        "isolation = \"runtime\"\n\n[[servers]]\nname = \"S\"\ntype = \"echo\"\nlisteners = [{ ip = \"Loopback\", port = 0 }]\nlabels = { ttl = \"1m\" }\n",
+    );
+    let host = host_on(&path, None);
+    let mut whole = call(&host, Method::GET, "/api/v1/config", Body::None, None).await.body;
+    whole.as_object_mut().unwrap().remove("isolation");
+    whole["servers"][0]["labels"]["ttl"] = json!("60s");
+    let put = call(&host, Method::PUT, "/api/v1/config", Body::Json(whole), None).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let server = host.server("S").await;
+    assert_eq!(server["isolation"], "runtime", "the server's own isolation stays");
+    assert_eq!(server["labels"]["ttl"], "60s", "a label is text, not a duration");
+}

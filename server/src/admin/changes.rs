@@ -9,12 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use supersocket_proto::{ConfigCheck, ErrorCode, ReloadReport, ServerInfo};
+use supersocket_proto::{ConfigCheck, ErrorCode, ServerInfo};
 
 use super::AdminState;
 use super::error::ApiError;
 use crate::config::{EditError, parse_body, parse_duration};
-use crate::host::{ChangeError, Edit};
+use crate::host::{ChangeError, Changed, Edit};
 
 /// `GET /api/v1/config`: the config in the file's schema, secrets masked, with its `ETag`.
 pub async fn get_config(State(state): State<AdminState>) -> Response {
@@ -50,9 +50,9 @@ pub async fn add_server(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    change(&state, &headers, Edit::Add(server), None).await?;
+    let changed = change(&state, &headers, Edit::Add(server), None).await?;
     let info = server_info(&state, &name)?;
-    Ok((StatusCode::CREATED, with_etag(Json(info), &state.host.etag())).into_response())
+    Ok((StatusCode::CREATED, with_etag(Json(info), &changed.etag)).into_response())
 }
 
 /// `PUT /api/v1/servers/{name}`: the server with its new config.
@@ -64,8 +64,8 @@ pub async fn replace_server(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let server = body_table(&headers, &body)?;
-    change(&state, &headers, Edit::Replace(name.clone(), server), query.timeout()?).await?;
-    Ok(with_etag(Json(server_info(&state, &name)?), &state.host.etag()))
+    let changed = change(&state, &headers, Edit::Replace(name.clone(), server), query.timeout()?).await?;
+    Ok(with_etag(Json(server_info(&state, &name)?), &changed.etag))
 }
 
 /// `DELETE /api/v1/servers/{name}?timeout=DUR`: drains it, then removes it; 204.
@@ -75,8 +75,8 @@ pub async fn remove_server(
     Query(query): Query<WriteQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    change(&state, &headers, Edit::Remove(name), query.timeout()?).await?;
-    Ok(with_etag(StatusCode::NO_CONTENT, &state.host.etag()))
+    let changed = change(&state, &headers, Edit::Remove(name), query.timeout()?).await?;
+    Ok(with_etag(StatusCode::NO_CONTENT, &changed.etag))
 }
 
 /// `PUT /api/v1/config`: a whole config, applied as a reload is; answers as a reload.
@@ -91,18 +91,20 @@ pub async fn replace_config(
         config,
         allow_empty: query.allow_empty.unwrap_or(false),
     };
-    let report = change(&state, &headers, edit, query.timeout()?).await?;
-    Ok(with_etag(Json(report), &state.host.etag()))
+    let changed = change(&state, &headers, edit, query.timeout()?).await?;
+    Ok(with_etag(Json(changed.report), &changed.etag))
 }
 
 /// `POST /api/v1/config/check`: a dry run of a whole config.
 pub async fn check_config(
     State(state): State<AdminState>,
+    Query(query): Query<WriteQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ConfigCheck>, ApiError> {
     let config = body_table(&headers, &body)?;
-    Ok(Json(state.host.check(config).await))
+    let allow_empty = query.allow_empty.unwrap_or(false);
+    Ok(Json(state.host.check(config, allow_empty).await))
 }
 
 /// Records a server's `autostart` (`start|stop?save=true`).
@@ -123,7 +125,7 @@ async fn change(
     headers: &HeaderMap,
     edit: Edit,
     timeout: Option<std::time::Duration>,
-) -> Result<ReloadReport, ApiError> {
+) -> Result<Changed, ApiError> {
     let if_match = match headers.get(header::IF_MATCH).map(HeaderValue::to_str) {
         Some(Ok(tag)) => Some(tag),
         Some(Err(_)) => return Err(ApiError::bad_request("If-Match is not visible ASCII")),
@@ -140,7 +142,7 @@ fn answer(error: ChangeError) -> ApiError {
         ChangeError::ShuttingDown => ApiError::new(ErrorCode::Conflict, message),
         ChangeError::Stale { .. } => ApiError::new(ErrorCode::PreconditionFailed, message),
         ChangeError::Edit(EditError::NoServer(name)) => ApiError::no_server(&name),
-        ChangeError::Edit(EditError::NameTaken(_) | EditError::Replica { .. }) => {
+        ChangeError::Edit(EditError::NameTaken(_) | EditError::Replica { .. } | EditError::Replicated(_)) => {
             ApiError::new(ErrorCode::Conflict, message)
         }
         ChangeError::Edit(EditError::Body(_) | EditError::Masked(_)) => ApiError::bad_request(message),

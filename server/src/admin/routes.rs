@@ -104,7 +104,8 @@ impl StopQuery {
 }
 
 /// `POST /api/v1/servers/{name}/start?save=true`: the server once running, or
-/// `start_failed`; with `save`, its `autostart` is then recorded as true.
+/// `start_failed`; with `save`, its `autostart` is first recorded as true (a record that cannot
+/// be made leaves the server as it was).
 pub async fn start(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -112,17 +113,18 @@ pub async fn start(
     headers: HeaderMap,
 ) -> Result<Json<ServerInfo>, ApiError> {
     let instance = operable(&state, &name)?;
-    let started = instance.start().await;
-    state.host.settle().await;
-    started.map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
     if query.save == Some(true) {
         super::changes::save_autostart(&state, &headers, &name, true).await?;
     }
+    let started = instance.start().await;
+    state.host.settle().await;
+    started.map_err(|e| ApiError::new(ErrorCode::StartFailed, e.0))?;
     Ok(Json(instance.info()))
 }
 
 /// `POST /api/v1/servers/{name}/stop?timeout=5s&save=true`: the server once stopped; with
-/// `save`, its `autostart` is then recorded as false.
+/// `save`, its `autostart` is first recorded as false (a record that cannot be made leaves the
+/// server as it was).
 pub async fn stop(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -130,11 +132,12 @@ pub async fn stop(
     headers: HeaderMap,
 ) -> Result<Json<ServerInfo>, ApiError> {
     let instance = operable(&state, &name)?;
-    instance.stop(query.timeout(&state)?).await;
-    state.host.settle().await;
+    let timeout = query.timeout(&state)?;
     if query.save == Some(true) {
         super::changes::save_autostart(&state, &headers, &name, false).await?;
     }
+    instance.stop(timeout).await;
+    state.host.settle().await;
     Ok(Json(instance.info()))
 }
 

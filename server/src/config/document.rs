@@ -43,6 +43,9 @@ pub enum EditError {
     /// The server is one of the replicas of a server table.
     #[error("{name:?} is a replica of {of:?} (`replicas` in the config); change {of:?} instead")]
     Replica { name: String, of: String },
+    /// The server has `replicas`: it is several instances, changed only in a whole config.
+    #[error("{0:?} has `replicas`: it is several servers; change it in a whole config (PUT /api/v1/config)")]
+    Replicated(String),
     /// A masked secret with no secret in the file to stand for.
     #[error("{0}: \"***\" stands for a secret the config does not have; give the value")]
     Masked(String),
@@ -148,7 +151,14 @@ impl Document {
     /// untouched: the next write makes it again). An error when someone else changed it.
     pub fn check_disk(&self) -> Result<(), String> {
         let Some(ours) = &self.on_disk else {
-            return Ok(());
+            // The embedded default, never written: a file there now was made by someone else.
+            return match self.path.exists() {
+                true => Err(format!(
+                    "{} was created since the host started on its embedded default; restart the host to use it, or remove it",
+                    self.path.display()
+                )),
+                false => Ok(()),
+            };
         };
         match std::fs::read_to_string(&self.path) {
             Ok(theirs) if theirs == *ours => Ok(()),
@@ -172,6 +182,7 @@ impl Document {
     /// Appends a server.
     pub fn add_server(&mut self, server: &Map<String, Json>, current: &Config) -> Result<(), EditError> {
         let name = server_name(server)?;
+        one_server(server)?;
         if current.server(&name).is_some() || self.position(&name).is_some() {
             return Err(EditError::NameTaken(name));
         }
@@ -212,6 +223,7 @@ impl Document {
             }
             Some(_) => {}
         }
+        one_server(&server)?;
         let index = self.table_of(name, current)?;
         let reference = current.server(name).map(export::server);
         let defaults = self.server_defaults();
@@ -252,11 +264,8 @@ impl Document {
     /// Replaces the whole config.
     pub fn replace_all(&mut self, config: &Map<String, Json>, current: &Config) -> Result<(), EditError> {
         let reference = export::config(current);
-        // Under the root isolation the new config sets.
-        let defaults = match config.get("isolation") {
-            Some(root) => server_defaults(root.as_str()),
-            None => self.server_defaults(),
-        };
+        // Under the root isolation the new config sets (left out, it is "none").
+        let defaults = server_defaults(config.get("isolation").and_then(Json::as_str));
         let mut merge = Merge::default();
         merge.root(self.doc.as_table_mut(), config, &reference, &defaults);
         unmatched(merge)
@@ -297,9 +306,13 @@ impl Document {
             .position(|t| t.get("name").and_then(Item::as_str) == Some(name))
     }
 
-    /// The index of the table of server `name`, which must be one of its own (not a replica).
+    /// The index of the table of server `name`, which must be one of its own (not a replica,
+    /// nor a table of replicas).
     fn table_of(&self, name: &str, current: &Config) -> Result<usize, EditError> {
         if let Some(index) = self.position(name) {
+            if self.server_tables()[index].contains_key("replicas") {
+                return Err(EditError::Replicated(name.to_owned()));
+            }
             return Ok(index);
         }
         let replica_of = self.server_tables().iter().find_map(|t| {
@@ -337,6 +350,16 @@ fn server_name(server: &Map<String, Json>) -> Result<String, EditError> {
     }
 }
 
+/// A change to one server makes one server: `replicas` is for whole configs.
+fn one_server(server: &Map<String, Json>) -> Result<(), EditError> {
+    match server.contains_key("replicas") {
+        true => Err(EditError::Body(
+            "`replicas` makes several servers: add them in a whole config (PUT /api/v1/config), or one by one".into(),
+        )),
+        false => Ok(()),
+    }
+}
+
 fn unmatched(merge: Merge) -> Result<(), EditError> {
     match merge.unmatched_masks.into_iter().next() {
         Some(path) => Err(EditError::Masked(path)),
@@ -366,9 +389,42 @@ pub fn parse_body(text: &str, toml: bool) -> Result<Map<String, Json>, EditError
         Some(line) => EditError::Body(format!("line {line}: {}", e.message)),
         None => EditError::Body(e.message),
     })?;
-    match tree.to_json() {
+    let json = tree.to_json();
+    // A JSON `null`, or a float with no number (TOML's `nan`, `inf`), has no place in a config
+    // and no form in the file: named rather than written as something else.
+    let raw = if toml {
+        json.clone()
+    } else {
+        serde_json::from_str(text).unwrap_or(Json::Null)
+    };
+    if let Some(path) = first_null(&raw, String::new()) {
+        return Err(EditError::Body(format!(
+            "{path}: null, NaN and infinite values have no place in a config"
+        )));
+    }
+    match json {
         Json::Object(map) => Ok(map),
         _ => Err(EditError::Body("the body must be a table (a JSON object)".into())),
+    }
+}
+
+/// The path of the first `null` in `value` (where a TOML float with no number ends up too).
+fn first_null(value: &Json, path: String) -> Option<String> {
+    match value {
+        Json::Null => Some(if path.is_empty() { "the body".into() } else { path }),
+        Json::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| first_null(item, format!("{path}[{i}]"))),
+        Json::Object(map) => map.iter().find_map(|(key, item)| {
+            let here = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            first_null(item, here)
+        }),
+        _ => None,
     }
 }
 
@@ -447,6 +503,18 @@ listeners = [{ ip = "Loopback", port = 7100 }]
             format!("{FILE}\n[[servers]]\nname = \"C\"\ntype = \"echo\"\n")
         );
         assert_eq!(doc.add_server(&body, &config), Err(EditError::NameTaken("C".into())));
+    }
+
+    #[test]
+    fn bodies_with_values_a_file_cannot_hold_are_refused_with_their_key() {
+        let refused = |text: &str, toml| match parse_body(text, toml) {
+            Err(EditError::Body(message)) => message,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(refused("[options]\nx = nan\n", true).starts_with("options.x:"));
+        assert!(refused("[options]\ny = [1.0, inf]\n", true).starts_with("options.y[1]:"));
+        assert!(refused(r#"{"name": "A", "advertise": null}"#, false).starts_with("advertise:"));
+        assert!(parse_body(r#"{"name": "A", "options": {"x": 1.5}}"#, false).is_ok());
     }
 
     #[test]

@@ -120,26 +120,35 @@ fn tls(tls: &TlsConfig, base_dir: &Path) -> Value {
     }
 }
 
-/// Whether a key of type-specific options holds a secret (`password`, `secret`, `token`,
-/// `passphrase`, or a key ending in one of them).
+/// Words that, ending a key of type-specific options (in any case, any spelling around them:
+/// `password`, `db_passwords`, `api_key`, `apiKey`, `dsn`), make its value a secret.
+const SECRET_WORDS: [&str; 9] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "passphrase",
+    "key",
+    "credential",
+    "dsn",
+    "auth",
+];
+
+/// Whether a key of type-specific options holds a secret.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "passphrase"]
-        .iter()
-        .any(|word| key.ends_with(word))
+    let key = key.trim_end_matches('s');
+    SECRET_WORDS.iter().any(|word| key.ends_with(word))
 }
 
-/// `options` with every secret (at any depth) masked.
+/// `options` with every secret (at any depth) masked: the whole value of a secret key, be it
+/// text, a list or a table.
 fn masked(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(key, value)| {
-                    let value = if is_secret_key(key) && !value.is_object() && !value.is_array() {
-                        MASK.into()
-                    } else {
-                        masked(value)
-                    };
+                    let value = if is_secret_key(key) { MASK.into() } else { masked(value) };
                     (key.clone(), value)
                 })
                 .collect(),
@@ -155,11 +164,16 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_at_any_depth() {
-        let options = json!({ "root": "ftp", "users": [{ "name": "a", "password": "p" }], "api_token": "t" });
+        let options = json!({
+            "root": "ftp", "users": [{ "name": "a", "password": "p" }], "api_token": "t",
+            "api_key": "k", "db_passwords": ["x"], "secret": { "value": "deep" }, "dsn": "postgres://u:pw@h",
+        });
         let shown = masked(&options);
         assert_eq!(shown["users"][0]["password"], MASK);
         assert_eq!(shown["users"][0]["name"], "a");
-        assert_eq!(shown["api_token"], MASK);
+        for key in ["api_token", "api_key", "db_passwords", "secret", "dsn"] {
+            assert_eq!(shown[key], MASK, "{key}");
+        }
         assert_eq!(shown["root"], "ftp");
     }
 }

@@ -85,6 +85,10 @@ impl Merge {
                     kept.push("token_file");
                     continue;
                 }
+                // The admin token may come from the environment, not the file: nothing to keep.
+                if path == "admin.token" {
+                    continue;
+                }
                 self.unmatched_masks.push(path);
                 continue;
             }
@@ -98,7 +102,7 @@ impl Merge {
             match old.get_mut(key) {
                 Some(item) => self.item(item, key, value, below),
                 // Left out, the key already means this value (its default, or the root's).
-                None if below.defaults.or(below.current).is_some_and(|d| same(d, value)) => {}
+                None if below.defaults.or(below.current).is_some_and(|d| same_at(key, d, value)) => {}
                 None => {
                     self.no_masks_in(value, &path);
                     old.insert(key, new_item(key, value, below.depth));
@@ -116,7 +120,7 @@ impl Merge {
     }
 
     fn item(&mut self, item: &mut Item, key: &str, new: &Json, level: Level<'_>) {
-        if same(&to_json(item), new) || level.current.is_some_and(|c| same(c, new)) {
+        if same_at(key, &to_json(item), new) || level.current.is_some_and(|c| same_at(key, c, new)) {
             return;
         }
         if let (Some(table), Some(map)) = (item.as_table_like_mut(), new.as_object()) {
@@ -300,18 +304,29 @@ fn value_json(value: &Value) -> Json {
     }
 }
 
-/// Whether two values mean the same config: equal, or two spellings of one duration
-/// (`"10s"`, `"10000ms"`) or one address (`"Loopback"`, `"127.0.0.1"`).
-fn same(a: &Json, b: &Json) -> bool {
+/// Keys of the schema whose values are durations.
+const DURATION_KEYS: [&str; 5] = [
+    "shutdown_timeout",
+    "idle_timeout",
+    "header_timeout",
+    "backoff",
+    "max_backoff",
+];
+
+/// Whether two values at `key` mean the same config: equal, or, at the schema's duration and
+/// address keys, two spellings of one duration (`"10s"`, `"10000ms"`) or one address
+/// (`"Loopback"`, `"127.0.0.1"`). Anywhere else (labels, options) text is compared as text.
+fn same_at(key: &str, a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::String(x), Json::String(y)) => {
             x == y
-                || matches!((parse_duration(x), parse_duration(y)), (Ok(x), Ok(y)) if x == y)
-                || matches!((parse_ip(x), parse_ip(y)), (Some(x), Some(y)) if x == y)
+                || (DURATION_KEYS.contains(&key)
+                    && matches!((parse_duration(x), parse_duration(y)), (Ok(x), Ok(y)) if x == y))
+                || (key == "ip" && matches!((parse_ip(x), parse_ip(y)), (Some(x), Some(y)) if x == y))
         }
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
-        (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_at(key, x, y)),
+        (Json::Object(x), Json::Object(y)) if key != "options" && key != "labels" => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_at(k, v, w)))
         }
         (Json::Number(x), Json::Number(y)) => x.as_f64() == y.as_f64(),
         _ => a == b,

@@ -28,6 +28,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .create(true)
             .truncate(true)
             .mode(mode)
+            // A link planted at the temporary's name is not followed.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&temporary)?;
         file.set_permissions(Permissions::from_mode(mode))?;
         file.write_all(bytes)?;

@@ -240,6 +240,9 @@ fn read_named_token(node: &Node, path: String, base_dir: &std::path::Path, errs:
     })
 }
 
+/// Listeners a server may have: each is a socket and an accept loop.
+const MAX_LISTENERS: usize = 64;
+
 const SERVER_KEYS: &str = "name, type, autostart, isolation, threads, replicas, listeners, port_fallback, \
     max_connections, max_package_length, idle_timeout, send_queue, send_queue_bytes, tls, restart, advertise, options, \
     labels";
@@ -303,7 +306,14 @@ fn read_server(
         .and_then(|f| f.integer(1, 1000, errs))
         .unwrap_or(0);
     if let Some(f) = table.take("listeners") {
-        for (index, item) in f.array(errs).unwrap_or_default().iter().enumerate() {
+        let items = f.array(errs).unwrap_or_default();
+        if items.len() > MAX_LISTENERS {
+            errs.at(
+                &f,
+                format!("{} listeners; a server has at most {MAX_LISTENERS}", items.len()),
+            );
+        }
+        for (index, item) in items.iter().enumerate().take(MAX_LISTENERS) {
             spots.listeners.push(item.line);
             if let Some(listener) = read_listener(item, format!("{}[{index}]", f.path), errs) {
                 server.listeners.push(listener);
@@ -403,7 +413,9 @@ fn read_labels(field: &Field<'_>, errs: &mut Errors) -> BTreeMap<String, String>
 }
 
 fn valid_name(name: &str, field: &Field<'_>, errs: &mut Errors) -> bool {
-    let ok = !name.is_empty()
+    // `.` and `..` would be path segments no HTTP client sends as they are.
+    let ok = !matches!(name, "." | "..")
+        && !name.is_empty()
         && name.len() <= 128
         && name
             .bytes()

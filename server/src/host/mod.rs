@@ -7,13 +7,14 @@ mod writes;
 
 use std::collections::HashMap;
 use std::fmt::Display;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use supersocket_proto::{HostInfo, Readiness, ReadyCheck, ReloadReport, ServerState};
 use tokio::task::JoinSet;
 
-pub use writes::{ChangeError, Edit};
+pub use writes::{ChangeError, Changed, Edit};
 
 use crate::config::{AdminAddr, Config, ConfigErrors, ConfigSource, Document, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
@@ -330,6 +331,7 @@ impl Host {
             added,
             removed,
             mut failures,
+            freed: _,
         } = plan;
         self.inner.directory.replace(instances);
         {
@@ -340,13 +342,12 @@ impl Host {
             current.config = next;
         }
 
+        // The removed ones stop first: what they hold may be what the others bind.
+        let stops = removed
+            .into_iter()
+            .map(|instance| async move { instance.stop(timeout).await });
+        wait_for_all(stops.collect()).await;
         let mut work = JoinSet::new();
-        for instance in removed {
-            work.spawn(async move {
-                instance.stop(timeout).await;
-                Ok(())
-            });
-        }
         for (instance, config, live) in changed {
             work.spawn(async move {
                 let applied = if live {
@@ -389,7 +390,21 @@ impl Host {
     /// cannot be bound now keeps its old config (and its sessions), reported as a failure.
     async fn plan(&self, next: &Config) -> Plan {
         let current = self.instances();
-        let mut plan = Plan::default();
+        let removed: Vec<Arc<Instance>> = current
+            .iter()
+            .filter(|i| next.server(i.name()).is_none())
+            .cloned()
+            .collect();
+        let mut plan = Plan {
+            report: ReloadReport {
+                removed: removed.iter().map(|i| i.name().to_owned()).collect(),
+                ..ReloadReport::default()
+            },
+            // What the removed ones hold is free for the rest: they stop first.
+            freed: removed.iter().flat_map(|i| i.held()).collect(),
+            removed,
+            ..Plan::default()
+        };
         for server in &next.servers {
             let Some(instance) = current.iter().find(|i| i.name() == server.name) else {
                 plan.report.added.push(server.name.clone());
@@ -406,7 +421,7 @@ impl Host {
             let live = crate::config::changes(&instance.config(), server)
                 .iter()
                 .all(|c| c.live);
-            match probe(instance, server).await {
+            match probe(instance, server, &plan.freed).await {
                 Ok(()) => {
                     let names = if live {
                         &mut plan.report.updated
@@ -421,11 +436,6 @@ impl Host {
                     .push((server.name.clone(), format!("{e}; its old config is kept"))),
             }
         }
-        plan.removed = current
-            .into_iter()
-            .filter(|i| next.server(i.name()).is_none())
-            .collect();
-        plan.report.removed = plan.removed.iter().map(|i| i.name().to_owned()).collect();
         plan
     }
 
@@ -544,13 +554,17 @@ struct Plan {
     changed: Vec<(Arc<Instance>, ServerConfig, bool)>,
     added: Vec<Arc<Instance>>,
     removed: Vec<Arc<Instance>>,
+    /// The addresses the removed instances hold.
+    freed: Vec<SocketAddr>,
     /// Changes found impossible before anything was stopped: the server and why.
     failures: Vec<(String, String)>,
 }
 
-/// Checks that the new listeners of a changed instance could be bound, beside those it holds.
-async fn probe(instance: &Instance, next: &ServerConfig) -> Result<(), String> {
-    let held = instance.held();
+/// Checks that the new listeners of an instance could be bound, beside those it holds and
+/// those `freed` (held by instances removed before it starts).
+async fn probe(instance: &Instance, next: &ServerConfig, freed: &[SocketAddr]) -> Result<(), String> {
+    let mut held = instance.held();
+    held.extend_from_slice(freed);
     let next = next.clone();
     tokio::task::spawn_blocking(move || crate::runtime::listener::probe(&next, &held))
         .await

@@ -13,6 +13,9 @@ use supersocket_proto::{ConfigCheck, PlanAction, PlanStep, ReloadReport};
 use super::{Host, Plan, ReloadError};
 use crate::config::{Config, ConfigErrors, Document, EditError, export};
 
+/// Why a whole config without servers is refused.
+const NO_SERVERS: &str = "the config has no servers (send it with ?allow_empty=true to remove them all)";
+
 /// A change to the config.
 #[derive(Debug, Clone)]
 pub enum Edit {
@@ -43,14 +46,21 @@ impl Edit {
     }
 }
 
+/// A change made: what it did, and the `ETag` of the config it made.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub report: ReloadReport,
+    pub etag: String,
+}
+
 /// Why a change was not made. Nothing changed, in the file or in the host.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
     #[error("the host is shutting down")]
     ShuttingDown,
     /// `If-Match` names an older config.
-    #[error("the config changed since {given} (it is {current} now); read it again and redo the change")]
-    Stale { given: String, current: String },
+    #[error("the config changed since {given}; read it again and redo the change")]
+    Stale { given: String },
     /// The change cannot be made to this config.
     #[error(transparent)]
     Edit(EditError),
@@ -94,7 +104,7 @@ impl Host {
         edit: Edit,
         if_match: Option<&str>,
         timeout: Option<Duration>,
-    ) -> Result<ReloadReport, ChangeError> {
+    ) -> Result<Changed, ChangeError> {
         let mut document = self.inner.writes.lock().await;
         if self.is_stopping() {
             return Err(ChangeError::ShuttingDown);
@@ -104,7 +114,6 @@ impl Host {
         {
             return Err(ChangeError::Stale {
                 given: given.to_owned(),
-                current: self.etag(),
             });
         }
         document.check_disk().map_err(ChangeError::FileChanged)?;
@@ -114,24 +123,28 @@ impl Host {
         let one_server = matches!(edit, Edit::Add(_) | Edit::Replace(..));
         let next = self.read_draft(&draft, one_server).await?;
         if next.servers.is_empty() && matches!(edit, Edit::Whole { allow_empty: false, .. }) {
-            return Err(ChangeError::Edit(EditError::Body(
-                "the config has no servers (send it with ?allow_empty=true to remove them all)".into(),
-            )));
+            return Err(ChangeError::Edit(EditError::Body(NO_SERVERS.into())));
         }
         let plan = self.plan(&next).await;
         let unbindable = unbindable(&plan).await;
         if !unbindable.is_empty() {
             return Err(ChangeError::Unbindable(unbindable));
         }
-        let previous = std::mem::replace(&mut *document, persist(draft).await?);
+        let written = persist(draft, document.clone()).await?;
+        let previous = std::mem::replace(&mut *document, written);
         self.inner.persisted.store(true, std::sync::atomic::Ordering::Release);
         match self.apply(next, plan, timeout).await {
-            Ok(report) => Ok(report),
+            // The tag of the config this change made, even if another change follows at once.
+            Ok(report) => Ok(Changed {
+                report,
+                etag: self.etag(),
+            }),
             Err(ReloadError::Unapplied { failures, .. }) => {
                 tracing::error!(?failures, "a config change failed; putting everything back");
                 let plan = self.plan(&current).await;
                 let _ = self.apply(current, plan, timeout).await;
-                match persist(previous).await {
+                let written = document.clone();
+                match persist(previous, written).await {
                     Ok(previous) => *document = previous,
                     Err(e) => tracing::error!("cannot put the config file back: {e}"),
                 }
@@ -156,9 +169,9 @@ impl Host {
         Ok(next)
     }
 
-    /// A dry run of a whole config: whether it would be accepted, and what it would do to
-    /// each server.
-    pub async fn check(&self, config: Map<String, Json>) -> ConfigCheck {
+    /// A dry run of a whole config: whether it would be accepted (one without servers only if
+    /// `allow_empty`, as when it is applied), and what it would do to each server.
+    pub async fn check(&self, config: Map<String, Json>, allow_empty: bool) -> ConfigCheck {
         let (mut draft, current) = {
             let document = self.inner.writes.lock().await;
             (document.clone(), self.config())
@@ -176,6 +189,9 @@ impl Host {
             Err(ChangeError::Invalid(errors)) => return invalid(errors.0.iter().map(ToString::to_string).collect()),
             Err(other) => return invalid(vec![other.to_string()]),
         };
+        if next.servers.is_empty() && !allow_empty {
+            return invalid(vec![NO_SERVERS.into()]);
+        }
         let plan = self.plan(&next).await;
         let unbindable = unbindable(&plan).await;
         if !unbindable.is_empty() {
@@ -238,7 +254,7 @@ async fn unbindable(plan: &Plan) -> Vec<String> {
         .map(|(name, cause)| format!("{name}: {cause}"))
         .collect();
     for instance in plan.added.iter().filter(|i| i.config().autostart) {
-        if let Err(cause) = super::probe(instance, &instance.config()).await {
+        if let Err(cause) = super::probe(instance, &instance.config(), &plan.freed).await {
             failures.push(format!("{}: {cause}", instance.name()));
         }
     }
@@ -263,12 +279,18 @@ fn as_request(mut errors: ConfigErrors, one_server: bool) -> ConfigErrors {
     errors
 }
 
-/// Writes a document to its file, off the runtime.
-async fn persist(mut document: Document) -> Result<Document, ChangeError> {
-    tokio::task::spawn_blocking(move || document.persist().map(|()| document))
-        .await
-        .map_err(|_| ChangeError::ShuttingDown)?
-        .map_err(|e| ChangeError::Persist(e.to_string()))
+/// Writes a document to its file, off the runtime, if the file still holds `previous` (checked
+/// again at the last moment: a hand edit made while the change was checked is not lost).
+async fn persist(mut document: Document, previous: Document) -> Result<Document, ChangeError> {
+    tokio::task::spawn_blocking(move || {
+        previous.check_disk().map_err(ChangeError::FileChanged)?;
+        document
+            .persist()
+            .map(|()| document)
+            .map_err(|e| ChangeError::Persist(e.to_string()))
+    })
+    .await
+    .map_err(|_| ChangeError::ShuttingDown)?
 }
 
 /// Whether an `If-Match` header names `etag`: `*`, or a list of entity tags compared strongly

@@ -168,7 +168,8 @@ impl Prepared {
             handle,
         };
         for (listener, config) in self.listeners.into_iter().zip(&config.listeners) {
-            run.accept_on(listener, config.clone())?;
+            let listening = run.accept_on(listener, config.clone())?;
+            run.accept_loops.push(listening);
         }
         let infos = run.listeners();
         Ok((run, infos, backend))
@@ -200,7 +201,7 @@ struct LocalRun {
 
 impl LocalRun {
     /// Starts accepting on `listener`, bound for `config`.
-    fn accept_on(&mut self, listener: TcpListener, config: ListenerConfig) -> Result<(), StartError> {
+    fn accept_on(&self, listener: TcpListener, config: ListenerConfig) -> Result<Listening, StartError> {
         let addr = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
         let listen = self.listen.child_token();
         let accept = AcceptLoop {
@@ -218,7 +219,7 @@ impl LocalRun {
                 sessions: self.sessions.clone(),
             },
         };
-        self.accept_loops.push(Listening {
+        Ok(Listening {
             config,
             info: ListenerInfo {
                 ip: addr.ip().to_string(),
@@ -227,46 +228,62 @@ impl LocalRun {
             },
             listen,
             accept_loop: self.handle.spawn(accept.run()),
-        });
-        Ok(())
+        })
     }
 
     fn listeners(&self) -> Vec<ListenerInfo> {
         self.accept_loops.iter().map(|l| l.info.clone()).collect()
     }
 
-    /// Moves to the listeners of `config`: binds those it does not have (all or none), then
-    /// closes those it no longer lists, each once its backlog is taken; the sessions of every
-    /// listener stay.
+    /// Moves to the listeners of `config`: each listener it lists keeps a socket held for the
+    /// same address (one each; a new `backlog` takes effect at the next start), the others are
+    /// bound (all or none, or nothing changes); then the held ones it no longer lists close,
+    /// each once its backlog is taken. The sessions of every listener stay.
     async fn move_listeners(&mut self, config: &ServerConfig) -> Result<(), StartError> {
-        let wanted: Vec<ListenerConfig> = config
+        let address = |l: &ListenerConfig| (l.ip, l.port);
+        let mut taken = vec![false; self.accept_loops.len()];
+        let matched: Vec<Option<usize>> = config
             .listeners
             .iter()
-            .filter(|l| !self.accept_loops.iter().any(|held| held.config == **l))
-            .cloned()
+            .map(|wanted| {
+                let found =
+                    (0..taken.len()).find(|&i| !taken[i] && address(&self.accept_loops[i].config) == address(wanted));
+                if let Some(i) = found {
+                    taken[i] = true;
+                }
+                found
+            })
             .collect();
         let to_bind = ServerConfig {
-            listeners: wanted.clone(),
+            listeners: (config.listeners.iter().zip(&matched))
+                .filter(|(_, held)| held.is_none())
+                .map(|(wanted, _)| wanted.clone())
+                .collect(),
             ..config.clone()
         };
-        let bound = tokio::task::spawn_blocking(move || listener::bind_all(&to_bind))
+        let mut bound = tokio::task::spawn_blocking(move || listener::bind_all(&to_bind))
             .await
             .map_err(|_| StartError("the bind was cut short".into()))?
-            .map_err(StartError)?;
-        for (listener, wanted) in bound.into_iter().zip(wanted) {
-            self.accept_on(listener, wanted)?;
+            .map_err(StartError)?
+            .into_iter();
+        let mut held: Vec<Option<Listening>> = std::mem::take(&mut self.accept_loops).into_iter().map(Some).collect();
+        for (wanted, matched) in config.listeners.iter().zip(matched) {
+            let listening = match matched.and_then(|i| held[i].take()) {
+                Some(listening) => Listening {
+                    config: wanted.clone(),
+                    ..listening
+                },
+                None => {
+                    let socket = bound.next().expect("one socket bound per listener not held");
+                    self.accept_on(socket, wanted.clone())?
+                }
+            };
+            self.accept_loops.push(listening);
         }
-        let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.accept_loops)
-            .into_iter()
-            .partition(|held| config.listeners.contains(&held.config));
-        self.accept_loops = kept;
-        for listening in gone {
+        for listening in held.into_iter().flatten() {
             listening.listen.cancel();
             let _ = listening.accept_loop.await;
         }
-        // Kept in the config's order, as the API lists them.
-        self.accept_loops
-            .sort_by_key(|held| config.listeners.iter().position(|l| *l == held.config));
         Ok(())
     }
 }

@@ -155,6 +155,13 @@ pub enum Event {
         /// The instance whose agent is at the other end.
         server: String,
     },
+    /// (Host to agent.) A listening socket the host bound for a live change of the agent's
+    /// listeners rides with this frame; the next config of the instance that lists a listener
+    /// it does not hold takes these, in the order they came.
+    Listener {
+        /// The instance (the agent's own).
+        server: String,
+    },
 }
 
 /// The host's instances as an agent sees them.

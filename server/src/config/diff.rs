@@ -1,7 +1,7 @@
 //! What differs between two configs of one server, key by key, and which differences a running
 //! instance can take without closing a session.
 
-use super::{Isolation, ServerConfig};
+use super::ServerConfig;
 
 /// One top-level key of a server's config that differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,9 +10,7 @@ pub struct Change {
     pub key: &'static str,
     /// Whether a running instance takes it live: limits, restart policy, labels, autostart,
     /// `advertise` and listeners (bound anew beside the old ones, which then close while their
-    /// sessions stay) — except under process isolation, where the agent serves the sockets it
-    /// was started with, so a change of listeners restarts it. Everything else (type,
-    /// isolation, threads, TLS, options) needs a restart.
+    /// sessions stay). Everything else (type, isolation, threads, TLS, options) needs a restart.
     pub live: bool,
 }
 
@@ -46,17 +44,10 @@ pub fn changes(old: &ServerConfig, new: &ServerConfig) -> Vec<Change> {
         ("tls", old.tls != *tls),
         ("options", old.options != *options || old.base_dir != *base_dir),
     ];
-    let in_agent = *isolation == Isolation::Process;
-    let restart_keys = [
-        ("listeners", in_agent && old.listeners != *listeners),
-        ("port_fallback", in_agent && old.port_fallback != *port_fallback),
-    ]
-    .into_iter()
-    .chain(restart_keys);
     let live_keys = [
         ("autostart", old.autostart != *autostart),
-        ("listeners", !in_agent && old.listeners != *listeners),
-        ("port_fallback", !in_agent && old.port_fallback != *port_fallback),
+        ("listeners", old.listeners != *listeners),
+        ("port_fallback", old.port_fallback != *port_fallback),
         ("max_connections", old.max_connections != *max_connections),
         ("max_package_length", old.max_package_length != *max_package_length),
         ("idle_timeout", old.idle_timeout != *idle_timeout),
@@ -66,7 +57,7 @@ pub fn changes(old: &ServerConfig, new: &ServerConfig) -> Vec<Change> {
         ("advertise", old.advertise != *advertise),
         ("labels", old.labels != *labels),
     ];
-    let restart = restart_keys.map(|(key, differs)| (key, differs, false));
+    let restart = restart_keys.into_iter().map(|(key, differs)| (key, differs, false));
     let live = live_keys.iter().map(|&(key, differs)| (key, differs, true));
     restart
         .chain(live)
@@ -80,7 +71,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::ListenerConfig;
+    use crate::config::{Isolation, ListenerConfig};
 
     #[test]
     fn limits_are_live_and_the_type_is_not() {
@@ -104,7 +95,7 @@ mod tests {
     }
 
     #[test]
-    fn listeners_move_live_except_in_an_agent() {
+    fn listeners_move_live_under_every_isolation() {
         let old = ServerConfig::default();
         let mut new = old.clone();
         new.listeners.push(ListenerConfig {
@@ -119,6 +110,6 @@ mod tests {
             ..old
         };
         new.isolation = Isolation::Process;
-        assert_eq!(changes(&old, &new), live(false));
+        assert_eq!(changes(&old, &new), live(true));
     }
 }

@@ -24,8 +24,8 @@ use super::supervisor::STATS_EVERY;
 use crate::config::{AGENT_THREADS, Isolation, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, RouteFn};
 use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
-use crate::runtime::LocalLaunch;
 use crate::runtime::types::ServerTypes;
+use crate::runtime::{Handed, LocalLaunch};
 use crate::session::SessionId;
 
 /// The descriptor the host puts the control socket at.
@@ -131,6 +131,7 @@ async fn run(
         link: OnceLock::new(),
         env: env(Launchers::default()),
         stopped: AtomicBool::new(false),
+        handed: Handed::default(),
     });
     for (server, fd) in init.links.iter().zip(links) {
         agent.link_to(server, fd);
@@ -145,7 +146,7 @@ async fn run(
         }
     };
     let host = HostHandle(Arc::downgrade(&directory));
-    let launch = LocalLaunch::with_listeners(types, host, listeners);
+    let launch = LocalLaunch::with_listeners(types, host, listeners, agent.handed.clone());
     let local = Arc::new(Instance::new(
         config,
         env(Launchers {
@@ -204,6 +205,8 @@ struct Agent {
     env: InstanceEnv,
     /// The host stopped the instance.
     stopped: AtomicBool,
+    /// Listening sockets the host bound for a live change of the instance's listeners.
+    handed: Handed,
 }
 
 impl Agent {
@@ -363,11 +366,20 @@ impl Serve for Agent {
 
     fn event(&self, link: &Link, event: Event) {
         let from_host = self.link.get().is_some_and(|host| host.same(link));
-        if let (Event::Link { server }, true) = (event, from_host) {
-            match (link.take_fd(), self.me.upgrade()) {
+        match (event, from_host) {
+            (Event::Link { server }, true) => match (link.take_fd(), self.me.upgrade()) {
                 (Some(socket), Some(agent)) => agent.link_to(&server, socket),
                 _ => tracing::error!(%server, "the host named a link to an agent without its socket"),
-            }
+            },
+            (Event::Listener { server }, true) => match link.take_fd() {
+                Some(socket) => self
+                    .handed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(std::net::TcpListener::from(socket)),
+                None => tracing::error!(%server, "the host named a listener without its socket"),
+            },
+            _ => {}
         }
     }
 }

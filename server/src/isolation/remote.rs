@@ -40,6 +40,11 @@ impl Remote {
         *self.link.write().unwrap_or_else(|e| e.into_inner()) = link;
     }
 
+    /// The link to the process that runs it now, if one does.
+    pub(crate) fn link(&self) -> Option<Link> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub(crate) fn set_counters(&self, counters: Counters) {
         *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = counters;
     }

@@ -9,7 +9,10 @@
 //!   `backoff`;
 //! - after `max_retries` unstable starts (runs shorter than [`STABLE_AFTER`]) it is `failed`;
 //! - a stop asks the agent to drain and kills it at the bound; a stop during a back-off starts
-//!   one more agent to serve (and so drain) the connections waiting in the backlog.
+//!   one more agent to serve (and so drain) the connections waiting in the backlog;
+//! - a live change of listeners binds the new ones here, hands them to the running agent (and
+//!   to every later one), and lets go of the host's copies of the old ones; the agent then
+//!   moves its accept loops when its view brings the new config.
 //!
 //! Starting agents is behind [`Spawn`], so that the policy can be tested with fake agents and
 //! a paused clock.
@@ -32,10 +35,11 @@ use super::serve::{serve, server_of};
 use super::spawn::{AgentProcess, Exit, Spawn};
 use super::view::Views;
 use crate::config::RestartPolicy;
+use crate::config::ServerConfig;
 use crate::dispatch::Directory;
 use crate::instance::{Ending, HostLife, Instance, Launch, Run, StartError};
 use crate::outcome::BoxFuture;
-use crate::runtime::listener::bind_all;
+use crate::runtime::listener::{bind_all, match_held};
 use crate::session::SessionId;
 
 /// How long an agent may take to report ready.
@@ -82,10 +86,12 @@ impl Launch for AgentLaunch {
             let (first, started) = oneshot::channel();
             let (stop, stop_asked) = watch::channel(None);
             let start_now = Arc::new(Notify::new());
+            let remote = Arc::new(Remote::new(instance.name()));
+            let listeners = Arc::new(Mutex::new(listeners));
             let supervisor = Supervisor {
                 instance: instance.clone(),
-                remote: Arc::new(Remote::new(instance.name())),
-                listeners,
+                remote: remote.clone(),
+                listeners: listeners.clone(),
                 directory: self.directory.clone(),
                 views: self.views.clone(),
                 spawner: self.spawner.clone(),
@@ -97,6 +103,9 @@ impl Launch for AgentLaunch {
             let task = tokio::spawn(supervisor.run(first));
             match started.await {
                 Ok(Ok(())) => Ok(Box::new(AgentRun {
+                    instance: instance.clone(),
+                    remote,
+                    listeners,
                     stop,
                     start_now,
                     supervisor: task,
@@ -111,8 +120,16 @@ impl Launch for AgentLaunch {
 /// What a stop asks: the drain bound, and the token that cuts it short.
 type StopAsk = Option<(Duration, CancellationToken)>;
 
+/// The host's copies of an instance's listening sockets, in the order of its config's listeners:
+/// each agent is handed them.
+type HostListeners = Arc<Mutex<Vec<TcpListener>>>;
+
 /// A supervised process instance.
 struct AgentRun {
+    instance: Arc<Instance>,
+    /// Reaches the agent that runs now, if one does.
+    remote: Arc<Remote>,
+    listeners: HostListeners,
     stop: watch::Sender<StopAsk>,
     /// Ends a back-off at once (an explicit start).
     start_now: Arc<Notify>,
@@ -120,6 +137,61 @@ struct AgentRun {
 }
 
 impl Run for AgentRun {
+    /// Limits reach the agent with its next view; a change of listeners is bound here first
+    /// (all or none), the new sockets handed to the agent, and the host's copies of the old
+    /// ones let go (the agent closes its own once it has taken their backlog).
+    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Option<Vec<ListenerInfo>>, StartError>> {
+        Box::pin(async move {
+            let held = self.instance.config().listeners.clone();
+            if held == config.listeners {
+                return Ok(None);
+            }
+            let matched = match_held(&held, &config.listeners);
+            let to_bind = ServerConfig {
+                listeners: (config.listeners.iter().zip(&matched))
+                    .filter(|(_, held)| held.is_none())
+                    .map(|(wanted, _)| wanted.clone())
+                    .collect(),
+                ..(*config).clone()
+            };
+            let bound = tokio::task::spawn_blocking(move || bind_all(&to_bind))
+                .await
+                .map_err(|_| StartError("the bind was cut short".into()))?
+                .map_err(StartError)?;
+            if let Some(link) = self.remote.link() {
+                for socket in &bound {
+                    let copy = socket
+                        .try_clone()
+                        .map_err(|e| StartError(format!("cannot hand over a listener: {e}")))?;
+                    let server = self.instance.name().to_owned();
+                    link.event_with_fd(Event::Listener { server }, copy.into());
+                }
+            }
+            let mut bound = bound.into_iter();
+            let mut sockets = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let mut old: Vec<Option<TcpListener>> = std::mem::take(&mut *sockets).into_iter().map(Some).collect();
+            for matched in matched {
+                let socket = match matched.and_then(|i| old.get_mut(i)?.take()) {
+                    Some(socket) => socket,
+                    None => bound.next().expect("one socket bound per listener not held"),
+                };
+                sockets.push(socket);
+            }
+            let tls = config.tls.is_some();
+            Ok(Some(
+                sockets
+                    .iter()
+                    .filter_map(|s| s.local_addr().ok())
+                    .map(|addr| ListenerInfo {
+                        ip: addr.ip().to_string(),
+                        port: addr.port(),
+                        tls,
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
     fn stop(self: Box<Self>, timeout: Duration, hurry: CancellationToken) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.stop.send_replace(Some((timeout, hurry)));
@@ -141,7 +213,7 @@ struct Supervisor {
     /// The instance's backend for the whole run: attached to each agent in turn.
     remote: Arc<Remote>,
     /// The host's copies of the listening sockets, handed to each agent.
-    listeners: Vec<TcpListener>,
+    listeners: HostListeners,
     directory: Weak<Directory>,
     views: Arc<Views>,
     spawner: Arc<dyn Spawn>,
@@ -312,7 +384,11 @@ impl Supervisor {
             view,
             links,
         };
-        let (process, stream) = self.spawner.spawn(name, init, &self.listeners, ends).await?;
+        let listeners = self
+            .host_listeners()
+            .map_err(|e| format!("cannot share the listeners: {e}"))?;
+        let (process, stream) = self.spawner.spawn(name, init, &listeners, ends).await?;
+        drop(listeners);
         let (ready, first_word) = oneshot::channel();
         let handler = Arc::new(FromAgent {
             directory: self.directory.clone(),
@@ -363,6 +439,20 @@ impl Supervisor {
         }
     }
 
+    /// Copies of the host's listening sockets, for an agent about to start.
+    fn host_listeners(&self) -> std::io::Result<Vec<TcpListener>> {
+        let sockets = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        sockets.iter().map(TcpListener::try_clone).collect()
+    }
+
+    fn holds_listeners(&self) -> bool {
+        !self.listeners.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    fn let_go_of_listeners(&self) {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Keeps the counters of an agent that ended and detaches it.
     fn agent_gone(&mut self, agent: &Agent) {
         agent.link.close();
@@ -402,10 +492,10 @@ impl Supervisor {
                     _ = agent.process.exited() => break,
                     // Heard from after the ask: it takes its backlog itself, and the ports close
                     // once its copies do.
-                    () = heard_since(&agent.link, asked_at), if !self.listeners.is_empty() => self.listeners.clear(),
+                    () = heard_since(&agent.link, asked_at), if self.holds_listeners() => self.let_go_of_listeners(),
                     // One that freezes while it drains is not waited for.
                     () = silence(&agent.link) => {
-                        if !self.listeners.is_empty() {
+                        if self.holds_listeners() {
                             stopped = Stopped::Froze;
                         }
                         break;
@@ -487,7 +577,8 @@ impl Serve for FromAgent {
             Event::Ready { listeners } => self.first_word(Ok(listeners)),
             Event::Failed { error } => self.first_word(Err(error)),
             Event::Stats(counters) => self.remote.set_counters(self.base + counters),
-            Event::Link { .. } => {}
+            // What the host tells agents, not what they tell it.
+            Event::Link { .. } | Event::Listener { .. } => {}
         }
     }
 }

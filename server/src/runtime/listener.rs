@@ -96,6 +96,22 @@ pub(crate) fn bind_all(server: &ServerConfig) -> Result<Vec<TcpListener>, String
         .collect()
 }
 
+/// For each listener `wanted`, the index of one in `held` at the same address (ip and port;
+/// each held one given once), or `None` where it must be bound anew.
+pub(crate) fn match_held(held: &[ListenerConfig], wanted: &[ListenerConfig]) -> Vec<Option<usize>> {
+    let mut taken = vec![false; held.len()];
+    wanted
+        .iter()
+        .map(|wanted| {
+            let found = (0..held.len()).find(|&i| !taken[i] && (held[i].ip, held[i].port) == (wanted.ip, wanted.port));
+            if let Some(i) = found {
+                taken[i] = true;
+            }
+            found
+        })
+        .collect()
+}
+
 /// Checks that the listeners of `next` that `current` does not already hold could be bound
 /// now, without keeping them: a reload uses it before it stops what serves.
 pub(crate) fn probe(next: &ServerConfig, current: &[SocketAddr]) -> Result<(), String> {

@@ -38,7 +38,14 @@ pub(crate) struct LocalLaunch {
     host: HostHandle,
     /// Listening sockets the host handed over (in an agent), used instead of binding.
     handed_over: Mutex<Option<Vec<TcpListener>>>,
+    /// Where sockets the host hands over later arrive (in an agent), for live changes of the
+    /// listeners.
+    handed_later: Option<Handed>,
 }
+
+/// Listening sockets the host bound for an agent's live change of listeners, in the order they
+/// came.
+pub(crate) type Handed = Arc<Mutex<std::collections::VecDeque<TcpListener>>>;
 
 impl LocalLaunch {
     pub(crate) fn new(types: ServerTypes, host: HostHandle) -> Self {
@@ -46,12 +53,20 @@ impl LocalLaunch {
             types,
             host,
             handed_over: Mutex::new(None),
+            handed_later: None,
         }
     }
 
-    /// A launcher whose first run serves `listeners` instead of binding its own.
-    pub(crate) fn with_listeners(types: ServerTypes, host: HostHandle, listeners: Vec<TcpListener>) -> Self {
-        let launch = Self::new(types, host);
+    /// A launcher whose first run serves `listeners` instead of binding its own, and takes
+    /// new ones from `later` rather than binding them.
+    pub(crate) fn with_listeners(
+        types: ServerTypes,
+        host: HostHandle,
+        listeners: Vec<TcpListener>,
+        later: Handed,
+    ) -> Self {
+        let mut launch = Self::new(types, host);
+        launch.handed_later = Some(later);
         *launch.handed_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(listeners);
         launch
     }
@@ -73,7 +88,8 @@ impl Launch for LocalLaunch {
             .map_err(|_| StartError("the start was cut short".into()))?
             .map_err(StartError)?;
             instance.hold(prepared.listeners.iter().filter_map(|l| l.local_addr().ok()).collect());
-            let (run, listeners, backend) = prepared.start(instance.name(), config, self.host.clone())?;
+            let (mut run, listeners, backend) = prepared.start(instance.name(), config, self.host.clone())?;
+            run.handed.clone_from(&self.handed_later);
             instance.mark_running(None, listeners, backend.clone());
             backend.service.started(&backend.context);
             Ok(Box::new(run) as Box<dyn Run>)
@@ -166,6 +182,7 @@ impl Prepared {
             sessions,
             runtime: self.runtime,
             handle,
+            handed: None,
         };
         for (listener, config) in self.listeners.into_iter().zip(&config.listeners) {
             let listening = run.accept_on(listener, config.clone())?;
@@ -197,6 +214,8 @@ struct LocalRun {
     runtime: Option<tokio::runtime::Runtime>,
     /// The runtime its tasks run on.
     handle: tokio::runtime::Handle,
+    /// In an agent: where new listening sockets come from (the host binds them).
+    handed: Option<Handed>,
 }
 
 impl LocalRun {
@@ -231,6 +250,26 @@ impl LocalRun {
         })
     }
 
+    /// Sockets for the listeners of `config`: bound here, or in an agent taken from those the
+    /// host bound and handed over (all or none).
+    async fn new_sockets(&self, config: ServerConfig) -> Result<Vec<TcpListener>, StartError> {
+        let Some(handed) = &self.handed else {
+            return tokio::task::spawn_blocking(move || listener::bind_all(&config))
+                .await
+                .map_err(|_| StartError("the bind was cut short".into()))?
+                .map_err(StartError);
+        };
+        let mut handed = handed.lock().unwrap_or_else(|e| e.into_inner());
+        let needed = config.listeners.len();
+        if handed.len() < needed {
+            return Err(StartError(format!(
+                "the host handed over {} of the {needed} new listening sockets",
+                handed.len()
+            )));
+        }
+        Ok(handed.drain(..needed).collect())
+    }
+
     fn listeners(&self) -> Vec<ListenerInfo> {
         self.accept_loops.iter().map(|l| l.info.clone()).collect()
     }
@@ -240,20 +279,8 @@ impl LocalRun {
     /// bound (all or none, or nothing changes); then the held ones it no longer lists close,
     /// each once its backlog is taken. The sessions of every listener stay.
     async fn move_listeners(&mut self, config: &ServerConfig) -> Result<(), StartError> {
-        let address = |l: &ListenerConfig| (l.ip, l.port);
-        let mut taken = vec![false; self.accept_loops.len()];
-        let matched: Vec<Option<usize>> = config
-            .listeners
-            .iter()
-            .map(|wanted| {
-                let found =
-                    (0..taken.len()).find(|&i| !taken[i] && address(&self.accept_loops[i].config) == address(wanted));
-                if let Some(i) = found {
-                    taken[i] = true;
-                }
-                found
-            })
-            .collect();
+        let held: Vec<ListenerConfig> = self.accept_loops.iter().map(|l| l.config.clone()).collect();
+        let matched = listener::match_held(&held, &config.listeners);
         let to_bind = ServerConfig {
             listeners: (config.listeners.iter().zip(&matched))
                 .filter(|(_, held)| held.is_none())
@@ -261,11 +288,7 @@ impl LocalRun {
                 .collect(),
             ..config.clone()
         };
-        let mut bound = tokio::task::spawn_blocking(move || listener::bind_all(&to_bind))
-            .await
-            .map_err(|_| StartError("the bind was cut short".into()))?
-            .map_err(StartError)?
-            .into_iter();
+        let mut bound = self.new_sockets(to_bind).await?.into_iter();
         let mut held: Vec<Option<Listening>> = std::mem::take(&mut self.accept_loops).into_iter().map(Some).collect();
         for (wanted, matched) in config.listeners.iter().zip(matched) {
             let listening = match matched.and_then(|i| held[i].take()) {

@@ -47,13 +47,25 @@ pub async fn remove(client: &Client, printer: &Printer, name: &str, timeout: Opt
     Ok(())
 }
 
-/// `config get`: the config in force, as TOML (or the API's JSON).
+/// The first line of `config get`'s TOML: the `ETag` of the config it shows, so that `apply`
+/// of an edited copy is refused if the host's config changed meanwhile.
+const ETAG_LINE: &str = "# etag: ";
+
+/// `config get`: the config in force, as TOML headed by its `ETag` (or the API's JSON).
 pub async fn get(client: &Client, printer: &Printer) -> Result<(), CtlError> {
-    let config = client.get("/api/v1/config").await?;
+    let answer = client.call(Method::GET, "/api/v1/config", None).await?.success()?;
     let toml =
-        toml::to_string(&config).map_err(|e| CtlError::Failed(format!("cannot show the config as TOML: {e}")))?;
-    printer.show(&config, |_| toml);
+        toml::to_string(&answer.body).map_err(|e| CtlError::Failed(format!("cannot show the config as TOML: {e}")))?;
+    let etag = answer.etag.as_deref().unwrap_or_default();
+    printer.show(&answer.body, |_| format!("{ETAG_LINE}{etag}\n{toml}"));
     Ok(())
+}
+
+/// The `ETag` a file made by `config get` starts with.
+fn etag_of(body: &Body) -> Option<String> {
+    let first = body.bytes.split(|&b| b == b'\n').next()?;
+    let tag = std::str::from_utf8(first).ok()?.strip_prefix(ETAG_LINE)?.trim();
+    (!tag.is_empty()).then(|| tag.to_owned())
 }
 
 /// `config check FILE`: its errors, or its plan; fails (exit 1) when it is invalid.
@@ -63,10 +75,14 @@ pub async fn check(client: &Client, printer: &Printer, file: &str) -> Result<(),
 }
 
 /// `apply -f FILE [--dry-run]`: the plan, then (unless a dry run) the change, made only if the
-/// config is still the one the plan was made against.
+/// config is still the one the plan was made against — or, for a file `config get` made, the
+/// one it was made from.
 pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only: bool) -> Result<(), CtlError> {
     let body = read(file)?;
-    let seen = client.call(Method::GET, "/api/v1/config", None).await?.success()?;
+    let seen = match etag_of(&body) {
+        Some(tag) => Some(tag),
+        None => client.call(Method::GET, "/api/v1/config", None).await?.success()?.etag,
+    };
     let check = dry_run(client, body.clone()).await?;
     if dry_run_only || !check.valid {
         return show_check(printer, &check);
@@ -75,11 +91,11 @@ pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only:
         print!("{}", render::plan(&check.plan));
     }
     let answer = client
-        .send(Method::PUT, "/api/v1/config", Some(body), seen.etag.as_deref())
+        .send(Method::PUT, "/api/v1/config", Some(body), seen.as_deref())
         .await?;
     if answer.status == StatusCode::PRECONDITION_FAILED {
         return Err(CtlError::Failed(
-            "the host's config changed since the plan was made; nothing was applied (run apply again)".into(),
+            "the host's config changed since the plan was made (or since `config get` wrote the file); nothing was applied".into(),
         ));
     }
     let answer = answer.success()?;

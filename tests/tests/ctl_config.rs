@@ -279,7 +279,7 @@ async fn apply_changes_nothing_when_the_config_changed_after_its_plan() {
     let stale = finished(apply);
     assert_eq!(stale.code, 1, "{stale:?}");
     assert!(
-        stale.stderr.contains("changed since the plan was made") && stale.stderr.contains("run apply again"),
+        stale.stderr.contains("changed since the plan was made") && stale.stderr.contains("nothing was applied"),
         "{stale:?}"
     );
     assert!(stale.stdout.contains("Fresh add"), "the plan was shown: {stale:?}");
@@ -307,4 +307,31 @@ fn writer_once_read(path: &std::path::Path, timeout: Duration) -> std::fs::File 
             Err(e) => panic!("nobody read {} in time: {e}", path.display()),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_config_get_is_not_applied_over_a_change_made_since() {
+    let host = HostProcess::start(HOST);
+    let files = Scratch::new("stale-file");
+    let got = host.ctl(&["config", "get"]);
+    assert!(got.stdout.starts_with("# etag: \""), "{}", got.stdout);
+    let path = files.write("host.toml", &got.stdout);
+    let path = path.to_str().unwrap();
+    // Someone else adds a server; the copy does not have it.
+    let added = files.write("z.toml", "name = \"Z\"\ntype = \"echo\"\n");
+    assert_eq!(host.ctl(&["add", "-f", added.to_str().unwrap()]).code, 0);
+    let stale = host.ctl(&["apply", "-f", path]);
+    assert_eq!(stale.code, 1, "{stale:?}");
+    assert!(stale.stderr.contains("since `config get` wrote the file"), "{stale:?}");
+    assert_eq!(host.server("Z").await["state"], "running", "Z was not removed");
+    // A fresh copy applies (and changes nothing).
+    let fresh = host.ctl(&["config", "get"]);
+    let path = files.write("fresh.toml", &fresh.stdout);
+    let applied = host.ctl(&["apply", "-f", path.to_str().unwrap()]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert!(
+        applied.stdout.contains("added      -\nremoved    -\n"),
+        "{}",
+        applied.stdout
+    );
 }

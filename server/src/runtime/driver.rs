@@ -16,7 +16,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -344,7 +344,7 @@ where
     async fn on_read(&mut self, n: usize) -> Result<(), CloseReason> {
         let setup = self.setup;
         let entry = &setup.entry;
-        entry.touch(Instant::now());
+        entry.touch();
         entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         setup.instance.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         let result = self.handle_packages().await;
@@ -581,7 +581,7 @@ enum Event {
 
 /// Counts bytes written to the peer.
 fn count_out(setup: &SessionSetup, n: usize) {
-    setup.entry.touch(Instant::now());
+    setup.entry.touch();
     setup.entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     setup.instance.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
 }

@@ -107,8 +107,16 @@ pub enum Op {
         timeout_ms: u64,
     },
     /// (Host to agent.) The host's instances changed → `null` once the agent routes by the new
-    /// view.
+    /// view. (The agent's own instance's config in it is ignored: it comes by `Update`.)
     Sync(View),
+    /// (Host to agent.) Take this config of the agent's own instance, whose every change is
+    /// live; the listening sockets for the listeners it adds came just before, one with each
+    /// [`Event::Listener`] since the last `Update`, in the order of those listeners → `null`
+    /// once taken, refused (and nothing changed) if it cannot be.
+    Update {
+        /// The instance's new config (the host's `ServerConfig`, as JSON).
+        config: serde_json::Value,
+    },
 }
 
 /// What a request came to: a JSON answer, or why it failed.
@@ -156,8 +164,7 @@ pub enum Event {
         server: String,
     },
     /// (Host to agent.) A listening socket the host bound for a live change of the agent's
-    /// listeners rides with this frame; the next config of the instance that lists a listener
-    /// it does not hold takes these, in the order they came.
+    /// listeners rides with this frame; the next [`Op::Update`] takes it.
     Listener {
         /// The instance (the agent's own).
         server: String,

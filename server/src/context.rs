@@ -26,7 +26,9 @@ use crate::session::{CloseReason, SessionEntry, SessionId, SessionRegistry};
 /// One run of an instance, as its handlers see it.
 pub struct InstanceContext {
     pub(crate) name: String,
-    /// Changes while the run lasts: a change of limits applies to the running instance.
+    /// Changes while the run lasts (a live change of limits). Read once per accept, once per
+    /// session and once per sweep, never per message: an open session keeps the
+    /// `max_package_length` and send queue bounds it opened with.
     pub(crate) config: std::sync::RwLock<Arc<ServerConfig>>,
     pub(crate) sessions: Arc<SessionRegistry>,
     pub(crate) stats: Arc<InstanceStats>,

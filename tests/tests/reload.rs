@@ -61,6 +61,11 @@ async fn reload_adds_removes_restarts_changed_and_keeps_unchanged_sessions() {
         tuned_id,
         "a server whose limits changed keeps its sessions"
     );
+    assert_eq!(
+        host.server("Tune").await["max_connections"],
+        20,
+        "and takes the new ones"
+    );
     assert_eq!(report["unchanged"], serde_json::json!(["Keep", "Own"]));
 
     assert_eq!(

@@ -4,13 +4,14 @@
 //! seen from inside an agent — in the host), so an operation one of them lacks is a compile
 //! error, not a wrong answer.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
 use supersocket_proto::agent::Counters;
-use supersocket_proto::{Isolation, ListenerInfo, SessionInfo};
+use supersocket_proto::{Isolation, SessionInfo};
 use tokio_util::sync::CancellationToken;
 
 use super::Instance;
@@ -53,12 +54,9 @@ pub(crate) trait Run: Send {
     /// fires), then closes the rest.
     fn stop(self: Box<Self>, drain: Duration, hurry: CancellationToken) -> BoxFuture<'static, ()>;
     /// Takes a config whose every change is live ([`crate::config::changes`]) without closing
-    /// a session; answers the listeners it now serves on when they are its own to bind (`None`:
-    /// the run takes the config another way, as an agent does from the host's view).
-    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Option<Vec<ListenerInfo>>, StartError>> {
-        let _ = config;
-        Box::pin(std::future::ready(Ok(None)))
-    }
+    /// a session, all of it or (with the error) none of it; answers the addresses its listeners
+    /// hold now.
+    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Vec<SocketAddr>, StartError>>;
 
     /// Whether the run ended on its own (a supervisor that gave up).
     fn ended(&self) -> bool {

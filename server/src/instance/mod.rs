@@ -38,6 +38,15 @@ async fn finish_detached<T: Send + 'static>(operation: impl Future<Output = T> +
     }
 }
 
+/// How a listener bound at `addr` is reported.
+pub(crate) fn listener_info(addr: SocketAddr, tls: bool) -> ListenerInfo {
+    ListenerInfo {
+        ip: addr.ip().to_string(),
+        port: addr.port(),
+        tls,
+    }
+}
+
 /// How long a start waits for a run that is restarting to serve again.
 const RESTART_WAIT: Duration = Duration::from_secs(15);
 
@@ -228,31 +237,27 @@ impl Instance {
         .await
     }
 
-    /// Takes a changed config whose every change is live ([`crate::config::changes`]) while
-    /// it runs, closing no session: limits apply to the run, listeners move (the new ones bound
-    /// first; if they cannot be, nothing changes). Runs to its end even if the caller stops
-    /// waiting.
+    /// Takes a changed config whose every change is live ([`crate::config::changes`]), closing
+    /// no session. A run takes it at once: limits apply to what it does next, listeners move
+    /// (the new ones are bound first; if they cannot be, nothing changes and the error is
+    /// returned). An instance that does not run just takes it. Serialised with start and stop,
+    /// and runs to its end even if the caller stops waiting.
     pub(crate) async fn update(self: &Arc<Self>, config: ServerConfig) -> Result<(), StartError> {
         let this = self.clone();
         finish_detached(async move {
             let mut run = this.run.lock().await;
             let config = Arc::new(config);
-            if let Some(current) = run.as_mut().filter(|r| !r.ended())
-                && let Some(listeners) = current.update(config.clone()).await?
-            {
-                let held = listeners
-                    .iter()
-                    .filter_map(|l| format!("{}:{}", l.ip, l.port).parse().ok())
-                    .collect();
+            if let Some(current) = run.as_mut().filter(|r| !r.ended()) {
+                let held = current.update(config.clone()).await?;
                 let mut status = this.status();
-                status.held = held;
                 if status.state == ServerState::Running {
-                    status.listeners = listeners;
+                    let tls = config.tls.is_some();
+                    status.listeners = held.iter().map(|addr| listener_info(*addr, tls)).collect();
                 }
+                status.held = held;
             }
             this.set_config(config);
-            // The agents' views carry configs: an agent running it takes the new one from its
-            // next view (and the host waits for that before it answers).
+            // Agents learn the other instances' configs from their views.
             this.topology_changed();
             Ok(())
         })

@@ -2,7 +2,9 @@
 //! runs one instance on the listening sockets the host hands over, answers the host's requests
 //! over the channel at descriptor 3, reports its counters, and reaches the host's other
 //! instances: those in agents over the sockets the host paired it with, the rest (and any
-//! agent whose socket is gone) through the host. It ends when the host hangs up or dies.
+//! agent whose socket is gone) through the host. Live changes of its instance's config come
+//! straight from the host ([`Op::Update`]) and are taken one at a time, in the order they came.
+//! It ends when the host hangs up or dies.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -16,6 +18,7 @@ use bytes::Bytes;
 use nix::sys::signal::{SigHandler, Signal};
 use supersocket_proto::agent::{Event, Init, Op, View};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use super::link::{Link, Serve};
 use super::remote::Remote;
@@ -24,6 +27,7 @@ use super::supervisor::STATS_EVERY;
 use crate::config::{AGENT_THREADS, Isolation, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, RouteFn};
 use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
+use crate::outcome::OpError;
 use crate::runtime::types::ServerTypes;
 use crate::runtime::{Handed, LocalLaunch};
 use crate::session::SessionId;
@@ -117,6 +121,7 @@ async fn run(
     };
     let config = in_agent(init.server);
     let directory = Arc::new(Directory::new(routes, types.writers()));
+    let (changes, to_take) = mpsc::unbounded_channel();
     let env = |launchers| InstanceEnv {
         launchers,
         topology: directory.topology(),
@@ -131,7 +136,8 @@ async fn run(
         link: OnceLock::new(),
         env: env(Launchers::default()),
         stopped: AtomicBool::new(false),
-        handed: Handed::default(),
+        arriving: Mutex::default(),
+        changes,
     });
     for (server, fd) in init.links.iter().zip(links) {
         agent.link_to(server, fd);
@@ -146,7 +152,8 @@ async fn run(
         }
     };
     let host = HostHandle(Arc::downgrade(&directory));
-    let launch = LocalLaunch::with_listeners(types, host, listeners, agent.handed.clone());
+    let handed = Handed::default();
+    let launch = LocalLaunch::with_listeners(types, host, listeners, handed.clone());
     let local = Arc::new(Instance::new(
         config,
         env(Launchers {
@@ -156,8 +163,8 @@ async fn run(
     ));
     let _ = agent.local.set(local.clone());
     // The host's instances are known before the service starts.
-    // (Its own config in the view is the one it starts with.)
-    let _ = agent.mirror(init.view);
+    agent.mirror(init.view);
+    tokio::spawn(take_changes(local.clone(), link.clone(), handed, to_take));
     if let Err(e) = local.start().await {
         agent.fail(&link, e.0).await;
         return false;
@@ -185,6 +192,29 @@ fn in_agent(config: serde_json::Value) -> Result<ServerConfig, serde_json::Error
     })
 }
 
+/// A live change of the agent's own instance, as the host asked it.
+struct Change {
+    /// The request, answered once the change is taken.
+    id: u64,
+    config: ServerConfig,
+    /// The sockets for the listeners it adds, in order.
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Takes the changes one at a time, in the order the host asked them, and answers each.
+async fn take_changes(local: Arc<Instance>, link: Link, handed: Handed, mut changes: mpsc::UnboundedReceiver<Change>) {
+    while let Some(Change { id, config, sockets }) = changes.recv().await {
+        *handed.lock().unwrap_or_else(|e| e.into_inner()) = sockets;
+        let taken = local.update(config).await;
+        link.reply(
+            id,
+            taken
+                .map(|()| serde_json::Value::Null)
+                .map_err(|e| OpError::Refused(e.0)),
+        );
+    }
+}
+
 /// One of the host's other instances, and the way to it (through the host).
 type Peer = (Arc<Instance>, Arc<Remote>);
 
@@ -205,8 +235,11 @@ struct Agent {
     env: InstanceEnv,
     /// The host stopped the instance.
     stopped: AtomicBool,
-    /// Listening sockets the host bound for a live change of the instance's listeners.
-    handed: Handed,
+    /// Listening sockets the host handed over for the next live change, in order.
+    arriving: Mutex<Vec<std::net::TcpListener>>,
+    /// Where live changes go to be taken in order (the host asks one at a time, so this holds
+    /// more only when it stopped waiting for an answer).
+    changes: mpsc::UnboundedSender<Change>,
 }
 
 impl Agent {
@@ -218,12 +251,11 @@ impl Agent {
 
     /// Takes the host's view: its own instance keeps its place in the host's order (the
     /// dispatcher indexes it), every other one is a view of the host's whose operations go
-    /// through the host. Answers its own instance's config when the view brings a new one.
-    fn mirror(&self, view: View) -> Option<ServerConfig> {
+    /// through the host.
+    fn mirror(&self, view: View) {
         let (Some(local), Some(link)) = (self.local.get(), self.link.get()) else {
-            return None;
+            return;
         };
-        let mut own = None;
         let mut peers = self.peers();
         let mut ordered = Vec::with_capacity(view.instances.len());
         let mut next = HashMap::with_capacity(view.instances.len());
@@ -231,7 +263,6 @@ impl Agent {
             let name = peer.info.name.clone();
             if name == local.name() {
                 ordered.push(local.clone());
-                own = peer.config.and_then(|config| in_agent(config).ok());
                 continue;
             }
             let config = match peer.config.map(serde_json::from_value::<ServerConfig>) {
@@ -268,8 +299,6 @@ impl Agent {
         *peers = next;
         drop(peers);
         self.directory.replace(ordered);
-        // The first view repeats the config the agent started with.
-        own.filter(|config| *config != *local.config())
     }
 }
 
@@ -324,15 +353,12 @@ fn counters_of(info: &supersocket_proto::ServerInfo) -> supersocket_proto::agent
 impl Serve for Agent {
     fn request(&self, link: &Link, id: u64, op: Op, payload: Bytes) {
         let Some(local) = self.local.get().cloned() else {
-            return link.reply(id, Err(crate::outcome::OpError::NotRunning));
+            return link.reply(id, Err(OpError::NotRunning));
         };
         let from_host = self.link.get().is_some_and(|host| host.same(link));
         match op {
-            Op::Stop { .. } | Op::Sync(_) if !from_host => {
-                link.reply(
-                    id,
-                    Err(crate::outcome::OpError::Refused("only the host asks that".into())),
-                );
+            Op::Stop { .. } | Op::Sync(_) | Op::Update { .. } if !from_host => {
+                link.reply(id, Err(OpError::Refused("only the host asks that".into())));
             }
             Op::Stop { timeout_ms } => {
                 self.stopped.store(true, Ordering::Release);
@@ -342,20 +368,21 @@ impl Serve for Agent {
                     link.reply(id, Ok(serde_json::Value::Null));
                 });
             }
-            Op::Sync(view) => match self.mirror(view) {
-                // Its own config changed (live: a change that is not restarts the agent): the
-                // view is acknowledged once the instance has taken it.
-                Some(config) => {
-                    let link = link.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = local.update(config).await {
-                            tracing::error!(server = %local.name(), "cannot take the new config: {e}");
-                        }
-                        link.reply(id, Ok(serde_json::Value::Null));
-                    });
+            Op::Sync(view) => {
+                self.mirror(view);
+                link.reply(id, Ok(serde_json::Value::Null));
+            }
+            Op::Update { config } => {
+                // The sockets that came before this request are this change's.
+                let sockets = std::mem::take(&mut *self.arriving.lock().unwrap_or_else(|e| e.into_inner()));
+                let change = match in_agent(config) {
+                    Ok(config) => Change { id, config, sockets },
+                    Err(e) => return link.reply(id, Err(OpError::Refused(format!("bad server config: {e}")))),
+                };
+                if self.changes.send(change).is_err() {
+                    link.reply(id, Err(OpError::NotRunning));
                 }
-                None => link.reply(id, Ok(serde_json::Value::Null)),
-            },
+            }
             op => {
                 // Only its own instance is served here; the host reaches the others itself.
                 let target = (server_of(&op) == Some(local.name())).then_some(local);
@@ -373,10 +400,10 @@ impl Serve for Agent {
             },
             (Event::Listener { server }, true) => match link.take_fd() {
                 Some(socket) => self
-                    .handed
+                    .arriving
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push_back(std::net::TcpListener::from(socket)),
+                    .push(std::net::TcpListener::from(socket)),
                 None => tracing::error!(%server, "the host named a listener without its socket"),
             },
             _ => {}

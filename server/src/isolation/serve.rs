@@ -16,7 +16,7 @@ use crate::outcome::{OpError, Pending};
 use crate::session::SessionId;
 
 /// Carries out `op` on `target` (`None`: no such instance here) and replies to request `id`.
-/// `Stop` and `Sync` are not operations on an instance; the agent answers them itself.
+/// `Stop`, `Sync` and `Update` are not operations on an instance; the agent answers them itself.
 pub(crate) fn serve(link: &Link, id: u64, op: Op, payload: Bytes, target: Option<Arc<Instance>>) {
     let Some(target) = target else {
         return link.reply(id, Err(OpError::NotRunning));
@@ -50,7 +50,7 @@ pub(crate) fn serve(link: &Link, id: u64, op: Op, payload: Bytes, target: Option
                 link.reply(id, kicked.map(|()| Value::Null));
             });
         }
-        Op::Stop { .. } | Op::Sync(_) => {
+        Op::Stop { .. } | Op::Sync(_) | Op::Update { .. } => {
             link.reply(id, Err(OpError::Refused("not an operation on an instance".into())))
         }
     }
@@ -76,6 +76,6 @@ pub(crate) fn server_of(op: &Op) -> Option<&str> {
         | Op::Call { server, .. }
         | Op::Sessions { server, .. }
         | Op::Kick { server, .. } => Some(server),
-        Op::Stop { .. } | Op::Sync(_) => None,
+        Op::Stop { .. } | Op::Sync(_) | Op::Update { .. } => None,
     }
 }

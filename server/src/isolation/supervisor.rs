@@ -10,14 +10,13 @@
 //! - after `max_retries` unstable starts (runs shorter than [`STABLE_AFTER`]) it is `failed`;
 //! - a stop asks the agent to drain and kills it at the bound; a stop during a back-off starts
 //!   one more agent to serve (and so drain) the connections waiting in the backlog;
-//! - a live change of listeners binds the new ones here, hands them to the running agent (and
-//!   to every later one), and lets go of the host's copies of the old ones; the agent then
-//!   moves its accept loops when its view brings the new config.
+//! - a live change reaches the agent that runs at once, and every later one with its start
+//!   ([`Handover`]).
 //!
 //! Starting agents is behind [`Spawn`], so that the policy can be tested with fake agents and
 //! a paused clock.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::handover::Handover;
 use super::link::{Link, Serve};
 use super::remote::{Remote, SILENCE_REPORTED};
 use super::serve::{serve, server_of};
@@ -39,7 +39,7 @@ use crate::config::ServerConfig;
 use crate::dispatch::Directory;
 use crate::instance::{Ending, HostLife, Instance, Launch, Run, StartError};
 use crate::outcome::BoxFuture;
-use crate::runtime::listener::{bind_all, match_held};
+use crate::runtime::listener::bind_all;
 use crate::session::SessionId;
 
 /// How long an agent may take to report ready.
@@ -78,20 +78,23 @@ impl Launch for AgentLaunch {
     fn launch<'a>(&'a self, instance: &'a Arc<Instance>) -> BoxFuture<'a, Result<Box<dyn Run>, StartError>> {
         Box::pin(async move {
             let config = instance.config();
-            let listeners = tokio::task::spawn_blocking(move || bind_all(&config))
-                .await
-                .map_err(|_| StartError("the start was cut short".into()))?
-                .map_err(StartError)?;
+            let listeners = tokio::task::spawn_blocking({
+                let config = config.clone();
+                move || bind_all(&config)
+            })
+            .await
+            .map_err(|_| StartError("the start was cut short".into()))?
+            .map_err(StartError)?;
             instance.hold(listeners.iter().filter_map(|l| l.local_addr().ok()).collect());
             let (first, started) = oneshot::channel();
             let (stop, stop_asked) = watch::channel(None);
             let start_now = Arc::new(Notify::new());
             let remote = Arc::new(Remote::new(instance.name()));
-            let listeners = Arc::new(Mutex::new(listeners));
+            let handover = Arc::new(Handover::new(config, listeners));
             let supervisor = Supervisor {
                 instance: instance.clone(),
                 remote: remote.clone(),
-                listeners: listeners.clone(),
+                handover: handover.clone(),
                 directory: self.directory.clone(),
                 views: self.views.clone(),
                 spawner: self.spawner.clone(),
@@ -103,9 +106,8 @@ impl Launch for AgentLaunch {
             let task = tokio::spawn(supervisor.run(first));
             match started.await {
                 Ok(Ok(())) => Ok(Box::new(AgentRun {
-                    instance: instance.clone(),
                     remote,
-                    listeners,
+                    handover,
                     stop,
                     start_now,
                     supervisor: task,
@@ -120,16 +122,11 @@ impl Launch for AgentLaunch {
 /// What a stop asks: the drain bound, and the token that cuts it short.
 type StopAsk = Option<(Duration, CancellationToken)>;
 
-/// The host's copies of an instance's listening sockets, in the order of its config's listeners:
-/// each agent is handed them.
-type HostListeners = Arc<Mutex<Vec<TcpListener>>>;
-
 /// A supervised process instance.
 struct AgentRun {
-    instance: Arc<Instance>,
     /// Reaches the agent that runs now, if one does.
     remote: Arc<Remote>,
-    listeners: HostListeners,
+    handover: Arc<Handover>,
     stop: watch::Sender<StopAsk>,
     /// Ends a back-off at once (an explicit start).
     start_now: Arc<Notify>,
@@ -137,59 +134,8 @@ struct AgentRun {
 }
 
 impl Run for AgentRun {
-    /// Limits reach the agent with its next view; a change of listeners is bound here first
-    /// (all or none), the new sockets handed to the agent, and the host's copies of the old
-    /// ones let go (the agent closes its own once it has taken their backlog).
-    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Option<Vec<ListenerInfo>>, StartError>> {
-        Box::pin(async move {
-            let held = self.instance.config().listeners.clone();
-            if held == config.listeners {
-                return Ok(None);
-            }
-            let matched = match_held(&held, &config.listeners);
-            let to_bind = ServerConfig {
-                listeners: (config.listeners.iter().zip(&matched))
-                    .filter(|(_, held)| held.is_none())
-                    .map(|(wanted, _)| wanted.clone())
-                    .collect(),
-                ..(*config).clone()
-            };
-            let bound = tokio::task::spawn_blocking(move || bind_all(&to_bind))
-                .await
-                .map_err(|_| StartError("the bind was cut short".into()))?
-                .map_err(StartError)?;
-            if let Some(link) = self.remote.link() {
-                for socket in &bound {
-                    let copy = socket
-                        .try_clone()
-                        .map_err(|e| StartError(format!("cannot hand over a listener: {e}")))?;
-                    let server = self.instance.name().to_owned();
-                    link.event_with_fd(Event::Listener { server }, copy.into());
-                }
-            }
-            let mut bound = bound.into_iter();
-            let mut sockets = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-            let mut old: Vec<Option<TcpListener>> = std::mem::take(&mut *sockets).into_iter().map(Some).collect();
-            for matched in matched {
-                let socket = match matched.and_then(|i| old.get_mut(i)?.take()) {
-                    Some(socket) => socket,
-                    None => bound.next().expect("one socket bound per listener not held"),
-                };
-                sockets.push(socket);
-            }
-            let tls = config.tls.is_some();
-            Ok(Some(
-                sockets
-                    .iter()
-                    .filter_map(|s| s.local_addr().ok())
-                    .map(|addr| ListenerInfo {
-                        ip: addr.ip().to_string(),
-                        port: addr.port(),
-                        tls,
-                    })
-                    .collect(),
-            ))
-        })
+    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Vec<SocketAddr>, StartError>> {
+        Box::pin(self.handover.change(config, &self.remote))
     }
 
     fn stop(self: Box<Self>, timeout: Duration, hurry: CancellationToken) -> BoxFuture<'static, ()> {
@@ -212,8 +158,8 @@ struct Supervisor {
     instance: Arc<Instance>,
     /// The instance's backend for the whole run: attached to each agent in turn.
     remote: Arc<Remote>,
-    /// The host's copies of the listening sockets, handed to each agent.
-    listeners: HostListeners,
+    /// What each agent is given.
+    handover: Arc<Handover>,
     directory: Weak<Directory>,
     views: Arc<Views>,
     spawner: Arc<dyn Spawn>,
@@ -249,7 +195,6 @@ impl Supervisor {
         let mut stop_when_up: StopAsk = None;
         let mut replaced_to_drain = false;
         loop {
-            let restart = self.instance.config().restart;
             // A stop asked while an agent starts waits for the start to end (no half-started
             // agent is left behind), then stops that agent like any other.
             let launched = {
@@ -302,7 +247,8 @@ impl Supervisor {
                         }
                         Ended::Exited(exit) => {
                             self.agent_gone(&agent);
-                            let again = match restart.policy {
+                            // The policy as it is now: a live change applies to the next decision.
+                            let again = match self.handover.config().restart.policy {
                                 RestartPolicy::Always => true,
                                 RestartPolicy::OnFailure => !exit.is_clean(),
                                 RestartPolicy::Never => false,
@@ -332,6 +278,7 @@ impl Supervisor {
                     error
                 }
             };
+            let restart = self.handover.config().restart;
             unstable += 1;
             if unstable > restart.max_retries {
                 let error = format!("{error}; gave up after {} unstable starts", restart.max_retries);
@@ -362,12 +309,16 @@ impl Supervisor {
         }
     }
 
-    /// Starts one agent, hands it the listeners and waits until it is ready; an agent that is
-    /// to serve (`announce`) is paired with the others, reported running, and kept told of the
-    /// other instances.
+    /// Starts one agent, hands it the config and listeners and waits until it is ready; an
+    /// agent that is to serve (`announce`) is paired with the others, reported running, and
+    /// kept told of the other instances. A live change waits until it is attached (or gone).
     async fn launch_agent(&self, announce: bool) -> Result<Agent, String> {
         let name = self.instance.name();
-        let config = self.instance.config();
+        let _turn = self.handover.turn().await;
+        let (config, listeners) = self
+            .handover
+            .for_agent()
+            .map_err(|e| format!("cannot share the listeners: {e}"))?;
         let admission = self.views.admission().await;
         let mut seen = Default::default();
         let view = self.views.view(&mut seen);
@@ -384,9 +335,6 @@ impl Supervisor {
             view,
             links,
         };
-        let listeners = self
-            .host_listeners()
-            .map_err(|e| format!("cannot share the listeners: {e}"))?;
         let (process, stream) = self.spawner.spawn(name, init, &listeners, ends).await?;
         drop(listeners);
         let (ready, first_word) = oneshot::channel();
@@ -439,20 +387,6 @@ impl Supervisor {
         }
     }
 
-    /// Copies of the host's listening sockets, for an agent about to start.
-    fn host_listeners(&self) -> std::io::Result<Vec<TcpListener>> {
-        let sockets = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        sockets.iter().map(TcpListener::try_clone).collect()
-    }
-
-    fn holds_listeners(&self) -> bool {
-        !self.listeners.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-    }
-
-    fn let_go_of_listeners(&self) {
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
     /// Keeps the counters of an agent that ended and detaches it.
     fn agent_gone(&mut self, agent: &Agent) {
         agent.link.close();
@@ -492,10 +426,10 @@ impl Supervisor {
                     _ = agent.process.exited() => break,
                     // Heard from after the ask: it takes its backlog itself, and the ports close
                     // once its copies do.
-                    () = heard_since(&agent.link, asked_at), if self.holds_listeners() => self.let_go_of_listeners(),
+                    () = heard_since(&agent.link, asked_at), if self.handover.holds_listeners() => self.handover.let_go_of_listeners(),
                     // One that freezes while it drains is not waited for.
                     () = silence(&agent.link) => {
-                        if self.holds_listeners() {
+                        if self.handover.holds_listeners() {
                             stopped = Stopped::Froze;
                         }
                         break;
@@ -585,6 +519,7 @@ impl Serve for FromAgent {
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
     use std::os::fd::OwnedFd;
 
     use supersocket_proto::{Isolation, ServerState};
@@ -592,7 +527,7 @@ mod tests {
 
     use super::super::spawn::AgentProcess;
     use super::*;
-    use crate::config::{RestartConfig, ServerConfig};
+    use crate::config::{ListenerConfig, RestartConfig, ServerConfig};
     use crate::instance::{InstanceEnv, Launchers};
 
     /// What a fake agent does once started.
@@ -607,10 +542,11 @@ mod tests {
     }
 
     /// Plays agents by script, one script per spawn (the last repeats); notes when each spawn
-    /// happened.
+    /// happened and what it was given: the listeners of its config and the sockets' addresses.
     struct Fake {
         scripts: Vec<Script>,
         spawns: Mutex<Vec<Instant>>,
+        given: Mutex<Vec<(Vec<ListenerConfig>, Vec<SocketAddr>)>>,
     }
 
     impl Serve for Fake {
@@ -624,11 +560,14 @@ mod tests {
         fn spawn<'a>(
             &'a self,
             _: &'a str,
-            _: Init,
-            _: &'a [TcpListener],
+            init: Init,
+            listeners: &'a [TcpListener],
             _: Vec<OwnedFd>,
         ) -> BoxFuture<'a, Result<(AgentProcess, tokio::net::UnixStream), String>> {
             Box::pin(async move {
+                let config: ServerConfig = serde_json::from_value(init.server).unwrap();
+                let addresses = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+                self.given.lock().unwrap().push((config.listeners, addresses));
                 let script = {
                     let mut spawns = self.spawns.lock().unwrap();
                     spawns.push(Instant::now());
@@ -643,6 +582,7 @@ mod tests {
                     Arc::new(Fake {
                         scripts: Vec::new(),
                         spawns: Mutex::default(),
+                        given: Mutex::default(),
                     }),
                 );
                 link.event(Event::Ready { listeners: Vec::new() });
@@ -680,6 +620,14 @@ mod tests {
 
     /// An instance whose agents `fake` plays, in a directory of its own.
     fn supervised(fake: Arc<Fake>, restart: RestartConfig) -> (Arc<Instance>, Arc<Directory>) {
+        supervised_on(fake, restart, Vec::new())
+    }
+
+    fn supervised_on(
+        fake: Arc<Fake>,
+        restart: RestartConfig,
+        listeners: Vec<ListenerConfig>,
+    ) -> (Arc<Instance>, Arc<Directory>) {
         let directory = Arc::new(Directory::new(Default::default(), Default::default()));
         let views = Arc::new(Views::new(Arc::downgrade(&directory)));
         let life = HostLife::default();
@@ -697,6 +645,7 @@ mod tests {
             server_type: "echo".into(),
             isolation: Isolation::Process,
             restart,
+            listeners,
             ..ServerConfig::default()
         };
         let instance = Arc::new(Instance::new(config, env));
@@ -708,6 +657,7 @@ mod tests {
         Arc::new(Fake {
             scripts,
             spawns: Mutex::default(),
+            given: Mutex::default(),
         })
     }
 
@@ -786,5 +736,41 @@ mod tests {
         assert!(info.last_error.unwrap().contains("did not answer"));
         instance.stop(Duration::from_secs(1)).await;
         assert_eq!(instance.state(), ServerState::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_live_move_of_the_listeners_every_new_agent_is_given_the_new_set() {
+        let listener = |ip: [u8; 4]| ListenerConfig {
+            ip: ip.into(),
+            port: 0,
+            backlog: 16,
+        };
+        // Each agent crashes a minute after its start and is restarted.
+        let agents = fake(vec![Script::Exit(Duration::from_secs(60), 1)]);
+        let restart = RestartConfig {
+            max_retries: 1000,
+            ..RestartConfig::default()
+        };
+        let (instance, _directory) = supervised_on(agents.clone(), restart, vec![listener([127, 0, 0, 1])]);
+        instance.start().await.unwrap();
+        let moved = ServerConfig {
+            listeners: vec![listener([127, 0, 0, 2])],
+            ..(*instance.config()).clone()
+        };
+        instance.update(moved.clone()).await.unwrap();
+        let held = instance.held();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+        // Wait for an agent started after the change (whether a crash came during it or not).
+        let before = agents.given.lock().unwrap().len();
+        while agents.given.lock().unwrap().len() < before + 1 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let given = agents.given.lock().unwrap();
+        assert!(
+            given[before..]
+                .iter()
+                .all(|agent| *agent == (moved.listeners.clone(), held.clone()))
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! SO_OOBINLINE, registers the session and spawns its task; backs off when the process is out
 //! of descriptors.
 //!
-//! At a stop it takes every connection the kernel has already queued before the listener
-//! closes, so none of them is reset: it first has the kernel drop new connection requests (a
+//! When its listener closes (at a stop, or a live change that drops the listener) it takes
+//! every connection the kernel has already queued, so none of them is reset: it first has the kernel drop new connection requests (a
 //! socket filter that drops SYN segments: their clients retry, and find the port closed), lets
 //! the handshakes under way complete, then accepts until the queue is empty.
 
@@ -24,7 +24,8 @@ use crate::session::{CloseReason, QueueLimits, SessionEntry};
 
 /// One listener and what it takes to spawn its sessions.
 pub(crate) struct AcceptLoop {
-    pub listener: TcpListener,
+    /// Shared with the run, which may change its backlog; it closes when both let go.
+    pub listener: Arc<TcpListener>,
     /// Cancelled to close the listener.
     pub listen: CancellationToken,
     pub admission: Admission,
@@ -72,8 +73,8 @@ impl AcceptLoop {
     }
 
     /// Takes every connection the kernel has already accepted for us, and those whose
-    /// handshake is under way; they drain like any session (the stop has begun, so each handles
-    /// what its peer sent, flushes and closes).
+    /// handshake is under way; they are served like any session (at a stop they drain: each
+    /// handles what its peer sent, flushes and closes).
     async fn take_backlog(self) {
         if let Err(e) = refuse_new_connections(&self.listener) {
             tracing::debug!(server = %self.admission.instance.name, "cannot filter new connections: {e}");
@@ -101,7 +102,7 @@ impl AcceptLoop {
     }
 }
 
-/// How long a stop waits for handshakes under way to complete before it closes a listener
+/// How long a closing listener waits for handshakes under way to complete
 /// (loopback and a LAN take well under a millisecond).
 const HANDSHAKES_UNDER_WAY: Duration = Duration::from_millis(20);
 

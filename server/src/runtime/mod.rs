@@ -5,6 +5,10 @@
 //! Layout: `listener` binds, `accept` takes connections (and, at a stop, the backlog),
 //! `driver` runs a session with `buffers` its worker lends it, `types` is the catalog of
 //! server types.
+//!
+//! A live change of config ([`Run::update`]) reaches a run here: the limits through its
+//! [`InstanceContext`] (read once per accept and once per session, never per message), the
+//! listeners by a move that starts accepting on the new ones before the old ones close.
 
 pub(crate) mod accept;
 pub(crate) mod driver;
@@ -12,7 +16,7 @@ pub(crate) mod listener;
 mod steps;
 pub(crate) mod types;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +32,7 @@ use self::types::{ErasedService, ServerTypes};
 use crate::config::{ListenerConfig, ServerConfig};
 use crate::context::InstanceContext;
 use crate::dispatch::HostHandle;
-use crate::instance::{Backend, Instance, Launch, REQUEST_DEADLINE, Run, StartError};
+use crate::instance::{Backend, Instance, Launch, REQUEST_DEADLINE, Run, StartError, listener_info};
 use crate::outcome::{BoxFuture, OpError, Pending};
 use crate::session::{CloseReason, SessionId};
 
@@ -38,14 +42,13 @@ pub(crate) struct LocalLaunch {
     host: HostHandle,
     /// Listening sockets the host handed over (in an agent), used instead of binding.
     handed_over: Mutex<Option<Vec<TcpListener>>>,
-    /// Where sockets the host hands over later arrive (in an agent), for live changes of the
-    /// listeners.
+    /// Where the sockets for a live change of the listeners arrive (in an agent).
     handed_later: Option<Handed>,
 }
 
-/// Listening sockets the host bound for an agent's live change of listeners, in the order they
-/// came.
-pub(crate) type Handed = Arc<Mutex<std::collections::VecDeque<TcpListener>>>;
+/// The listening sockets the host bound for the live change an agent is taking, in the order
+/// of the new listeners it did not hold (the agent puts them here just before the change).
+pub(crate) type Handed = Arc<Mutex<Vec<TcpListener>>>;
 
 impl LocalLaunch {
     pub(crate) fn new(types: ServerTypes, host: HostHandle) -> Self {
@@ -57,8 +60,8 @@ impl LocalLaunch {
         }
     }
 
-    /// A launcher whose first run serves `listeners` instead of binding its own, and takes
-    /// new ones from `later` rather than binding them.
+    /// A launcher whose first run serves `listeners` instead of binding its own, and whose
+    /// runs take the sockets of a live change from `later` rather than binding them.
     pub(crate) fn with_listeners(
         types: ServerTypes,
         host: HostHandle,
@@ -184,10 +187,7 @@ impl Prepared {
             handle,
             handed: None,
         };
-        for (listener, config) in self.listeners.into_iter().zip(&config.listeners) {
-            let listening = run.accept_on(listener, config.clone())?;
-            run.accept_loops.push(listening);
-        }
+        run.accept_loops = run.accept_all(self.listeners.into_iter().zip(&config.listeners))?;
         let infos = run.listeners();
         Ok((run, infos, backend))
     }
@@ -197,9 +197,25 @@ impl Prepared {
 struct Listening {
     config: ListenerConfig,
     info: ListenerInfo,
+    /// The socket, shared with its accept loop (a live change may give it a new backlog).
+    socket: Arc<tokio::net::TcpListener>,
     /// Cancelled to close this listener alone (a child of the run's `listen`).
     listen: CancellationToken,
     accept_loop: JoinHandle<()>,
+}
+
+impl std::os::fd::AsFd for Listening {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl Listening {
+    /// Closes it once its accept loop has taken the connections queued in its backlog.
+    async fn close(self) {
+        self.listen.cancel();
+        let _ = self.accept_loop.await;
+    }
 }
 
 /// The handles of a run in this process.
@@ -223,12 +239,13 @@ impl LocalRun {
     fn accept_on(&self, listener: TcpListener, config: ListenerConfig) -> Result<Listening, StartError> {
         let addr = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
         let listen = self.listen.child_token();
+        // Registered with the reactor of the runtime it runs on.
+        let socket = {
+            let _enter = self.handle.enter();
+            Arc::new(tokio::net::TcpListener::from_std(listener).map_err(|e| StartError(e.to_string()))?)
+        };
         let accept = AcceptLoop {
-            // Registered with the reactor of the runtime it runs on.
-            listener: {
-                let _enter = self.handle.enter();
-                tokio::net::TcpListener::from_std(listener).map_err(|e| StartError(e.to_string()))?
-            },
+            listener: socket.clone(),
             listen: listen.clone(),
             admission: Admission {
                 tls: self.tls.clone(),
@@ -240,18 +257,36 @@ impl LocalRun {
         };
         Ok(Listening {
             config,
-            info: ListenerInfo {
-                ip: addr.ip().to_string(),
-                port: addr.port(),
-                tls: self.tls.is_some(),
-            },
+            info: listener_info(addr, self.tls.is_some()),
+            socket,
             listen,
             accept_loop: self.handle.spawn(accept.run()),
         })
     }
 
-    /// Sockets for the listeners of `config`: bound here, or in an agent taken from those the
-    /// host bound and handed over (all or none).
+    /// Starts accepting on every one of `listeners`, or on none: if one cannot start, those
+    /// started close again (their connections become sessions like any other).
+    fn accept_all<'a>(
+        &self,
+        listeners: impl IntoIterator<Item = (TcpListener, &'a ListenerConfig)>,
+    ) -> Result<Vec<Listening>, StartError> {
+        let mut started = Vec::new();
+        for (listener, config) in listeners {
+            match self.accept_on(listener, config.clone()) {
+                Ok(listening) => started.push(listening),
+                Err(error) => {
+                    for listening in started {
+                        self.handle.spawn(listening.close());
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    /// Sockets for the listeners of `config`: bound here, or in an agent those the host bound
+    /// and handed over for this change.
     async fn new_sockets(&self, config: ServerConfig) -> Result<Vec<TcpListener>, StartError> {
         let Some(handed) = &self.handed else {
             return tokio::task::spawn_blocking(move || listener::bind_all(&config))
@@ -259,69 +294,65 @@ impl LocalRun {
                 .map_err(|_| StartError("the bind was cut short".into()))?
                 .map_err(StartError);
         };
-        let mut handed = handed.lock().unwrap_or_else(|e| e.into_inner());
+        let handed = std::mem::take(&mut *handed.lock().unwrap_or_else(|e| e.into_inner()));
         let needed = config.listeners.len();
-        if handed.len() < needed {
+        if handed.len() != needed {
             return Err(StartError(format!(
-                "the host handed over {} of the {needed} new listening sockets",
+                "the host handed over {} listening sockets for the {needed} new listeners",
                 handed.len()
             )));
         }
-        Ok(handed.drain(..needed).collect())
+        Ok(handed)
     }
 
     fn listeners(&self) -> Vec<ListenerInfo> {
         self.accept_loops.iter().map(|l| l.info.clone()).collect()
     }
 
-    /// Moves to the listeners of `config`: each listener it lists keeps a socket held for the
-    /// same address (one each; a new `backlog` takes effect at the next start), the others are
-    /// bound (all or none, or nothing changes); then the held ones it no longer lists close,
-    /// each once its backlog is taken. The sessions of every listener stay.
+    fn addresses(&self) -> Vec<SocketAddr> {
+        self.accept_loops
+            .iter()
+            .filter_map(|l| l.socket.local_addr().ok())
+            .collect()
+    }
+
+    /// Moves to the listeners of `config` (see [`listener::Move`]): the new ones are bound and
+    /// accept (all of them, or nothing changes), then the old ones that are gone close, each
+    /// once its backlog is taken. The sessions of every listener stay.
     async fn move_listeners(&mut self, config: &ServerConfig) -> Result<(), StartError> {
         let held: Vec<ListenerConfig> = self.accept_loops.iter().map(|l| l.config.clone()).collect();
-        let matched = listener::match_held(&held, &config.listeners);
-        let to_bind = ServerConfig {
-            listeners: (config.listeners.iter().zip(&matched))
-                .filter(|(_, held)| held.is_none())
-                .map(|(wanted, _)| wanted.clone())
-                .collect(),
-            ..config.clone()
+        let plan = listener::Move::new(&held, config);
+        // A move that only drops listeners closes them without leaving the runtime first.
+        let sockets = match plan.fresh().next() {
+            Some(_) => self.new_sockets(plan.to_bind()).await?,
+            None => Vec::new(),
         };
-        let mut bound = self.new_sockets(to_bind).await?.into_iter();
-        let mut held: Vec<Option<Listening>> = std::mem::take(&mut self.accept_loops).into_iter().map(Some).collect();
-        for (wanted, matched) in config.listeners.iter().zip(matched) {
-            let listening = match matched.and_then(|i| held[i].take()) {
-                Some(listening) => Listening {
-                    config: wanted.clone(),
-                    ..listening
-                },
-                None => {
-                    let socket = bound.next().expect("one socket bound per listener not held");
-                    self.accept_on(socket, wanted.clone())?
-                }
-            };
+        let fresh = self.accept_all(sockets.into_iter().zip(plan.fresh()))?;
+        let (serving, gone) = plan.arrange(std::mem::take(&mut self.accept_loops), fresh);
+        for (mut listening, wanted) in serving {
+            listening.config = wanted.clone();
             self.accept_loops.push(listening);
         }
-        for listening in held.into_iter().flatten() {
-            listening.listen.cancel();
-            let _ = listening.accept_loop.await;
+        for listening in gone {
+            listening.close().await;
         }
         Ok(())
     }
 }
 
 impl Run for LocalRun {
-    /// Takes a config whose changes are all live: new limits apply to the next connections
-    /// (and `idle_timeout` at the next sweep), listeners move.
-    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Option<Vec<ListenerInfo>>, StartError>> {
+    /// Takes a config whose changes are all live: the listeners move first (if they cannot,
+    /// nothing changes); then the limits apply — `max_connections` from the next accept,
+    /// `idle_timeout` from the sweeper's next look, `max_package_length` and the send queue's
+    /// bounds to the sessions opened from now on (an open session keeps those it opened with).
+    fn update(&mut self, config: Arc<ServerConfig>) -> BoxFuture<'_, Result<Vec<SocketAddr>, StartError>> {
         Box::pin(async move {
-            let context = self.backend.context.clone();
-            if context.config().listeners != config.listeners {
+            let held = self.accept_loops.iter().map(|l| &l.config);
+            if !held.eq(&config.listeners) {
                 self.move_listeners(&config).await?;
             }
-            context.set_config(config);
-            Ok(Some(self.listeners()))
+            self.backend.context.set_config(config);
+            Ok(self.addresses())
         })
     }
 
@@ -331,7 +362,7 @@ impl Run for LocalRun {
         Box::pin(async move {
             self.listen.cancel();
             for listening in self.accept_loops {
-                let _ = listening.accept_loop.await;
+                listening.close().await;
             }
             let context = &self.backend.context;
             self.backend.service.stopping(context);
@@ -435,9 +466,112 @@ fn start<T: Send + 'static>(runtime: &tokio::runtime::Handle, mut future: BoxFut
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::sync::Arc;
 
-    use super::{Started, start};
+    use super::{LocalLaunch, Started, start};
+    use crate::config::{ListenerConfig, ServerConfig};
+    use crate::dispatch::{Directory, HostHandle};
+    use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
+    use crate::runtime::types::ServerTypes;
+    use crate::services::EchoService;
+
+    fn listener(ip: [u8; 4]) -> ListenerConfig {
+        ListenerConfig {
+            ip: ip.into(),
+            port: 0,
+            backlog: 64,
+        }
+    }
+
+    /// An `echo` instance run in this process on `listeners`, and the directory it lives in.
+    fn echo_on(listeners: Vec<ListenerConfig>) -> (Arc<Instance>, Arc<Directory>) {
+        let mut types = ServerTypes::default();
+        types.register("echo", |_: &_| Ok::<_, String>(EchoService));
+        let directory = Arc::new(Directory::new(Default::default(), Default::default()));
+        let launch = LocalLaunch::new(types, HostHandle(Arc::downgrade(&directory)));
+        let env = InstanceEnv {
+            launchers: Launchers {
+                none: Some(Arc::new(launch)),
+                ..Launchers::default()
+            },
+            topology: directory.topology(),
+            life: HostLife::default(),
+        };
+        let config = ServerConfig {
+            name: "Echo".into(),
+            server_type: "echo".into(),
+            listeners,
+            ..ServerConfig::default()
+        };
+        (Arc::new(Instance::new(config, env)), directory)
+    }
+
+    fn echoes(stream: &mut std::net::TcpStream) -> bool {
+        let mut back = [0u8; 5];
+        stream.write_all(b"hello").is_ok() && stream.read_exact(&mut back).is_ok() && back == *b"hello"
+    }
+
+    /// On one thread nothing runs between the connects and the change: the connections are
+    /// still in the dropped listener's queue when it closes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_queued_on_a_listener_a_move_drops_are_served() {
+        let (instance, _directory) = echo_on(vec![listener([127, 0, 0, 1]), listener([127, 0, 0, 2])]);
+        instance.start().await.unwrap();
+        let (dropped, kept) = (instance.held()[0], instance.held()[1]);
+        // Every accept loop waits for its listener.
+        tokio::task::yield_now().await;
+        let mut queued: Vec<_> = (0..8).map(|_| std::net::TcpStream::connect(dropped).unwrap()).collect();
+        assert_eq!(instance.counters().total_sessions, 0, "none taken yet");
+        let moved = ServerConfig {
+            listeners: vec![listener([127, 0, 0, 2])],
+            ..(*instance.config()).clone()
+        };
+        instance.update(moved).await.unwrap();
+        assert_eq!(instance.held(), [kept]);
+        assert!(
+            std::net::TcpStream::connect(dropped).is_err(),
+            "the dropped listener is closed"
+        );
+        for stream in &mut queued {
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+        }
+        let served = tokio::task::spawn_blocking(move || queued.iter_mut().all(echoes));
+        assert!(served.await.unwrap(), "every queued connection is served");
+        instance.stop(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_move_to_a_port_in_use_changes_nothing() {
+        let (instance, _directory) = echo_on(vec![listener([127, 0, 0, 1])]);
+        instance.start().await.unwrap();
+        let before = instance.info().listeners;
+        let held = instance.held();
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let moved = ServerConfig {
+            listeners: vec![ListenerConfig {
+                port: busy.local_addr().unwrap().port(),
+                ..listener([127, 0, 0, 1])
+            }],
+            max_connections: 1,
+            ..(*instance.config()).clone()
+        };
+        let error = instance.update(moved).await.unwrap_err();
+        assert!(error.0.contains("is in use"), "{error}");
+        assert_eq!((instance.info().listeners, instance.held()), (before, held.clone()));
+        assert_eq!(
+            instance.config().max_connections,
+            ServerConfig::default().max_connections
+        );
+        let served = tokio::task::spawn_blocking(move || {
+            let mut streams = [(); 2].map(|()| std::net::TcpStream::connect(held[0]).unwrap());
+            streams.iter_mut().all(echoes)
+        });
+        assert!(served.await.unwrap(), "the old listener serves, under the old limit");
+        instance.stop(std::time::Duration::from_secs(1)).await;
+    }
 
     /// Calls that take a lock before they first wait, started one after another, take it in
     /// that order on a runtime of several workers (tasks spawned alone run in no promised order).

@@ -244,6 +244,65 @@ pub struct ReloadReport {
     pub unchanged: Vec<String>,
 }
 
+/// Data of a `state` event of `GET /api/v1/events`: an instance changed state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEvent {
+    /// The instance.
+    pub name: String,
+    /// Its new state.
+    pub state: ServerState,
+    /// Why it failed or stopped on its own, if it did.
+    pub last_error: Option<String>,
+}
+
+/// One running instance's counters in a `stats` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// The instance.
+    pub name: String,
+    /// Open sessions.
+    pub sessions: u64,
+    /// Bytes received since the host started.
+    pub bytes_in: u64,
+    /// Bytes sent since the host started.
+    pub bytes_out: u64,
+    /// Packages handled since the host started.
+    pub packages: u64,
+}
+
+/// Data of a `stats` event: every running instance's counters, once a second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsEvent {
+    /// The second it describes (RFC 3339 UTC).
+    pub at: String,
+    /// One entry per running instance, in config order.
+    pub servers: Vec<ServerStats>,
+}
+
+/// Data of a `config` event: a change of the config was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEvent {
+    /// The `ETag` of the config now.
+    pub etag: String,
+    /// What changed.
+    pub report: ReloadReport,
+}
+
+/// One second of an instance's history (`GET /api/v1/servers/{name}/history`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistorySample {
+    /// The second, in seconds since the Unix epoch.
+    pub at: u64,
+    /// Open sessions.
+    pub sessions: u64,
+    /// Bytes received since the host started.
+    pub bytes_in: u64,
+    /// Bytes sent since the host started.
+    pub bytes_out: u64,
+    /// Packages handled since the host started.
+    pub packages: u64,
+}
+
 /// What a config change does to one server (`POST /api/v1/config/check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -50,6 +50,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod dispatch;
+mod events;
 pub mod filter;
 pub mod host;
 pub mod instance;

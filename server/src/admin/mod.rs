@@ -4,6 +4,7 @@
 mod changes;
 mod error;
 mod guard;
+mod live;
 mod metrics;
 mod routes;
 mod serve;
@@ -47,6 +48,8 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route(&format!("{server}/stop"), post(routes::stop))
         .route(&format!("{server}/restart"), post(routes::restart))
         .route(&format!("{server}/sessions"), get(routes::sessions))
+        .route(&format!("{server}/history"), get(live::history))
+        .route("/events", get(live::events))
         .route(&format!("{server}/sessions/{{id}}"), delete(routes::kick))
         .route(&format!("{server}/sessions/{{id}}/send"), post(routes::send))
         .route("/route/{type}", get(routes::route))

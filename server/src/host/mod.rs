@@ -1,8 +1,10 @@
 //! The host: the registry of instances built from one config, their coordinated start at boot
 //! and stop at shutdown, reload, and the host-wide facts the admin API reports. The builder
 //! chooses where each isolation level runs (the launchers) and registers the built-in types.
-//! `writes` changes the config through the admin API.
+//! `writes` changes the config through the admin API; `live` keeps the live view (events and
+//! history).
 
+mod live;
 mod writes;
 
 use std::collections::HashMap;
@@ -150,7 +152,7 @@ impl HostBuilder {
             tracing::warn!("cannot read the config file again: {e}");
             Document::unreadable(&config.source)
         });
-        Host {
+        let host = Host {
             inner: Arc::new(HostInner {
                 types: self.types,
                 token_override: self.token_override,
@@ -161,11 +163,14 @@ impl HostBuilder {
                 writes: tokio::sync::Mutex::new(document),
                 config: RwLock::new(Current { config, generation: 0 }),
                 etag_key: std::hash::RandomState::new(),
+                live: Arc::default(),
                 directory,
                 started_at: SystemTime::now(),
                 started: Instant::now(),
             }),
-        }
+        };
+        host.keep_live_view();
+        host
     }
 }
 
@@ -213,6 +218,8 @@ struct HostInner {
     etag_key: std::hash::RandomState,
     /// Whether the config is in a file (else the embedded default, not written yet).
     persisted: std::sync::atomic::AtomicBool,
+    /// Events and history for the live view.
+    live: Arc<crate::events::Live>,
     /// Every instance, by name and type.
     directory: Arc<Directory>,
     started_at: SystemTime,
@@ -372,6 +379,7 @@ impl Host {
             added = ?report.added, removed = ?report.removed, changed = ?report.changed, updated = ?report.updated,
             unchanged = report.unchanged.len(), failed = failures.len(), "config applied"
         );
+        self.config_event(&report);
         if failures.is_empty() {
             return Ok(report);
         }

@@ -280,10 +280,13 @@ impl Instance {
             None => {}
         }
         let failed = |this: &Self, message: String| {
-            let mut status = this.status();
-            status.state = ServerState::Failed;
-            status.last_error = Some(message.clone());
+            {
+                let mut status = this.status();
+                status.state = ServerState::Failed;
+                status.last_error = Some(message.clone());
+            }
             tracing::error!(server = %this.name, "start failed: {message}");
+            this.topology_changed();
             Err(StartError(message))
         };
         if self.env.life.shutting_down.is_cancelled() {
@@ -301,6 +304,7 @@ impl Instance {
             status.state = ServerState::Starting;
             status.last_error = None;
         }
+        self.topology_changed();
         match launcher.launch(self).await {
             Ok(started) => {
                 *run = Some(started);

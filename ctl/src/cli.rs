@@ -134,6 +134,26 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// An instance's recent log lines (its agent's stderr included).
+    Logs {
+        /// The server.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines of the last DUR (e.g. 30s, 10m).
+        #[arg(long, value_name = "DUR", value_parser = supersocket_proto::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Most lines to print first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// A live table of the instances: states, sessions, rates (lines, when not a terminal).
+    Watch {
+        /// Stop after this many updates of the counters (one a second).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Readiness: exit 0 when ready, 1 when not.
     Health {
         /// Poll until ready or until this much time has passed.

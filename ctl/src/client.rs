@@ -179,17 +179,8 @@ impl Client {
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
-        if status == StatusCode::UNAUTHORIZED {
-            return Err(CtlError::Unauthorized {
-                url: self.url.clone(),
-                message: message(&body, status),
-            });
-        }
-        if status == StatusCode::FORBIDDEN {
-            return Err(CtlError::Forbidden {
-                url: self.url.clone(),
-                message: message(&body, status),
-            });
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.refusal(status, &body));
         }
         Ok(Answer { status, body, etag })
     }
@@ -197,6 +188,38 @@ impl Client {
     /// Sends a request; any non-2xx answer is a failure carrying the host's message.
     pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, CtlError> {
         Ok(self.call(method, path, body).await?.success()?.body)
+    }
+
+    /// Opens a Server-Sent Events stream (no time limit on it), resuming after `last_event_id`.
+    pub async fn stream(&self, path: &str, last_event_id: Option<u64>) -> Result<reqwest::Response, CtlError> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| CtlError::Failed(format!("no answer from {} in time (raise --timeout)", self.url)))?
+            .map_err(|e| self.transport(e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Err(self.refusal(status, &body))
+    }
+
+    /// The failure of a non-2xx answer.
+    fn refusal(&self, status: StatusCode, body: &Value) -> CtlError {
+        let message = message(body, status);
+        let url = self.url.clone();
+        match status {
+            StatusCode::UNAUTHORIZED => CtlError::Unauthorized { url, message },
+            StatusCode::FORBIDDEN => CtlError::Forbidden { url, message },
+            _ => CtlError::Failed(message),
+        }
     }
 
     /// `GET` that must succeed.

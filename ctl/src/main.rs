@@ -6,6 +6,7 @@
 mod changes;
 mod cli;
 mod client;
+mod live;
 mod operate;
 mod render;
 
@@ -151,6 +152,13 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             let report: ReloadReport = decode(answer.clone())?;
             printer.show(&answer, |_| render::reload_report(&report));
         }
+        Command::Logs {
+            name,
+            follow,
+            since,
+            lines,
+        } => live::logs(&client, cli.output, &name, lines, since, follow).await?,
+        Command::Watch { count } => live::watch(&client, &cli.url, count).await?,
         Command::Health { wait } => health(&client, &printer, wait).await?,
         Command::Add { file } => changes::add(&client, &printer, &file).await?,
         Command::Apply { file, dry_run } => changes::apply(&client, &printer, &file, dry_run).await?,

@@ -25,6 +25,29 @@ struct ServerRow {
     sessions: String,
     uptime: String,
     restarts: String,
+    mem: String,
+    cpu: String,
+}
+
+/// One row of `watch`.
+#[derive(Tabled)]
+#[tabled(rename_all = "UPPERCASE")]
+pub struct WatchRow {
+    pub name: String,
+    pub state: String,
+    pub sessions: String,
+    #[tabled(rename = "IN")]
+    pub bytes_in: String,
+    #[tabled(rename = "OUT")]
+    pub bytes_out: String,
+    pub packages: String,
+    pub mem: String,
+    pub cpu: String,
+}
+
+/// The table of `watch`.
+pub fn watch_table(rows: impl IntoIterator<Item = WatchRow>) -> String {
+    table(rows)
 }
 
 /// One row of `sessions`.
@@ -109,6 +132,34 @@ pub fn uptime(server: &Value) -> String {
     }
 }
 
+/// `812K`, `12.3M`, `1.2G`: a size as `ps` and `top` show it.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 10.0 && unit > 0 {
+        format!("{value:.1}{}", UNITS[unit])
+    } else {
+        format!("{value:.0}{}", UNITS[unit])
+    }
+}
+
+/// `0.5%`, `12%`.
+pub fn percent(value: f64) -> String {
+    if value < 10.0 {
+        format!("{value:.1}%")
+    } else {
+        format!("{value:.0}%")
+    }
+}
+
 /// The table of `list`.
 pub fn servers(servers: &Value) -> String {
     let rows = servers.as_array().into_iter().flatten().map(|s| ServerRow {
@@ -121,6 +172,8 @@ pub fn servers(servers: &Value) -> String {
         sessions: text(&s["sessions"]),
         uptime: uptime(s),
         restarts: text(&s["restarts"]),
+        mem: s["rss_bytes"].as_u64().map_or_else(|| "-".into(), bytes),
+        cpu: s["cpu_percent"].as_f64().map_or_else(|| "-".into(), percent),
     });
     table(rows)
 }
@@ -162,6 +215,11 @@ pub fn server_detail(server: &Value) -> String {
         ("Started", text(&server["started_at"])),
         ("Uptime", uptime(server)),
         ("Restarts", text(&server["restarts"])),
+        ("Memory", server["rss_bytes"].as_u64().map_or_else(|| "-".into(), bytes)),
+        (
+            "CPU",
+            server["cpu_percent"].as_f64().map_or_else(|| "-".into(), percent),
+        ),
         ("Last error", text(&server["last_error"])),
     ];
     fields.iter().map(|(k, v)| format!("{k:<15} {v}\n")).collect()
@@ -174,8 +232,13 @@ pub fn host_summary(host: &Value, ready: &Value) -> String {
     } else {
         format!("not ready ({})", not_ready(ready))
     };
+    let usage = match (host["rss_bytes"].as_u64(), host["cpu_percent"].as_f64()) {
+        (Some(rss), Some(cpu)) => format!(", {} memory, {} CPU", bytes(rss), percent(cpu)),
+        (Some(rss), None) => format!(", {} memory", bytes(rss)),
+        _ => String::new(),
+    };
     format!(
-        "Host     supersocketd {} (pid {}), {} for {}s\nConfig   {}\nReady    {readiness}\n",
+        "Host     supersocketd {} (pid {}), {} for {}s{usage}\nConfig   {}\nReady    {readiness}\n",
         text(&host["version"]),
         text(&host["pid"]),
         text(&host["state"]),

@@ -138,6 +138,13 @@ pub struct ServerInfo {
     /// The server's `labels` from the config (selectors of `start|stop|restart --label`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Resident memory of its agent (process isolation, while one runs), sampled each second;
+    /// `null` otherwise (an instance in the host's process shares the host's).
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    /// CPU of its agent over the last second, in percent of one core; `null` as `rss_bytes`.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
 }
 
 /// `Session`: one open connection of an instance.
@@ -160,7 +167,7 @@ pub struct SessionInfo {
 }
 
 /// The answer of `GET /api/v1/host`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostInfo {
     /// Version of `supersocketd`.
     pub version: String,
@@ -178,6 +185,12 @@ pub struct HostInfo {
     pub persisted: bool,
     /// `running`, or `stopping` once a shutdown has begun.
     pub state: String,
+    /// The host process's resident memory, sampled each second (agents' not included).
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    /// The host process's CPU over the last second, in percent of one core.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
 }
 
 /// One line of the readiness answer.
@@ -256,7 +269,7 @@ pub struct StateEvent {
 }
 
 /// One running instance's counters in a `stats` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerStats {
     /// The instance.
     pub name: String,
@@ -268,10 +281,16 @@ pub struct ServerStats {
     pub bytes_out: u64,
     /// Packages handled since the host started.
     pub packages: u64,
+    /// What its agent uses (process isolation), as in `Server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// What its agent uses (process isolation), as in `Server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
 }
 
 /// Data of a `stats` event: every running instance's counters, once a second.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsEvent {
     /// The second it describes (RFC 3339 UTC).
     pub at: String,
@@ -301,6 +320,22 @@ pub struct HistorySample {
     pub bytes_out: u64,
     /// Packages handled since the host started.
     pub packages: u64,
+}
+
+/// One line of an instance's log (`GET /api/v1/servers/{name}/logs`, and the data of its `log`
+/// events with `follow`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When the host took it (RFC 3339 UTC, milliseconds).
+    pub at: String,
+    /// `error`, `warn`, `info`, `debug` or `trace`; `output` for what an agent wrote to its
+    /// stderr that is not a log record.
+    pub level: String,
+    /// `host` (the host, about this instance or from its sessions) or `agent` (its agent
+    /// process, under process isolation).
+    pub source: String,
+    /// The message and its fields (`key=value`), without the instance's name.
+    pub message: String,
 }
 
 /// What a config change does to one server (`POST /api/v1/config/check`).

@@ -122,16 +122,19 @@ pub fn main(builder: HostBuilder) -> ExitCode {
 }
 
 fn init_logging(args: &Args) -> Result<(), String> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| format!("invalid --log-level {:?}: {e}", args.log_level))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let writer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    // An agent's stderr is its instance's log already (the host reads it).
+    let capture = args.role.is_none().then_some(crate::events::capture::InstanceLogs);
+    let subscriber = tracing_subscriber::registry().with(filter).with(capture);
     match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => subscriber.with(writer).init(),
+        LogFormat::Json => subscriber.with(writer.json()).init(),
     }
     std::panic::set_hook(Box::new(|panic| {
         let location = panic

@@ -69,6 +69,7 @@ pub mod fuzzing;
 
 pub use context::{InstanceContext, Session, SessionHandle, Traffic};
 pub use dispatch::{HostHandle, Route};
+pub use events::capture::InstanceLogs;
 pub use host::{Host, HostBuilder};
 pub use instance::Instance;
 pub use outcome::{OpError, Pending};

@@ -1,6 +1,7 @@
 //! The live view through the real host: the events stream (`state` on every change, `stats`
-//! every second, `config` after a change), a reconnect with `Last-Event-ID` that misses
-//! nothing, and each instance's history.
+//! every second, `config` after a change) under every isolation level, a reconnect with
+//! `Last-Event-ID` that misses nothing, a client that fell behind told why and dropped, the
+//! bound on open streams, and each instance's history.
 
 use std::time::Duration;
 
@@ -18,6 +19,12 @@ listeners = [{ ip = "Loopback", port = 0 }]
 name = "B"
 type = "command"
 isolation = "process"
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "R"
+type = "echo"
+isolation = "runtime"
 listeners = [{ ip = "Loopback", port = 0 }]
 "#;
 
@@ -107,6 +114,7 @@ async fn the_stream_shows_states_stats_and_config_changes_as_they_happen() {
     // First the state of every instance.
     events.until(Duration::from_secs(2), is_state("A", "running")).await;
     events.until(Duration::from_secs(2), is_state("B", "running")).await;
+    events.until(Duration::from_secs(2), is_state("R", "running")).await;
     // Stats within the next second or two, with every running server.
     let stats = events.until(Duration::from_secs(3), |e| e.kind == "stats").await;
     let servers = &stats.last().unwrap().data["servers"];
@@ -116,12 +124,27 @@ async fn the_stream_shows_states_stats_and_config_changes_as_they_happen() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["A", "B"]);
+    assert_eq!(names, ["A", "B", "R"]);
 
-    // A stop done with the CLI shows within 2 s, stopping then stopped.
-    assert_eq!(host.ctl(&["stop", "B"]).code, 0);
-    let seen = events.until(Duration::from_secs(2), is_state("B", "stopped")).await;
-    assert!(seen.iter().any(is_state("B", "stopping")), "{seen:#?}");
+    // A stop done with the CLI shows within 2 s, stopping then stopped, at every isolation
+    // level; and a start, starting then running.
+    for name in ["A", "B", "R"] {
+        assert_eq!(host.ctl(&["stop", name]).code, 0);
+        let seen = events.until(Duration::from_secs(2), is_state(name, "stopped")).await;
+        assert!(seen.iter().any(is_state(name, "stopping")), "{seen:#?}");
+        assert_eq!(host.ctl(&["start", name]).code, 0);
+        let seen = events.until(Duration::from_secs(5), is_state(name, "running")).await;
+        assert!(seen.iter().any(is_state(name, "starting")), "{seen:#?}");
+    }
+    // An agent killed: its instance backs off and comes back, each change told.
+    let pid = host.server("B").await["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let seen = events.until(Duration::from_secs(5), is_state("B", "running")).await;
+    assert!(seen.iter().any(is_state("B", "backoff")), "{seen:#?}");
 
     // A config change.
     let added = host
@@ -171,4 +194,77 @@ async fn each_instance_keeps_a_sample_a_second() {
     assert!(samples.len() >= 2, "{history}");
     assert!(samples.windows(2).all(|w| w[1]["at"].as_u64() > w[0]["at"].as_u64()));
     assert_eq!(host.get("/api/v1/servers/Nope/history").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_fell_behind_is_told_why_and_dropped() {
+    let host = HostProcess::start(HOST);
+    let mut events = Events::open(&host, None).await;
+    let seen = events.until(Duration::from_secs(3), |e| e.id.is_some()).await;
+    let first = seen.last().unwrap().id.unwrap();
+    drop(events);
+    // Over a thousand events while it is away: four states per restart.
+    for _ in 0..280 {
+        let (status, _) = host.post("/api/v1/servers/A/restart").await;
+        assert_eq!(status, 200);
+    }
+    let mut late = Events::open(&host, Some(first)).await;
+    let told = late.next(Duration::from_secs(2)).await.expect("an event");
+    assert_eq!(told.kind, "error", "{told:?}");
+    let reason = told.data["reason"].as_str().unwrap();
+    assert!(reason.contains("fell behind"), "{reason}");
+    assert!(
+        late.next(Duration::from_secs(2)).await.is_none(),
+        "the stream ends after it"
+    );
+    // The host answers as before.
+    assert_eq!(host.get("/api/v1/servers/A").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_from_before_a_restart_of_the_host_starts_afresh() {
+    let host = HostProcess::start(HOST);
+    let mut events = Events::open(&host, Some(1_000_000)).await;
+    // Every instance's state first, as for a new client.
+    events.until(Duration::from_secs(2), is_state("A", "running")).await;
+    events.until(Duration::from_secs(2), is_state("R", "running")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_bounded_so_the_admin_port_keeps_room() {
+    // 16 admin connections: at most 4 streams.
+    let host = HostProcess::start(&format!("{HOST}\n[admin]\nmax_connections = 16\n"));
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(Events::open(&host, None).await);
+    }
+    let refused = host
+        .http()
+        .get(format!("{}/api/v1/events", host.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("streams are open"),
+        "{body}"
+    );
+    let follow = format!("{}/api/v1/servers/A/logs?follow", host.admin);
+    assert_eq!(host.http().get(&follow).send().await.unwrap().status(), 503);
+    // Everything else still answers; a closed stream gives its place back.
+    assert_eq!(host.get("/api/v1/servers").await.0, 200);
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let status = host.http().get(&follow).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not given back: {status}"
+        );
+        tokio::task::yield_now().await;
+    }
 }

@@ -1,42 +1,48 @@
 //! The admin API's live view (SPEC §11): `GET /api/v1/events`, a Server-Sent Events stream of
-//! the host's journal, and `GET /api/v1/servers/{name}/history`.
+//! the host's journal; `GET /api/v1/servers/{name}/history`; and
+//! `GET /api/v1/servers/{name}/logs`, the instance's recent log lines, or (`follow`) a stream
+//! of them.
 //!
-//! A new client first gets the state of every instance (events without an id), then every
-//! event from then on. One that reconnects with `Last-Event-ID` gets what it missed while that
-//! is still in the journal; one that falls behind the journal (it reads too slowly, or
+//! A new events client first gets the state of every instance (events without an id), then
+//! every event from then on. One that reconnects with `Last-Event-ID` gets what it missed while
+//! that is still in the journal; one that falls behind the journal (it reads too slowly, or
 //! reconnects too late) gets an `error` event saying so, and the stream ends: the host never
-//! waits for an event client.
+//! waits for an event client. Log followers are served the same way.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
-use supersocket_proto::{HistorySample, StateEvent};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use supersocket_proto::{ErrorCode, HistorySample, LogLine, StateEvent, parse_duration};
 
 use super::AdminState;
 use super::error::ApiError;
-use crate::events::{Behind, Live};
+use crate::events::logs::{LINES, Logged, logs};
+use crate::events::{self, Behind, Item, Journal};
 
 /// A comment line this often keeps proxies and clients from timing the stream out.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Lines `logs` answers when `lines` is not given.
+const DEFAULT_LINES: usize = 100;
+
+/// Streams open now.
+static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// `GET /api/v1/events`.
-pub async fn events(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub async fn events(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let seat = Seat::take(state.host.max_streams())?;
     let live = state.host.live();
-    let resumed = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     let mut first = VecDeque::new();
+    // An id this journal never gave comes from before the host restarted: start afresh.
+    let resumed = last_event_id(&headers).filter(|id| *id <= live.journal.last_id());
     let cursor = match resumed {
         Some(id) => id,
         None => {
@@ -54,59 +60,27 @@ pub async fn events(
             live.journal.last_id()
         }
     };
-    let stream = futures_util::stream::unfold(
-        Follow {
-            live,
-            cursor,
-            pending: first,
-            ended: false,
-        },
-        Follow::next,
-    );
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    let journal = Arc::new(JournalOf(live));
+    Ok(follow(journal, cursor, first, seat, |entry: &events::Event| {
+        Event::default().event(entry.kind).data(&*entry.data)
+    }))
 }
 
-/// One client's place in the journal.
-struct Follow {
-    live: Arc<Live>,
-    /// The id of the last event sent.
-    cursor: u64,
-    /// Events read from the journal and not sent yet.
-    pending: VecDeque<Event>,
-    ended: bool,
-}
+/// The host's live journal, held through the `Live` that owns it.
+struct JournalOf(Arc<events::Live>);
 
-impl Follow {
-    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
-        if let Some(event) = self.pending.pop_front() {
-            return Some((Ok(event), self));
-        }
-        if self.ended {
-            return None;
-        }
-        match self.live.journal.next_after(self.cursor).await {
-            Ok(entries) => {
-                for entry in entries {
-                    self.cursor = entry.id;
-                    let event = Event::default()
-                        .id(entry.id.to_string())
-                        .event(entry.kind)
-                        .data(&*entry.data);
-                    self.pending.push_back(event);
-                }
-                let event = self.pending.pop_front()?;
-                Some((Ok(event), self))
-            }
-            Err(Behind { oldest }) => {
-                self.ended = true;
-                let reason = format!(
-                    "{{\"reason\":\"fell behind: events after {} were dropped (the oldest kept is {oldest}); reconnect without Last-Event-ID\"}}",
-                    self.cursor
-                );
-                Some((Ok(Event::default().event("error").data(reason)), self))
-            }
-        }
+impl AsRef<Journal<events::Event>> for JournalOf {
+    fn as_ref(&self) -> &Journal<events::Event> {
+        &self.0.journal
     }
+}
+
+/// `Last-Event-ID`, when it is a number.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// `GET /api/v1/servers/{name}/history`: the last ten minutes of its counters, a sample a
@@ -117,4 +91,154 @@ pub async fn history(
 ) -> Result<Json<Vec<HistorySample>>, ApiError> {
     state.host.instance(&name).ok_or_else(|| ApiError::no_server(&name))?;
     Ok(Json(state.host.live().history.of(&name)))
+}
+
+/// The query of `logs`.
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    /// The newest lines to give (at most the journal's [`LINES`]).
+    lines: Option<usize>,
+    /// Only lines no older than this (`30s`, `10m`).
+    since: Option<String>,
+    /// Present (any value but `false`): stream the lines, then every new one, as `log` events.
+    follow: Option<String>,
+}
+
+/// `GET /api/v1/servers/{name}/logs?lines=N[&since=DUR][&follow]`.
+pub async fn logs_of(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.host.instance(&name).ok_or_else(|| ApiError::no_server(&name))?;
+    let since = match &query.since {
+        Some(text) => {
+            let age = parse_duration(text).map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
+            Some(SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH))
+        }
+        None => None,
+    };
+    let wanted = query.lines.unwrap_or(DEFAULT_LINES).min(LINES);
+    let journal = logs().of(&name);
+    let recent: Vec<_> = journal
+        .last(wanted)
+        .into_iter()
+        .filter(|entry| since.is_none_or(|since| entry.item.at >= since))
+        .collect();
+    if query.follow.as_deref().is_none_or(|f| f == "false") {
+        let lines: Vec<LogLine> = recent.iter().map(|entry| (*entry.item.line).clone()).collect();
+        return Ok(Json(lines).into_response());
+    }
+    let seat = Seat::take(state.host.max_streams())?;
+    let resumed = last_event_id(&headers).filter(|id| *id <= journal.last_id());
+    let (cursor, first) = match resumed {
+        Some(id) => (id, VecDeque::new()),
+        None => {
+            let cursor = recent.last().map_or_else(|| journal.last_id(), |entry| entry.id);
+            (cursor, recent.iter().map(log_event).collect())
+        }
+    };
+    Ok(follow(journal, cursor, first, seat, |logged: &Logged| {
+        log_event_data(logged)
+    }))
+}
+
+fn log_event(entry: &events::Entry<Logged>) -> Event {
+    log_event_data(&entry.item).id(entry.id.to_string())
+}
+
+fn log_event_data(logged: &Logged) -> Event {
+    let data = serde_json::to_string(&*logged.line).unwrap_or_default();
+    Event::default().event("log").data(data)
+}
+
+/// A place among the open streams (at most `max`, as each holds an admin connection for as
+/// long as it runs, and the admin port must keep room for everything else), given back when
+/// the stream ends.
+struct Seat;
+
+impl Seat {
+    fn take(max: usize) -> Result<Self, ApiError> {
+        let taken = STREAMS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+            (open < max).then_some(open + 1)
+        });
+        match taken {
+            Ok(_) => Ok(Self),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{max} event and log streams are open already; close one first"),
+            )),
+        }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The stream of `first`, then every item of `journal` after `cursor`, each made an event by
+/// `event` (with its id); an `error` event ends it when the reader falls behind.
+fn follow<T, J>(journal: Arc<J>, cursor: u64, first: VecDeque<Event>, seat: Seat, event: fn(&T) -> Event) -> Response
+where
+    T: Item + Send + Sync + 'static,
+    J: AsRef<Journal<T>> + Send + Sync + 'static,
+{
+    let reader = Follow {
+        journal,
+        cursor,
+        pending: first,
+        ended: false,
+        event,
+        _seat: seat,
+    };
+    let stream = futures_util::stream::unfold(reader, Follow::next);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+/// One reader's place in a journal.
+struct Follow<T, J> {
+    journal: Arc<J>,
+    /// The id of the last item sent.
+    cursor: u64,
+    /// Events read and not sent yet.
+    pending: VecDeque<Event>,
+    ended: bool,
+    event: fn(&T) -> Event,
+    _seat: Seat,
+}
+
+impl<T: Item, J: AsRef<Journal<T>>> Follow<T, J> {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some((Ok(event), self));
+        }
+        if self.ended {
+            return None;
+        }
+        match (*self.journal).as_ref().next_after(self.cursor).await {
+            Ok(entries) => {
+                for entry in entries {
+                    self.cursor = entry.id;
+                    let event = (self.event)(&entry.item).id(entry.id.to_string());
+                    self.pending.push_back(event);
+                }
+                let event = self.pending.pop_front()?;
+                Some((Ok(event), self))
+            }
+            Err(Behind { oldest }) => {
+                self.ended = true;
+                let reason = format!(
+                    "fell behind: what came after {} was dropped (the oldest kept is {oldest}); reconnect without Last-Event-ID",
+                    self.cursor
+                );
+                let data = serde_json::json!({ "reason": reason }).to_string();
+                Some((Ok(Event::default().event("error").data(data)), self))
+            }
+        }
+    }
 }

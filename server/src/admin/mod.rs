@@ -49,6 +49,7 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route(&format!("{server}/restart"), post(routes::restart))
         .route(&format!("{server}/sessions"), get(routes::sessions))
         .route(&format!("{server}/history"), get(live::history))
+        .route(&format!("{server}/logs"), get(live::logs_of))
         .route("/events", get(live::events))
         .route(&format!("{server}/sessions/{{id}}"), delete(routes::kick))
         .route(&format!("{server}/sessions/{{id}}/send"), post(routes::send))

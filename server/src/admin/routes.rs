@@ -62,7 +62,14 @@ pub async fn host_info(State(state): State<AdminState>) -> Json<HostInfo> {
 
 /// `GET /api/v1/servers`: every server in config order.
 pub async fn list_servers(State(state): State<AdminState>) -> Json<Vec<ServerInfo>> {
-    Json(state.host.instances().iter().map(|i| i.info()).collect())
+    Json(
+        state
+            .host
+            .instances()
+            .iter()
+            .map(|i| state.host.server_info(i))
+            .collect(),
+    )
 }
 
 /// `GET /api/v1/servers/{name}`.
@@ -70,7 +77,8 @@ pub async fn get_server(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServerInfo>, ApiError> {
-    Ok(Json(instance(&state, &name)?.info()))
+    let instance = instance(&state, &name)?;
+    Ok(Json(state.host.server_info(&instance)))
 }
 
 fn instance(state: &AdminState, name: &str) -> Result<Arc<Instance>, ApiError> {

@@ -1,15 +1,19 @@
-//! The host's live view (SPEC §11): every change of an instance's state becomes a `state` event,
-//! every second a `stats` event and a history sample per running instance, every applied config
-//! change a `config` event. Two tasks on the host's runtime keep it; they end with the host.
+//! The host's live view (SPEC §11): every second a `stats` event and a history sample per
+//! running instance and a sample of what the host and its agents use, every applied config change a `config` event (instances tell their
+//! changes of state themselves). A task on the host's runtime takes the samples; it ends with
+//! the host.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use supersocket_proto::{ConfigEvent, HistorySample, ReloadReport, ServerState, ServerStats, StateEvent, StatsEvent};
+use supersocket_proto::{
+    ConfigEvent, HistorySample, Isolation, ReloadReport, ServerInfo, ServerState, ServerStats, StatsEvent,
+};
 
 use super::{Host, HostInner};
 use crate::events::Live;
+use crate::events::logs::logs;
+use crate::instance::Instance;
 use crate::timefmt::rfc3339;
 
 /// How often `stats` events and history samples are taken.
@@ -27,10 +31,27 @@ impl Host {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let host = Arc::downgrade(&self.inner);
-        let topology = self.inner.env.topology.subscribe();
-        runtime.spawn(states(host.clone(), topology));
-        runtime.spawn(samples(host));
+        runtime.spawn(samples(Arc::downgrade(&self.inner)));
+    }
+
+    /// Most event and log streams open at once: a quarter of the admin's connections, and
+    /// never more than 64 (each holds an admin connection for as long as it runs).
+    pub fn max_streams(&self) -> usize {
+        (self.current().config.admin.limits.max_connections / 4).clamp(1, 64)
+    }
+
+    /// `Server` of `instance`, with what its agent uses under process isolation.
+    pub fn server_info(&self, instance: &Instance) -> ServerInfo {
+        let mut info = instance.info();
+        let usage = match info.isolation {
+            Isolation::Process => info.pid.and_then(|pid| self.inner.live.usages.of(pid)),
+            _ => None,
+        };
+        if let Some(usage) = usage {
+            info.rss_bytes = Some(usage.rss_bytes);
+            info.cpu_percent = usage.cpu_percent;
+        }
+        info
     }
 
     /// Tells event clients that a config change was applied.
@@ -39,40 +60,7 @@ impl Host {
             etag: self.etag(),
             report: report.clone(),
         };
-        push(&self.inner.live, "config", &event);
-    }
-}
-
-fn push(live: &Live, kind: &'static str, data: &impl serde::Serialize) {
-    if let Ok(json) = serde_json::to_string(data) {
-        live.journal.push(kind, json);
-    }
-}
-
-/// A `state` event for each instance whose state (or error) differs from what was last told,
-/// whenever an instance starts, stops or fails.
-async fn states(host: Weak<HostInner>, mut topology: tokio::sync::watch::Receiver<u64>) {
-    let mut told: HashMap<String, (ServerState, Option<String>)> = HashMap::new();
-    loop {
-        let Some(inner) = host.upgrade() else { return };
-        let host = Host { inner };
-        for instance in host.instances() {
-            let info = instance.info();
-            let now = (info.state, info.last_error.clone());
-            if told.get(&info.name) != Some(&now) {
-                let event = StateEvent {
-                    name: info.name.clone(),
-                    state: info.state,
-                    last_error: info.last_error,
-                };
-                push(&host.inner.live, "state", &event);
-                told.insert(info.name, now);
-            }
-        }
-        drop(host);
-        if topology.changed().await.is_err() {
-            return;
-        }
+        self.inner.live.push("config", &event);
     }
 }
 
@@ -89,9 +77,15 @@ async fn samples(host: Weak<HostInner>) {
         let at = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let instances = host.instances();
         let live = &host.inner.live;
+        let infos: Vec<ServerInfo> = instances.iter().map(|instance| instance.info()).collect();
+        let agents = infos.iter().filter(|info| info.isolation == Isolation::Process);
+        let pids: Vec<u32> = std::iter::once(std::process::id())
+            .chain(agents.filter_map(|info| info.pid))
+            .collect();
+        live.usages.sample(&pids);
         let mut servers = Vec::new();
         for instance in &instances {
-            let info = instance.info();
+            let info = host.server_info(instance);
             if info.state != ServerState::Running {
                 continue;
             }
@@ -111,12 +105,14 @@ async fn samples(host: Weak<HostInner>) {
                 bytes_in: info.bytes_in,
                 bytes_out: info.bytes_out,
                 packages: info.total_packages,
+                rss_bytes: info.rss_bytes,
+                cpu_percent: info.cpu_percent,
             });
         }
         let names: Vec<&str> = instances.iter().map(|i| i.name()).collect();
-        live.history.keep_only(&names);
-        push(
-            live,
+        live.keep_only(&names);
+        logs().keep_only(&names);
+        live.push(
             "stats",
             &StatsEvent {
                 at: rfc3339(now),

@@ -20,7 +20,7 @@ pub use writes::{ChangeError, Changed, Edit};
 
 use crate::config::{AdminAddr, Config, ConfigErrors, ConfigSource, Document, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
-use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
+use crate::instance::{HostLife, Instance, InstanceEnv, Launchers, StateHook};
 use crate::isolation::spawn::Processes;
 use crate::isolation::supervisor::AgentLaunch;
 use crate::isolation::view::Views;
@@ -132,6 +132,11 @@ impl HostBuilder {
             Arc::new(Processes),
             life.clone(),
         );
+        let live = Arc::new(crate::events::Live::default());
+        let states = StateHook::new({
+            let live = live.clone();
+            move |event| live.state(event)
+        });
         let env = InstanceEnv {
             launchers: Launchers {
                 none: Some(local.clone()),
@@ -140,6 +145,7 @@ impl HostBuilder {
             },
             topology: directory.topology(),
             life,
+            states,
         };
         let instances = config
             .servers
@@ -163,7 +169,7 @@ impl HostBuilder {
                 writes: tokio::sync::Mutex::new(document),
                 config: RwLock::new(Current { config, generation: 0 }),
                 etag_key: std::hash::RandomState::new(),
-                live: Arc::default(),
+                live,
                 directory,
                 started_at: SystemTime::now(),
                 started: Instant::now(),
@@ -522,6 +528,7 @@ impl Host {
     pub fn info(&self) -> HostInfo {
         let persisted = self.inner.persisted.load(std::sync::atomic::Ordering::Acquire);
         let config = &self.current().config;
+        let usage = self.inner.live.usages.of(std::process::id());
         HostInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -533,6 +540,8 @@ impl Host {
             },
             persisted,
             state: if self.is_stopping() { "stopping" } else { "running" }.into(),
+            rss_bytes: usage.map(|u| u.rss_bytes),
+            cpu_percent: usage.and_then(|u| u.cpu_percent),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use supersocket_proto::agent::Counters;
-use supersocket_proto::{Isolation, ListenerInfo, ServerInfo, ServerState, SessionInfo};
+use supersocket_proto::{Isolation, ListenerInfo, ServerInfo, ServerState, SessionInfo, StateEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +59,18 @@ pub(crate) struct InstanceEnv {
     /// agents' views follow it.
     pub topology: Arc<watch::Sender<u64>>,
     pub life: HostLife,
+    /// Told of every change of an instance's state, as it happens.
+    pub states: StateHook,
+}
+
+/// What the host runs on every change of an instance's state (or error); nothing by default.
+#[derive(Clone, Default)]
+pub(crate) struct StateHook(Option<Arc<dyn Fn(StateEvent) + Send + Sync>>);
+
+impl StateHook {
+    pub(crate) fn new(hook: impl Fn(StateEvent) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(hook)))
+    }
 }
 
 /// The host's life as instances see it.
@@ -258,7 +270,7 @@ impl Instance {
             }
             this.set_config(config);
             // Agents learn the other instances' configs from their views.
-            this.topology_changed();
+            this.changed();
             Ok(())
         })
         .await
@@ -286,7 +298,7 @@ impl Instance {
                 status.last_error = Some(message.clone());
             }
             tracing::error!(server = %this.name, "start failed: {message}");
-            this.topology_changed();
+            this.changed();
             Err(StartError(message))
         };
         if self.env.life.shutting_down.is_cancelled() {
@@ -304,7 +316,7 @@ impl Instance {
             status.state = ServerState::Starting;
             status.last_error = None;
         }
-        self.topology_changed();
+        self.changed();
         match launcher.launch(self).await {
             Ok(started) => {
                 *run = Some(started);
@@ -348,7 +360,7 @@ impl Instance {
             return self.finish_run(current, Duration::ZERO).await;
         }
         self.status().state = ServerState::Stopping;
-        self.topology_changed();
+        self.changed();
         let began = Instant::now();
         self.finish_run(current, timeout).await;
         let mut status = self.status();
@@ -357,7 +369,7 @@ impl Instance {
         status.listeners.clear();
         status.pid = None;
         drop(status);
-        self.topology_changed();
+        self.changed();
         tracing::info!(server = %self.name, elapsed = ?began.elapsed(), "stopped");
     }
 
@@ -397,7 +409,7 @@ impl Instance {
             tracing::info!(server = %self.name, listeners = ?bound, pid, "started");
             status.listeners = listeners;
         }
-        self.topology_changed();
+        self.changed();
     }
 
     /// Records a run that ended on its own (an agent that died), and why.
@@ -417,7 +429,7 @@ impl Instance {
             }
             status.restarts += u64::from(ending == Ending::Crashed);
         }
-        self.topology_changed();
+        self.changed();
     }
 
     /// Takes the state the host reports for an instance it runs elsewhere (an agent's view of
@@ -441,8 +453,20 @@ impl Instance {
         std::mem::replace(&mut *self.backend.write().unwrap_or_else(|e| e.into_inner()), backend)
     }
 
-    fn topology_changed(&self) {
+    /// Tells whoever follows the instances that this one changed: its state, its listeners or
+    /// its config.
+    fn changed(&self) {
         self.env.topology.send_modify(|version| *version += 1);
+        if let Some(hook) = &self.env.states.0 {
+            let status = self.status();
+            let event = StateEvent {
+                name: self.name.clone(),
+                state: status.state,
+                last_error: status.last_error.clone(),
+            };
+            drop(status);
+            hook(event);
+        }
     }
 
     /// Its counters since the host started: the runs that ended, and the current one.
@@ -482,6 +506,9 @@ impl Instance {
             restarts: status.restarts,
             last_error: status.last_error,
             labels: config.labels.clone(),
+            // The host knows what processes use.
+            rss_bytes: None,
+            cpu_percent: None,
         }
     }
 

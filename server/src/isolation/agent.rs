@@ -26,7 +26,7 @@ use super::serve::{serve, server_of};
 use super::supervisor::STATS_EVERY;
 use crate::config::{AGENT_THREADS, Isolation, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, RouteFn};
-use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
+use crate::instance::{HostLife, Instance, InstanceEnv, Launchers, StateHook};
 use crate::outcome::OpError;
 use crate::runtime::types::ServerTypes;
 use crate::runtime::{Handed, LocalLaunch};
@@ -126,6 +126,7 @@ async fn run(
         launchers,
         topology: directory.topology(),
         life: HostLife::default(),
+        states: StateHook::default(),
     };
     let agent = Arc::new_cyclic(|me| Agent {
         me: me.clone(),

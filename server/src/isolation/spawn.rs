@@ -14,6 +14,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, watch};
 
 use super::frame;
+use crate::events::logs::{MAX_MESSAGE, push_agent_line};
 use crate::outcome::BoxFuture;
 use crate::runtime::listener;
 
@@ -132,7 +133,10 @@ impl Spawn for Processes {
             // Forked here, on a worker thread of the runtime: the kernel kills the agent when the
             // thread that forked it ends (PR_SET_PDEATHSIG), and a worker lives as long as the host.
             let spawning = listener::spawning();
-            let (child, host_end) = fork(server)?;
+            let (mut child, host_end) = fork(server)?;
+            if let Some(stderr) = child.stderr.take() {
+                tokio::spawn(relay_stderr(server.to_owned(), stderr));
+            }
             let process = watch(child);
             // Waiting for the agent's first byte and sending the first frame block: off the
             // runtime's workers.
@@ -173,6 +177,7 @@ fn fork(server: &str) -> Result<(tokio::process::Child, StdUnixStream), String> 
         .env(AGENT_MARKER, server)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     let control = agent_end.as_raw_fd();
     // SAFETY: runs in the child between fork and exec, allocates nothing and only makes
@@ -231,6 +236,45 @@ fn wait_for_first_byte(socket: &StdUnixStream) -> std::io::Result<()> {
 }
 
 /// Watches a child for its exit, and kills it when asked.
+/// Copies what the agent of `server` writes to its stderr to the host's, line by line (so that
+/// its lines and the host's do not cut into each other), and into the instance's log. A line
+/// longer than [`MAX_MESSAGE`] is passed on in pieces of that size.
+async fn relay_stderr(server: String, mut stderr: tokio::process::ChildStderr) {
+    use std::io::Write;
+
+    use tokio::io::AsyncReadExt;
+    let mut pending = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = stderr.read(&mut chunk).await.unwrap_or(0);
+        if read == 0 {
+            break;
+        }
+        pending.extend_from_slice(&chunk[..read]);
+        let mut start = 0;
+        while let Some(end) = next_line(&pending[start..]).map(|n| start + n) {
+            let line = &pending[start..end];
+            let _ = std::io::stderr().lock().write_all(line);
+            push_agent_line(&server, String::from_utf8_lossy(line).trim_end());
+            start = end;
+        }
+        pending.drain(..start);
+    }
+    if !pending.is_empty() {
+        let _ = std::io::stderr().lock().write_all(&pending);
+        push_agent_line(&server, String::from_utf8_lossy(&pending).trim_end());
+    }
+}
+
+/// The length of the first line of `bytes` (with its newline), or of its first
+/// [`MAX_MESSAGE`] bytes when no newline comes before; `None` while a line is unfinished.
+fn next_line(bytes: &[u8]) -> Option<usize> {
+    match memchr::memchr(b'\n', &bytes[..bytes.len().min(MAX_MESSAGE)]) {
+        Some(at) => Some(at + 1),
+        None => (bytes.len() >= MAX_MESSAGE).then_some(MAX_MESSAGE),
+    }
+}
+
 fn watch(mut child: tokio::process::Child) -> AgentProcess {
     let pid = child.id().unwrap_or(0);
     let (exit, exited) = watch::channel(None);

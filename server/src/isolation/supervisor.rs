@@ -528,7 +528,7 @@ mod tests {
     use super::super::spawn::AgentProcess;
     use super::*;
     use crate::config::{ListenerConfig, RestartConfig, ServerConfig};
-    use crate::instance::{InstanceEnv, Launchers};
+    use crate::instance::{InstanceEnv, Launchers, StateHook};
 
     /// What a fake agent does once started.
     #[derive(Clone, Copy)]
@@ -639,6 +639,7 @@ mod tests {
             },
             topology: directory.topology(),
             life,
+            states: StateHook::default(),
         };
         let config = ServerConfig {
             name: "Supervised".into(),

@@ -472,7 +472,7 @@ mod tests {
     use super::{LocalLaunch, Started, start};
     use crate::config::{ListenerConfig, ServerConfig};
     use crate::dispatch::{Directory, HostHandle};
-    use crate::instance::{HostLife, Instance, InstanceEnv, Launchers};
+    use crate::instance::{HostLife, Instance, InstanceEnv, Launchers, StateHook};
     use crate::runtime::types::ServerTypes;
     use crate::services::EchoService;
 
@@ -497,6 +497,7 @@ mod tests {
             },
             topology: directory.topology(),
             life: HostLife::default(),
+            states: StateHook::default(),
         };
         let config = ServerConfig {
             name: "Echo".into(),

@@ -3,9 +3,10 @@
 
 use serde_json::Value;
 use supersocket_proto::{PlanStep, ReloadReport};
+use tabled::settings::location::ByColumnName;
 use tabled::settings::object::Columns;
 use tabled::settings::peaker::PriorityMax;
-use tabled::settings::{Padding, Style, Width};
+use tabled::settings::{Padding, Remove, Style, Width};
 use tabled::{Table, Tabled};
 
 /// Widest a table may be.
@@ -25,8 +26,9 @@ struct ServerRow {
     sessions: String,
     uptime: String,
     restarts: String,
-    mem: String,
-    cpu: String,
+    /// What its agent uses (shown instead of the isolation when some server has an agent).
+    #[tabled(rename = "MEM/CPU")]
+    usage: String,
 }
 
 /// One row of `watch`.
@@ -74,7 +76,10 @@ fn text(value: &Value) -> String {
 }
 
 fn table<T: Tabled>(rows: impl IntoIterator<Item = T>) -> String {
-    let mut table = Table::new(rows);
+    finish(Table::new(rows))
+}
+
+fn finish(mut table: Table) -> String {
     // Columns apart by one space, as `ps` and `kubectl` print them.
     table.with(Style::empty()).with(Padding::new(0, 1, 0, 0));
     table.modify(Columns::last(), Padding::zero());
@@ -132,6 +137,15 @@ pub fn uptime(server: &Value) -> String {
     }
 }
 
+/// `16M 1.0%`: what a server's agent uses; `-` without one.
+fn usage(server: &Value) -> String {
+    match (server["rss_bytes"].as_u64(), server["cpu_percent"].as_f64()) {
+        (Some(rss), Some(cpu)) => format!("{} {}", bytes(rss), percent(cpu)),
+        (Some(rss), None) => bytes(rss),
+        _ => "-".into(),
+    }
+}
+
 /// `812K`, `12.3M`, `1.2G`: a size as `ps` and `top` show it.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["K", "M", "G", "T"];
@@ -172,10 +186,19 @@ pub fn servers(servers: &Value) -> String {
         sessions: text(&s["sessions"]),
         uptime: uptime(s),
         restarts: text(&s["restarts"]),
-        mem: s["rss_bytes"].as_u64().map_or_else(|| "-".into(), bytes),
-        cpu: s["cpu_percent"].as_f64().map_or_else(|| "-".into(), percent),
+        usage: usage(s),
     });
-    table(rows)
+    let mut table = Table::new(rows);
+    // Room for what agents use: a server with a value there is process-isolated (`status
+    // NAME` shows every server's isolation).
+    let agents = servers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| !s["rss_bytes"].is_null());
+    let column = if agents { "ISOLATION" } else { "MEM/CPU" };
+    table.with(Remove::column(ByColumnName::new(column)));
+    finish(table)
 }
 
 /// The table of `sessions`; times shown as `HH:MM:SS` UTC.
@@ -343,6 +366,15 @@ mod tests {
     }
 
     #[test]
+    fn sizes_and_shares_are_short() {
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(bytes(16 * 1024 * 1024 + 300_000), "16M");
+        assert_eq!(bytes(1_234_567_890), "1.1G");
+        assert_eq!(percent(0.25), "0.2%");
+        assert_eq!(percent(123.4), "123%");
+    }
+
+    #[test]
     fn uptimes_are_short() {
         let at = |secs: u64| uptime(&serde_json::json!({"state": "running", "uptime_secs": secs}));
         assert_eq!(at(5), "5s");
@@ -364,6 +396,25 @@ mod tests {
         for line in out.lines() {
             assert!(line.chars().count() <= 80, "{} columns: {line:?}", line.chars().count());
         }
-        assert!(out.contains("NAME") && out.contains("RESTARTS"));
+        assert!(out.contains("NAME") && out.contains("RESTARTS"), "{out}");
+        assert!(!out.contains("MEM/CPU"), "{out}");
+    }
+
+    #[test]
+    fn agents_show_what_they_use_in_place_of_the_isolation() {
+        let mut server = serde_json::json!({
+            "name": "chat-connector-12", "type": "connector", "state": "running",
+            "isolation": "process", "pid": 123456, "sessions": 10000, "uptime_secs": 99999, "restarts": 3,
+            "listeners": [{"ip": "127.0.0.1", "port": 65535, "tls": true}],
+            "rss_bytes": 1_234_567_890, "cpu_percent": 123.4
+        });
+        let out = servers(&serde_json::json!([server.clone()]));
+        for line in out.lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line:?}", line.chars().count());
+        }
+        assert!(out.lines().next().unwrap().ends_with("MEM/CPU"), "{out}");
+        assert!(out.contains("1.1G 123%") && !out.contains("ISOLATION"), "{out}");
+        server["rss_bytes"] = serde_json::Value::Null;
+        assert!(servers(&serde_json::json!([server])).contains("ISOLATION"));
     }
 }

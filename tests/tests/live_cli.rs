@@ -166,9 +166,11 @@ async fn agents_and_the_host_show_their_memory_and_cpu() {
 
     let list = host.ctl(&["list"]);
     let header = list.stdout.lines().next().unwrap();
-    assert!(header.contains("MEM") && header.contains("CPU"), "{}", list.stdout);
+    assert!(header.ends_with("MEM/CPU"), "{}", list.stdout);
     let row = list.stdout.lines().find(|l| l.starts_with("P ")).unwrap();
-    assert!(row.contains('M') && row.contains('%'), "{row}");
+    assert!(row.ends_with('%') && row.contains("M "), "{row}");
+    let row = list.stdout.lines().find(|l| l.starts_with("N ")).unwrap();
+    assert!(row.ends_with(" -"), "{row}");
     let status = host.ctl(&["status"]);
     assert!(status.stdout.contains("memory"), "{}", status.stdout);
 }

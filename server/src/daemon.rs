@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use supersocket_proto::ServerState;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, AdminListener};
@@ -70,9 +71,22 @@ pub fn main(builder: HostBuilder) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the host opens a descriptor of its own: those from 3 may be systemd's sockets.
+    let activation_problems = match (&args.role, args.check) {
+        (None, false) => crate::systemd::activation::take_passed(),
+        // A check runs outside systemd (ExecStartPre, CI): any socket name is taken as passed.
+        (None, true) => {
+            crate::systemd::activation::assume_passed();
+            Vec::new()
+        }
+        (Some(_), _) => Vec::new(),
+    };
     if let Err(message) = init_logging(&args) {
         eprintln!("supersocketd: {message}");
         return ExitCode::from(2);
+    }
+    for problem in activation_problems {
+        tracing::warn!("{problem}");
     }
     crate::memory::start_trimming();
     if let Some(Role::Agent { name }) = &args.role {
@@ -222,6 +236,7 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    crate::systemd::notify::keep_watchdog();
     // Signals are answered from now on, the boot included.
     let boot = {
         let host = host.clone();
@@ -229,6 +244,12 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
             host.start_autostart().await;
             tracing::info!(admin = %url, "host ready");
             println!("supersocketd ready: admin={url}");
+            let running = host
+                .instances()
+                .iter()
+                .filter(|i| i.state() == ServerState::Running)
+                .count();
+            crate::systemd::notify::ready(&format!("serving: {running} servers running, admin at {url}"));
         }
     };
     signals.serve(&host, boot).await;
@@ -242,7 +263,10 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
 /// SIGHUP: reloads the config; what could not be applied is logged.
 async fn reload(host: Host) {
     tracing::info!("SIGHUP: reloading the config");
-    match host.reload(false).await {
+    crate::systemd::notify::reloading();
+    let outcome = host.reload(false).await;
+    crate::systemd::notify::ready("serving");
+    match outcome {
         Ok(_) => {}
         Err(ReloadError::Invalid(errors)) => {
             for error in &errors.0 {
@@ -292,6 +316,7 @@ impl Signals {
             }
         }
         tracing::info!("shutting down (a second SIGINT exits at once)");
+        crate::systemd::notify::stopping();
         let shutdown = host.shutdown();
         tokio::select! {
             () = shutdown => {}

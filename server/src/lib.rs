@@ -18,8 +18,8 @@
 //! - [`host`]: the registry of instances, launchers, boot, reload and shutdown.
 //! - [`admin`]: the admin API (axum); [`daemon`]: the `supersocketd` program around it all.
 //!
-//! Leaf helpers any module may use: `timefmt` (RFC 3339 times) and [`secret`] (comparing
-//! secrets in constant time).
+//! Leaf helpers any module may use: `timefmt` (RFC 3339 times), [`secret`] (comparing
+//! secrets in constant time) and `systemd` (readiness notifications, socket activation).
 //!
 //! # A custom server type
 //! ```no_run
@@ -62,6 +62,7 @@ pub mod secret;
 pub mod service;
 pub mod services;
 pub mod session;
+mod systemd;
 mod timefmt;
 
 #[cfg(feature = "fuzzing")]

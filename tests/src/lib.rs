@@ -70,6 +70,50 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// A command running `program` as systemd runs a socket-activated service: `passed` at
+/// descriptors 3 and up, and `LISTEN_PID` naming the program's own process (a shell sets it
+/// to its pid, then becomes the program).
+fn activated(program: &Path, passed: &[(String, std::os::fd::OwnedFd)]) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(program)
+        .env("LISTEN_FDS", passed.len().to_string())
+        .env(
+            "LISTEN_FDNAMES",
+            passed
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(":"),
+        );
+    let sources: Vec<i32> = passed.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    // SAFETY: runs between fork and exec and only calls fcntl and dup2 (async-signal-safe).
+    unsafe {
+        command.pre_exec(move || {
+            // Out of the way first, so that no source is overwritten before it is moved.
+            let mut moved = [0i32; 16];
+            for (i, &fd) in sources.iter().enumerate().take(16) {
+                moved[i] = nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 1000);
+                if moved[i] == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &fd) in moved.iter().enumerate().take(sources.len().min(16)) {
+                // dup2 leaves the new descriptor open across the exec.
+                if nix::libc::dup2(fd, 3 + i as i32) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// What a run of the CLI printed, and its exit code.
 #[derive(Debug)]
 pub struct CtlOutput {
@@ -174,6 +218,9 @@ pub struct HostOptions {
     pub admin: Option<String>,
     /// The folder the host runs in; `None`: a fresh scratch folder.
     pub workdir: Option<PathBuf>,
+    /// Listening sockets passed as systemd's socket activation passes them (descriptors from
+    /// 3, `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID` of the host), with their names.
+    pub passed: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 impl HostOptions {
@@ -187,6 +234,7 @@ impl HostOptions {
             env: Vec::new(),
             admin: Some("127.0.0.1:0".into()),
             workdir: None,
+            passed: Vec::new(),
         }
     }
 }
@@ -205,7 +253,11 @@ impl HostProcess {
     /// Starts a host; `Err` carries its stderr if it exited or never printed the ready line.
     pub fn try_start(options: HostOptions) -> Result<Self, String> {
         let scratch = Scratch::new("host");
-        let mut command = Command::new(&options.program);
+        let mut command = if options.passed.is_empty() {
+            Command::new(&options.program)
+        } else {
+            activated(&options.program, &options.passed)
+        };
         command.current_dir(options.workdir.as_deref().unwrap_or(scratch.path()));
         if let Some(config) = &options.config {
             let name = if options.json { "host.json" } else { "host.toml" };

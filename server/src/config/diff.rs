@@ -102,6 +102,7 @@ mod tests {
             ip: [127, 0, 0, 1].into(),
             port: 0,
             backlog: 1,
+            fd_name: None,
         });
         let live = |live| vec![Change { key: "listeners", live }];
         assert_eq!(changes(&old, &new), live(true));

@@ -108,7 +108,10 @@ pub fn server_defaults(isolation: Isolation) -> Value {
 }
 
 fn listener(listener: &ListenerConfig) -> Value {
-    json!({ "ip": listener.ip.to_string(), "port": listener.port, "backlog": listener.backlog })
+    match &listener.fd_name {
+        Some(name) => json!({ "fd_name": name }),
+        None => json!({ "ip": listener.ip.to_string(), "port": listener.port, "backlog": listener.backlog }),
+    }
 }
 
 fn tls(tls: &TlsConfig, base_dir: &Path) -> Value {

@@ -286,6 +286,10 @@ pub struct ListenerConfig {
     pub port: u16,
     /// Listen backlog.
     pub backlog: u32,
+    /// The name of a socket systemd passed (socket activation) that this listener serves
+    /// instead of binding one; `ip` and `port` are then that socket's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd_name: Option<String>,
 }
 
 /// TLS material of a server.

@@ -431,6 +431,9 @@ fn valid_name(name: &str, field: &Field<'_>, errs: &mut Errors) -> bool {
 
 fn read_listener(node: &Node, path: String, errs: &mut Errors) -> Option<ListenerConfig> {
     let mut table = Table::open(node, path, errs)?;
+    if let Some(field) = table.take("fd_name") {
+        return read_passed_listener(table, field, errs);
+    }
     let ip = match table.take("ip") {
         Some(f) => f.string(errs).and_then(|text| match parse_ip(&text) {
             Some(ip) => Some(ip),
@@ -447,18 +450,52 @@ fn read_listener(node: &Node, path: String, errs: &mut Errors) -> Option<Listene
     let port = match table.take("port") {
         Some(f) => f.integer(0, 65535, errs).map(|p| p as u16),
         None => {
-            errs.at_line(table.path.clone(), table.line, "listener has no `port`".into());
+            errs.at_line(
+                table.path.clone(),
+                table.line,
+                "listener has no `port` (or `fd_name`, for a socket systemd passes)".into(),
+            );
             None
         }
     };
     let backlog = table
         .take("backlog")
         .map_or(Some(1024), |f| f.integer(1, 65535, errs).map(|b| b as u32));
-    table.finish("ip, port, backlog", errs);
+    table.finish("ip, port, backlog, fd_name", errs);
     Some(ListenerConfig {
         ip: ip?,
         port: port?,
         backlog: backlog?,
+        fd_name: None,
+    })
+}
+
+/// `{ fd_name = "web" }`: a socket systemd passed, which must be there (its address is the
+/// listener's); nothing else may be given beside it.
+fn read_passed_listener(table: Table<'_>, field: Field<'_>, errs: &mut Errors) -> Option<ListenerConfig> {
+    let name = field.string(errs)?;
+    table.finish(
+        "fd_name (alone: the passed socket has its own address and backlog)",
+        errs,
+    );
+    let Some(addr) = crate::systemd::activation::local_addr(&name) else {
+        let passed = crate::systemd::activation::names();
+        let passed = if passed.is_empty() {
+            "none was passed (LISTEN_FDS)".to_owned()
+        } else {
+            format!("passed: {}", passed.join(", "))
+        };
+        errs.at(
+            &field,
+            format!("no socket named {name:?} was passed by systemd ({passed})"),
+        );
+        return None;
+    };
+    Some(ListenerConfig {
+        ip: addr.ip(),
+        port: addr.port(),
+        backlog: 0,
+        fd_name: Some(name),
     })
 }
 

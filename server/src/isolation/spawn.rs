@@ -179,6 +179,10 @@ fn fork(server: &str) -> Result<(tokio::process::Child, StdUnixStream), String> 
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Systemd's notifications and sockets are the host's.
+    for variable in crate::systemd::VARIABLES {
+        command.env_remove(variable);
+    }
     let control = agent_end.as_raw_fd();
     // SAFETY: runs in the child between fork and exec, allocates nothing and only makes
     // async-signal-safe system calls: dup2 puts the control socket at descriptor 3 (without

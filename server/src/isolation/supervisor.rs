@@ -745,6 +745,7 @@ mod tests {
             ip: ip.into(),
             port: 0,
             backlog: 16,
+            fd_name: None,
         };
         // Each agent crashes a minute after its start and is restarted.
         let agents = fake(vec![Script::Exit(Duration::from_secs(60), 1)]);

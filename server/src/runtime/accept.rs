@@ -28,6 +28,9 @@ pub(crate) struct AcceptLoop {
     pub listener: Arc<TcpListener>,
     /// Cancelled to close the listener.
     pub listen: CancellationToken,
+    /// A socket systemd passed: it outlives this loop (and the host), so the connections
+    /// queued in it are left there for the next one to serve.
+    pub passed: bool,
     pub admission: Admission,
 }
 
@@ -74,8 +77,11 @@ impl AcceptLoop {
 
     /// Takes every connection the kernel has already accepted for us, and those whose
     /// handshake is under way; they are served like any session (at a stop they drain: each
-    /// handles what its peer sent, flushes and closes).
+    /// handles what its peer sent, flushes and closes). A passed socket keeps them.
     async fn take_backlog(self) {
+        if self.passed {
+            return;
+        }
         if let Err(e) = refuse_new_connections(&self.listener) {
             tracing::debug!(server = %self.admission.instance.name, "cannot filter new connections: {e}");
         }

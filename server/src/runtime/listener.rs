@@ -1,5 +1,6 @@
 //! Binding an instance's listeners: backlog, port 0, `port_fallback`, IPv6 sockets bound
-//! v6-only (so `Any` and `IPv6Any` can share a port), and all-or-nothing; and which sockets a
+//! v6-only (so `Any` and `IPv6Any` can share a port), sockets systemd passed, and
+//! all-or-nothing; and which sockets a
 //! live change of the listeners keeps, binds and closes ([`Move`]).
 //!
 //! A process being spawned holds a copy of every descriptor of the host from its fork until
@@ -186,7 +187,8 @@ pub(crate) fn probe(next: &ServerConfig, current: &[SocketAddr]) -> Result<(), S
     let _binding = Binding::begin();
     for listener in &next.listeners {
         let held = current.contains(&SocketAddr::new(listener.ip, listener.port));
-        if listener.port != 0 && !held {
+        // A passed socket is there whatever else listens.
+        if listener.port != 0 && !held && listener.fd_name.is_none() {
             bind_one(listener, next.port_fallback, &next.name)?;
         }
     }
@@ -194,6 +196,10 @@ pub(crate) fn probe(next: &ServerConfig, current: &[SocketAddr]) -> Result<(), S
 }
 
 fn bind_one(listener: &ListenerConfig, fallback: u16, server: &str) -> Result<TcpListener, String> {
+    if let Some(name) = &listener.fd_name {
+        return crate::systemd::activation::listener(name)
+            .map_err(|e| format!("cannot serve the passed socket {name:?} (server {server}): {e}"));
+    }
     let ip = listener.ip;
     let last = if listener.port == 0 {
         0
@@ -258,6 +264,7 @@ mod tests {
             ip: [127, 0, 0, 1].into(),
             port,
             backlog: 16,
+            fd_name: None,
         }
     }
 

@@ -247,6 +247,7 @@ impl LocalRun {
         let accept = AcceptLoop {
             listener: socket.clone(),
             listen: listen.clone(),
+            passed: config.fd_name.is_some(),
             admission: Admission {
                 tls: self.tls.clone(),
                 service: self.backend.service.clone(),
@@ -481,6 +482,7 @@ mod tests {
             ip: ip.into(),
             port: 0,
             backlog: 64,
+            fd_name: None,
         }
     }
 

@@ -211,6 +211,10 @@ fn load_config(args: &Args, types: &dyn TypeCatalog) -> Result<Config, ConfigErr
     Ok(config)
 }
 
+/// How long the admin API may take, once the host has stopped, to finish the answers in
+/// flight.
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn run(builder: HostBuilder, config: Config) -> ExitCode {
     let admin_addr = config.admin.listen.clone();
     let listener = match AdminListener::bind(&admin_addr).await {
@@ -228,7 +232,8 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
     let limits = config.admin.limits;
     let host = builder.build(config);
     let router = admin::router(host.clone(), listener.local_addr());
-    tokio::spawn(listener.serve(router, limits));
+    let closing = tokio_util::sync::CancellationToken::new();
+    let admin = tokio::spawn(listener.serve(router, limits, closing.clone()));
     let signals = match Signals::new() {
         Ok(signals) => signals,
         Err(e) => {
@@ -253,6 +258,11 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
         }
     };
     signals.serve(&host, boot).await;
+    // Requests in flight get their answers (a stop asked during the shutdown included).
+    closing.cancel();
+    if tokio::time::timeout(ADMIN_DRAIN, admin).await.is_err() {
+        tracing::warn!("admin requests still unanswered after {ADMIN_DRAIN:?}; exiting");
+    }
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
     }

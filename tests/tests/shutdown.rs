@@ -1,5 +1,6 @@
 //! Graceful shutdown on SIGTERM: listeners close, every byte a client sent before the signal is
-//! echoed back, sessions end with a FIN (no reset), the host exits 0 within the timeout.
+//! echoed back, sessions end with a FIN (no reset), the host exits 0 within the timeout; the
+//! admin API answers what it was asked before the signal and ends its event streams cleanly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,4 +175,74 @@ async fn a_second_sigint_exits_at_once() {
     assert!(signalled.elapsed() < Duration::from_secs(5));
     assert_ne!(status.code(), Some(0), "a forced exit is not a graceful one");
     stubborn.shutdown().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_asked_before_sigterm_gets_its_answer_and_event_streams_end_cleanly() {
+    let mut host = HostProcess::start_with(supersocket_tests::HostOptions {
+        args: vec!["--log-level".into(), "debug".into()],
+        ..supersocket_tests::HostOptions::new(
+            r#"shutdown_timeout = "3s"
+
+[[servers]]
+name = "Echo"
+type = "echo"
+listeners = [{ ip = "Loopback", port = 0 }]
+"#,
+        )
+    });
+    let events = host
+        .http()
+        .get(format!("{}/api/v1/events", host.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    // A session that does not close makes the stop drain for its whole bound.
+    let _stubborn = supersocket_tests::net::connect(host.port("Echo", 0).await).await;
+    let stop = tokio::spawn({
+        let url = format!("{}/api/v1/servers/Echo/stop?timeout=1500ms", host.admin);
+        let http = host.http().clone();
+        async move { http.post(url).send().await }
+    });
+    host.wait_server("Echo", Duration::from_secs(5), |s| s["state"] == "stopping")
+        .await;
+    // A request whose body is still coming when the signal comes.
+    let admin = host.admin.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&admin).await.unwrap();
+    let head = format!(
+        "POST /api/v1/config/check HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\n{{}}"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    host.signal(Signal::SIGTERM);
+    let answer = stop.await.unwrap().expect("the stop is answered, not cut");
+    assert_eq!(answer.status(), 200);
+    let server: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(server["state"], "stopped");
+    // The stream ends with the end of its body (no reset), after the last state.
+    let body = tokio::time::timeout(Duration::from_secs(10), events.text())
+        .await
+        .expect("the stream ends")
+        .expect("and ends cleanly");
+    assert!(body.contains(r#""state":"stopped""#), "{body}");
+    // The host has stopped, but waits for the request still coming; completed, it is answered.
+    assert!(
+        host.wait_exit(Duration::from_millis(500)).is_none(),
+        "the host left with a request unanswered"
+    );
+    slow.write_all(b"  ").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_string(&mut answer))
+        .await
+        .expect("answered")
+        .expect("not reset");
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
+    assert!(host.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    // Every request is logged at debug level with its status and duration.
+    let log = host.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("admin request") && l.contains("/api/v1/servers/Echo/stop"))
+        .unwrap_or_else(|| panic!("no request line: {log}"));
+    assert!(line.contains("status=200") && line.contains("elapsed="), "{line}");
 }

@@ -221,6 +221,7 @@ impl<T: Item, J: AsRef<Journal<T>>> Follow<T, J> {
             return None;
         }
         match (*self.journal).as_ref().next_after(self.cursor).await {
+            Ok(entries) if entries.is_empty() => None,
             Ok(entries) => {
                 for entry in entries {
                     self.cursor = entry.id;

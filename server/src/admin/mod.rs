@@ -2,6 +2,7 @@
 //! and the bearer token, served on TCP or a unix socket within limits of its own.
 
 mod changes;
+mod deadline;
 mod error;
 mod guard;
 mod live;
@@ -49,14 +50,16 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route(&format!("{server}/restart"), post(routes::restart))
         .route(&format!("{server}/sessions"), get(routes::sessions))
         .route(&format!("{server}/history"), get(live::history))
-        .route(&format!("{server}/logs"), get(live::logs_of))
-        .route("/events", get(live::events))
         .route(&format!("{server}/sessions/{{id}}"), delete(routes::kick))
         .route(&format!("{server}/sessions/{{id}}/send"), post(routes::send))
         .route("/route/{type}", get(routes::route))
         .route("/reload", post(routes::reload))
         .route("/config", get(changes::get_config).put(changes::replace_config))
-        .route("/config/check", post(changes::check_config));
+        .route("/config/check", post(changes::check_config))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), deadline::bounded))
+        // Streams last as long as their readers.
+        .route("/events", get(live::events))
+        .route(&format!("{server}/logs"), get(live::logs_of));
     Router::new()
         .route("/livez", get(routes::livez))
         .route("/healthz", get(routes::livez))
@@ -131,8 +134,14 @@ impl AdminListener {
         }
     }
 
-    /// Serves `router` within `limits` until the process exits.
-    pub async fn serve(self, router: Router, limits: AdminLimits) -> std::io::Result<()> {
-        serve::serve(self, router, limits).await
+    /// Serves `router` within `limits` until `closing` is cancelled, then until every request
+    /// in flight is answered.
+    pub async fn serve(
+        self,
+        router: Router,
+        limits: AdminLimits,
+        closing: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<()> {
+        serve::serve(self, router, limits, closing).await
     }
 }

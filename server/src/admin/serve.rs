@@ -14,6 +14,10 @@
 //!   may stall for no longer than `header_timeout`; a connection with no request in flight is
 //!   closed after `idle_timeout`;
 //! - the read buffer is small, so each connection holds a few KiB;
+//! - at the host's end ([`serve`]'s `closing`), no connection is accepted any more, requests in
+//!   flight are answered (a `stop` asked during the shutdown gets its answer), idle
+//!   connections close, and `serve` returns once every connection has;
+//! - every request is logged at debug level with its status and duration;
 //! - hyper's own answers to requests it cannot parse (400, and 431 for a request line or
 //!   headers over the buffer) carry the JSON error envelope, as every other answer does. They
 //!   are found by their first bytes in one write: hyper writes a head in one piece (this
@@ -36,6 +40,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::{AdminListener, ApiError};
@@ -50,15 +56,21 @@ const YIELDS_WHEN_FULL: usize = 2;
 /// How long to wait before accepting again when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts admin connections until the process exits.
-pub(super) async fn serve(listener: AdminListener, router: Router, limits: AdminLimits) -> io::Result<()> {
+/// Accepts admin connections until `closing` is cancelled, then waits for the open ones to
+/// finish what they are answering and close.
+pub(super) async fn serve(
+    listener: AdminListener,
+    router: Router,
+    limits: AdminLimits,
+    closing: CancellationToken,
+) -> io::Result<()> {
     let table = Arc::new(Table::new(limits.max_connections));
+    let connections = TaskTracker::new();
     loop {
         // Connections wait in the kernel's queue meanwhile, the listener's backlog.
-        table.few_leaving().await;
-        let accepted = match &listener {
-            AdminListener::Tcp(tcp) => tcp.accept().await.map(|(stream, _)| Accepted::Tcp(stream)),
-            AdminListener::Unix(unix, _) => unix.accept().await.map(|(stream, _)| Accepted::Unix(stream)),
+        let accepted = tokio::select! {
+            () = closing.cancelled() => break,
+            accepted = accept(&listener, &table) => accepted,
         };
         let stream = match accepted {
             Ok(stream) => stream,
@@ -87,10 +99,24 @@ pub(super) async fn serve(listener: AdminListener, router: Router, limits: Admin
         let Some(seat) = Table::seat(&table, heard) else {
             continue;
         };
+        let closing = closing.clone();
         match stream {
-            Accepted::Tcp(stream) => tokio::spawn(connection(stream, router.clone(), limits, seat)),
-            Accepted::Unix(stream) => tokio::spawn(connection(stream, router.clone(), limits, seat)),
+            Accepted::Tcp(stream) => connections.spawn(connection(stream, router.clone(), limits, seat, closing)),
+            Accepted::Unix(stream) => connections.spawn(connection(stream, router.clone(), limits, seat, closing)),
         };
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// The next connection, once few are leaving.
+async fn accept(listener: &AdminListener, table: &Table) -> io::Result<Accepted> {
+    table.few_leaving().await;
+    match listener {
+        AdminListener::Tcp(tcp) => tcp.accept().await.map(|(stream, _)| Accepted::Tcp(stream)),
+        AdminListener::Unix(unix, _) => unix.accept().await.map(|(stream, _)| Accepted::Unix(stream)),
     }
 }
 
@@ -209,8 +235,9 @@ impl Drop for Seat {
     }
 }
 
-/// Serves one connection until it closes, breaks a limit, idles out or makes room for another.
-async fn connection<S>(stream: S, router: Router, limits: AdminLimits, seat: Seat)
+/// Serves one connection until it closes, breaks a limit, idles out or makes room for another;
+/// once `closing` is cancelled, until the request in flight is answered.
+async fn connection<S>(stream: S, router: Router, limits: AdminLimits, seat: Seat, closing: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -227,11 +254,15 @@ where
             let router = router.clone();
             let deadline = Box::pin(tokio::time::sleep(limits.header_timeout));
             let request = request.map(|body| Body::new(Timed { body, deadline }));
+            let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+            let began = Instant::now();
             async move {
                 let response = match router.oneshot(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
+                let (status, elapsed) = (response.status().as_u16(), began.elapsed());
+                tracing::debug!(%method, path, status, ?elapsed, "admin request");
                 Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _busy: busy })))
             }
         })
@@ -240,9 +271,18 @@ where
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS)
         .serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut expired = std::pin::pin!(watch.expired(limits));
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = expired.as_mut() => return,
+        () = closing.cancelled() => {}
+    }
+    // The request in flight is answered; an idle connection closes at once.
+    connection.as_mut().graceful_shutdown();
     tokio::select! {
         _ = connection => {}
-        () = watch.expired(limits) => {}
+        () = expired => {}
     }
 }
 

@@ -1,10 +1,12 @@
 //! A journal: a bounded ring that a writer appends to and any number of readers follow at
 //! their own pace. Appending never waits for a reader; a reader that falls so far behind that
-//! the ring has dropped what it has not read yet is told so. The live events and each
+//! the ring has dropped what it has not read yet is told so. A closed journal takes nothing
+//! more and tells its readers there is nothing more to wait for. The live events and each
 //! instance's log lines are journals.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
@@ -40,6 +42,7 @@ struct Ring<T> {
 pub struct Journal<T> {
     ring: Mutex<Ring<T>>,
     appended: Notify,
+    closed: AtomicBool,
     max_items: usize,
     max_bytes: usize,
 }
@@ -53,6 +56,7 @@ impl<T: Item> Journal<T> {
                 next: 1,
             }),
             appended: Notify::new(),
+            closed: AtomicBool::new(false),
             max_items,
             max_bytes,
         }
@@ -62,8 +66,11 @@ impl<T: Item> Journal<T> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends an item and wakes the readers.
+    /// Appends an item and wakes the readers (nothing, once closed).
     pub fn push(&self, item: T) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         {
             let mut ring = self.ring();
             let id = ring.next;
@@ -101,7 +108,14 @@ impl<T: Item> Journal<T> {
         Ok(ring.entries.iter().filter(|e| e.id > after).cloned().collect())
     }
 
-    /// The items after `after`, waiting for one if there is none yet.
+    /// Takes nothing more; readers waiting learn that nothing more comes.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.appended.notify_waiters();
+    }
+
+    /// The items after `after`, waiting for one if there is none yet; none once the journal
+    /// is closed and they are all read.
     pub async fn next_after(&self, after: u64) -> Result<Vec<Entry<T>>, Behind> {
         loop {
             // Registered before looking, so that an item appended in between wakes it.
@@ -109,7 +123,7 @@ impl<T: Item> Journal<T> {
             tokio::pin!(appended);
             appended.as_mut().enable();
             let entries = self.after(after)?;
-            if !entries.is_empty() {
+            if !entries.is_empty() || self.closed.load(Ordering::Acquire) {
                 return Ok(entries);
             }
             appended.await;
@@ -171,5 +185,25 @@ mod tests {
         journal.push("config");
         let entries = reader.await.unwrap();
         assert_eq!((entries[0].id, entries[0].item), (1, "config"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_journal_ends_its_readers() {
+        let journal = Arc::new(Journal::new(4, 1024));
+        journal.push("last");
+        let reader = tokio::spawn({
+            let journal = journal.clone();
+            async move { journal.next_after(1).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        journal.close();
+        assert!(reader.await.unwrap().is_empty());
+        journal.push("late");
+        assert_eq!(journal.last_id(), 1);
+        assert_eq!(
+            journal.next_after(0).await.unwrap().len(),
+            1,
+            "what was kept is still read"
+        );
     }
 }

@@ -82,9 +82,20 @@ impl Logs {
         });
     }
 
-    /// Forgets the instances not in `names` (removed ones).
+    /// Forgets the instances not in `names` (removed ones); their followers are done.
     pub fn keep_only(&self, names: &[&str]) {
-        self.journals().retain(|name, _| names.contains(&name.as_str()));
+        self.journals().retain(|name, journal| {
+            let kept = names.contains(&name.as_str());
+            if !kept {
+                journal.close();
+            }
+            kept
+        });
+    }
+
+    /// Ends every follower: the host has stopped.
+    pub fn close(&self) {
+        self.journals().values().for_each(|journal| journal.close());
     }
 }
 

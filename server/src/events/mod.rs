@@ -69,6 +69,12 @@ impl Live {
         }
     }
 
+    /// Ends the streams of events and logs once what was told is read: the host has stopped.
+    pub fn close(&self) {
+        self.journal.close();
+        logs::logs().close();
+    }
+
     /// Forgets the instances not in `names` (removed ones).
     pub fn keep_only(&self, names: &[&str]) {
         self.history.keep_only(names);

@@ -484,6 +484,8 @@ impl Host {
             .into_iter()
             .map(|instance| async move { instance.stop(timeout).await });
         wait_for_all(stops.collect()).await;
+        // Event and log streams end once their readers have the last states.
+        self.inner.live.close();
     }
 
     /// Whether a shutdown has begun.

@@ -684,7 +684,7 @@ async fn each_role_may_change_what_it_may() {
     );
     let log = host.stderr();
     assert!(
-        log.contains("admin write token=\"ops\" method=POST path=\"/api/v1/servers/Keep/stop\" status=200"),
+        log.contains("admin write token=\"ops\" method=POST path=\"/api/v1/servers/Keep/stop?save=true\" status=200"),
         "{log}"
     );
     assert!(
@@ -854,4 +854,45 @@ async fn a_whole_config_means_what_it_says_about_isolation_and_labels() {
     let server = host.server("S").await;
     assert_eq!(server["isolation"], "runtime", "the server's own isolation stays");
     assert_eq!(server["labels"]["ttl"], "60s", "a label is text, not a duration");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_never_leaves_a_change_half_made() {
+    let host = HostProcess::start(
+        r#"shutdown_timeout = "5s"
+
+[[servers]]
+name = "Keep"
+type = "echo"
+listeners = [{ ip = "Loopback", port = 0 }]
+
+[[servers]]
+name = "Gone"
+type = "echo"
+isolation = "process"
+listeners = [{ ip = "Loopback", port = 0 }]
+"#,
+    );
+    // A frozen agent makes the removal wait for its whole drain bound.
+    let agent = host.server("Gone").await["pid"].as_u64().unwrap();
+    supersocket_tests::freeze(agent).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let hung_up = impatient
+        .delete(format!("{}/api/v1/servers/Gone?timeout=1s", host.admin))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the client gave up first");
+    // The removal is made whole: gone from the API and from the file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while host.get("/api/v1/servers/Gone").await.0 != 404 {
+        assert!(std::time::Instant::now() < deadline, "the removal was left half made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let file = std::fs::read_to_string(host.config_path()).unwrap();
+    assert!(!file.contains("Gone") && file.contains("Keep"), "{file}");
+    assert_eq!(host.server("Keep").await["state"], "running");
 }

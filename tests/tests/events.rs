@@ -44,7 +44,14 @@ struct Events {
 
 impl Events {
     async fn open(host: &HostProcess, last_event_id: Option<u64>) -> Self {
+        Self::open_as(host, last_event_id, None).await
+    }
+
+    async fn open_as(host: &HostProcess, last_event_id: Option<u64>, token: Option<&str>) -> Self {
         let mut request = host.http().get(format!("{}/api/v1/events", host.admin));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
         }
@@ -267,4 +274,31 @@ async fn streams_are_bounded_so_the_admin_port_keeps_room() {
         );
         tokio::task::yield_now().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_token_is_revoked() {
+    let tokens = "[admin]\ntoken = \"root\"\ntokens = [{ name = \"watch\", token = \"w-secret\", role = \"read\" }]\n";
+    let host = HostProcess::start(&format!("{HOST}\n{tokens}"));
+    let mut events = Events::open_as(&host, None, Some("w-secret")).await;
+    events.until(Duration::from_secs(2), is_state("A", "running")).await;
+    // The token goes from the file; a reload applies it.
+    let path = host.config_path();
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, config.replace(tokens, "[admin]\ntoken = \"root\"\n")).unwrap();
+    let reload = host
+        .http()
+        .post(format!("{}/api/v1/reload", host.admin))
+        .bearer_auth("root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    let seen = events.until(Duration::from_secs(3), |e| e.kind == "error").await;
+    let reason = seen.last().unwrap().data["reason"].as_str().unwrap();
+    assert!(reason.contains("no longer opens"), "{reason}");
+    assert!(
+        events.next(Duration::from_secs(2)).await.is_none(),
+        "and the stream ends"
+    );
 }

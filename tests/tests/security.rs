@@ -294,7 +294,9 @@ tokens = [
     assert_eq!(denied.code, 4, "{denied:?}");
     assert!(denied.stderr.contains("forbidden"), "{}", denied.stderr);
 
-    for action in ["stop", "start", "restart"] {
+    let read_refused = ask(reqwest::Method::GET, "/api/v1/servers", "wrong").await.unwrap();
+    assert_eq!(read_refused.status(), 401);
+    for action in ["stop?timeout=1s", "start", "restart"] {
         let path = format!("/api/v1/servers/Cmd/{action}");
         assert_eq!(
             ask(post.clone(), &path, "ops-secret").await.unwrap().status(),
@@ -338,6 +340,16 @@ tokens = [
             .any(|l| l.contains("admin write") && l.contains("ci") && l.contains("403")),
         "refused writes too:\n{log}"
     );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("admin write") && l.contains("/api/v1/servers/Cmd/stop?timeout=1s")),
+        "with their query:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("admin read refused") && l.contains("status=401")),
+        "reads refused for their token too:\n{log}"
+    );
 }
 
 #[test]
@@ -362,4 +374,34 @@ fn a_token_with_a_bad_role_or_no_secret_is_refused_with_its_key() {
         stderr.contains("admin.tokens[1]") && stderr.contains("no `token` or `token_file`"),
         "{stderr}"
     );
+
+    // Names the log gives to others, and secrets that cannot be sent as a bearer token.
+    let config = scratch.write(
+        "names.toml",
+        "[admin]\ntokens = [\n  { name = \"admin\", token = \"a1\", role = \"read\" },\n  { name = \"-\", token = \"b2\", role = \"read\" },\n  { name = \"sp\", token = \"has space\", role = \"read\" },\n]\n",
+    );
+    let stderr = check(&config, &[]);
+    for key in ["admin.tokens[0].name", "admin.tokens[1].name", "admin.tokens[2].token"] {
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+    // A single token from the environment that is a named token's secret would make it admin.
+    let config = scratch.write(
+        "env.toml",
+        "[admin]\ntokens = [{ name = \"ci\", token = \"ci-secret\", role = \"read\" }]\n",
+    );
+    let stderr = check(&config, &[("SUPERSOCKET_TOKEN", "ci-secret")]);
+    assert!(stderr.contains("same secret as token \"ci\""), "{stderr}");
+}
+
+/// `supersocketd --check` of `config`; its stderr, which must tell of errors.
+fn check(config: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let checked = std::process::Command::new(supersocket_tests::bin("supersocketd"))
+        .args(["--check", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr).into_owned();
+    assert!(!checked.status.success(), "{stderr}");
+    stderr
 }

@@ -18,20 +18,65 @@ use crate::secret::constant_time_eq;
 /// Routes open without a token, for probes.
 const HEALTH_ROUTES: [&str; 3] = ["/livez", "/healthz", "/readyz"];
 
-/// Checks every request before it reaches a handler; logs every write with who asked and what
-/// came of it.
+/// Checks every request before it reaches a handler; logs every write with who asked, what
+/// (method, path and query as sent) and what came of it, even when the client left before the
+/// answer, and every request refused for its token.
 pub async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let method = request.method().clone();
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let mut caller = None;
-    let response = match check(&state, &method, request.uri(), request.headers(), &mut caller) {
-        Ok(()) => next.run(request).await,
-        Err(error) => error.into_response(),
-    };
-    if method != Method::GET && method != Method::HEAD {
+    let write = method != Method::GET && method != Method::HEAD;
+    if let Err(error) = check(&state, &method, request.uri(), request.headers(), &mut caller) {
+        let response = error.into_response();
+        let status = response.status().as_u16();
         let token = caller.as_ref().map_or("-", |caller| caller.name.as_str());
-        tracing::info!(token, %method, path, status = response.status().as_u16(), "admin write");
+        if write {
+            tracing::info!(target: AUDIT, token, %method, path, status, "admin write");
+        } else if status == 401 || status == 403 {
+            tracing::info!(target: AUDIT, token, %method, path, status, "admin read refused");
+        }
+        return response;
     }
+    if !write {
+        return next.run(request).await;
+    }
+    let mut audit = Audit {
+        token: caller.map_or_else(|| "-".to_owned(), |caller| caller.name),
+        method,
+        path,
+        status: None,
+    };
+    let response = next.run(request).await;
+    audit.status = Some(response.status().as_u16());
     response
+}
+
+/// The log target of the audit lines, for routing them apart.
+const AUDIT: &str = "supersocket::audit";
+
+/// A write let through, logged when its answer is made or when the client leaves first.
+struct Audit {
+    token: String,
+    method: Method,
+    /// Path and query, as sent.
+    path: String,
+    status: Option<u16>,
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        let (token, method, path) = (&self.token, &self.method, &self.path);
+        match self.status {
+            Some(status) => tracing::info!(target: AUDIT, token, %method, path, status, "admin write"),
+            None => tracing::info!(
+                target: AUDIT,
+                token,
+                %method,
+                path,
+                "admin write: the client left before the answer (an operation begun goes on to its end)"
+            ),
+        }
+    }
 }
 
 /// Who a request comes from: the name of its token, and its role.

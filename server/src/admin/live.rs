@@ -61,7 +61,8 @@ pub async fn events(State(state): State<AdminState>, headers: HeaderMap) -> Resu
         }
     };
     let journal = Arc::new(JournalOf(live));
-    Ok(follow(journal, cursor, first, seat, |entry: &events::Event| {
+    let reader = Reader::new(&state, &headers, seat);
+    Ok(follow(journal, cursor, first, reader, |entry: &events::Event| {
         Event::default().event(entry.kind).data(&*entry.data)
     }))
 }
@@ -139,7 +140,8 @@ pub async fn logs_of(
             (cursor, recent.iter().map(log_event).collect())
         }
     };
-    Ok(follow(journal, cursor, first, seat, |logged: &Logged| {
+    let reader = Reader::new(&state, &headers, seat);
+    Ok(follow(journal, cursor, first, reader, |logged: &Logged| {
         log_event_data(logged)
     }))
 }
@@ -179,9 +181,43 @@ impl Drop for Seat {
     }
 }
 
+/// Who follows a stream: its place among the streams, and how to tell that its token still
+/// opens the API (a reload may revoke it).
+struct Reader {
+    _seat: Seat,
+    state: AdminState,
+    /// The request's `Authorization`, checked again before each batch of events.
+    authorization: HeaderMap,
+}
+
+impl Reader {
+    fn new(state: &AdminState, headers: &HeaderMap, seat: Seat) -> Self {
+        let mut authorization = HeaderMap::new();
+        if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+            authorization.insert(axum::http::header::AUTHORIZATION, value.clone());
+        }
+        Self {
+            _seat: seat,
+            state: state.clone(),
+            authorization,
+        }
+    }
+
+    fn still_allowed(&self) -> bool {
+        super::guard::authorized(&self.state, &self.authorization).is_ok()
+    }
+}
+
 /// The stream of `first`, then every item of `journal` after `cursor`, each made an event by
-/// `event` (with its id); an `error` event ends it when the reader falls behind.
-fn follow<T, J>(journal: Arc<J>, cursor: u64, first: VecDeque<Event>, seat: Seat, event: fn(&T) -> Event) -> Response
+/// `event` (with its id); an `error` event ends it when the reader falls behind or its token
+/// no longer opens the API.
+fn follow<T, J>(
+    journal: Arc<J>,
+    cursor: u64,
+    first: VecDeque<Event>,
+    reader: Reader,
+    event: fn(&T) -> Event,
+) -> Response
 where
     T: Item + Send + Sync + 'static,
     J: AsRef<Journal<T>> + Send + Sync + 'static,
@@ -192,7 +228,7 @@ where
         pending: first,
         ended: false,
         event,
-        _seat: seat,
+        reader,
     };
     let stream = futures_util::stream::unfold(reader, Follow::next);
     Sse::new(stream)
@@ -209,7 +245,7 @@ struct Follow<T, J> {
     pending: VecDeque<Event>,
     ended: bool,
     event: fn(&T) -> Event,
-    _seat: Seat,
+    reader: Reader,
 }
 
 impl<T: Item, J: AsRef<Journal<T>>> Follow<T, J> {
@@ -222,6 +258,11 @@ impl<T: Item, J: AsRef<Journal<T>>> Follow<T, J> {
         }
         match (*self.journal).as_ref().next_after(self.cursor).await {
             Ok(entries) if entries.is_empty() => None,
+            Ok(_) if !self.reader.still_allowed() => {
+                self.ended = true;
+                let data = serde_json::json!({ "reason": "the token of this stream no longer opens the API" });
+                Some((Ok(Event::default().event("error").data(data.to_string())), self))
+            }
             Ok(entries) => {
                 for entry in entries {
                     self.cursor = entry.id;

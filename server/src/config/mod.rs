@@ -79,8 +79,8 @@ pub struct Config {
 /// this, so that a host of many agents on a large machine does not run thousands of threads.
 pub const AGENT_THREADS: usize = 4;
 
-/// Where and how the admin API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where and how the admin API listens. Its `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// TCP address or unix socket path.
     pub listen: AdminAddr,
@@ -93,6 +93,17 @@ pub struct AdminConfig {
     pub limits: AdminLimits,
 }
 
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("tokens", &self.tokens)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
 impl AdminConfig {
     /// Whether the API asks for a token.
     pub fn requires_token(&self) -> bool {
@@ -100,12 +111,22 @@ impl AdminConfig {
     }
 }
 
-/// A bearer token with a name (for the log) and a role.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A bearer token with a name (for the log) and a role. Its `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct NamedToken {
     pub name: String,
     pub token: String,
     pub role: Role,
+}
+
+impl std::fmt::Debug for NamedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedToken")
+            .field("name", &self.name)
+            .field("token", &"***")
+            .field("role", &self.role)
+            .finish()
+    }
 }
 
 /// What a token may do: each role may do what the one before it may.
@@ -406,21 +427,47 @@ impl Config {
         }
     }
 
-    /// Refuses an admin API reachable from other machines with no token (SPEC §6).
+    /// Refuses an admin API reachable from other machines with no token (SPEC §6), and a
+    /// single token (perhaps from the environment) that is not visible ASCII or that is the
+    /// secret of a named token, which it would make `admin`.
     pub fn check_exposure(&self) -> Result<(), ConfigErrors> {
+        let error = |key: &str, message: String| {
+            Err(ConfigErrors(vec![ConfigError {
+                file: self.source.display_name(),
+                line: None,
+                server: None,
+                key: Some(key.into()),
+                message,
+            }]))
+        };
+        // The single token may come from the environment, after the file was read.
+        if let Some(token) = &self.admin.token {
+            if !schema::visible_ascii(token) {
+                return error(
+                    "admin.token",
+                    "the admin token (or SUPERSOCKET_TOKEN) has a space, a control or a non-ASCII character".into(),
+                );
+            }
+            if let Some(named) = self.admin.tokens.iter().find(|named| &named.token == token) {
+                return error(
+                    "admin.token",
+                    format!(
+                        "the admin token (or SUPERSOCKET_TOKEN) is the same secret as token {:?}, which would make it admin",
+                        named.name
+                    ),
+                );
+            }
+        }
         if self.admin.listen.is_local() || self.admin.requires_token() {
             return Ok(());
         }
-        Err(ConfigErrors(vec![ConfigError {
-            file: self.source.display_name(),
-            line: None,
-            server: None,
-            key: Some("admin.listen".into()),
-            message: format!(
+        error(
+            "admin.listen",
+            format!(
                 "admin address {} is reachable from other machines; set `admin.token` (or SUPERSOCKET_TOKEN) or listen on loopback",
                 self.admin.listen
             ),
-        }]))
+        )
     }
 
     /// A server by name.

@@ -193,8 +193,24 @@ fn read_token(table: &mut Table<'_>, base_dir: &std::path::Path, required: bool,
         errs.at(&field, "the admin token is empty".into());
         return None;
     }
+    if !visible_ascii(&text) {
+        errs.at(
+            &field,
+            "the admin token has a space, a control or a non-ASCII character (a bearer token is visible ASCII)".into(),
+        );
+        return None;
+    }
     Some(text)
 }
+
+/// Whether `text` is all visible ASCII, as a bearer token must be to be sent.
+pub(crate) fn visible_ascii(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Token names the log gives to callers without a named token: `admin` (the single `token`)
+/// and `-` (no token set).
+const RESERVED_TOKEN_NAMES: [&str; 2] = ["admin", "-"];
 
 /// One of `[admin] tokens`: `{ name, token | token_file, role }`.
 fn read_named_token(node: &Node, path: String, base_dir: &std::path::Path, errs: &mut Errors) -> Option<NamedToken> {
@@ -202,13 +218,19 @@ fn read_named_token(node: &Node, path: String, base_dir: &std::path::Path, errs:
     let name = match table.take("name") {
         Some(field) => field.string(errs).filter(|name| {
             let fits = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            let reserved = RESERVED_TOKEN_NAMES.contains(&name.as_str());
             if !fits {
                 errs.at(
                     &field,
                     format!("token name {name:?} is not letters, digits, '-', '_' or '.'"),
                 );
+            } else if reserved {
+                errs.at(
+                    &field,
+                    format!("token name {name:?} is what the log calls the single `token` or no token; choose another"),
+                );
             }
-            fits
+            fits && !reserved
         }),
         None => {
             errs.at_line(table.path.clone(), table.line, "token has no `name`".into());

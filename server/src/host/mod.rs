@@ -18,9 +18,9 @@ use tokio::task::JoinSet;
 
 pub use writes::{ChangeError, Changed, Edit};
 
-use crate::config::{AdminAddr, Config, ConfigErrors, ConfigSource, Document, ServerConfig};
+use crate::config::{AdminAddr, Config, ConfigError, ConfigErrors, ConfigSource, Document, ServerConfig};
 use crate::dispatch::{Directory, HostHandle, Route, RouteFn};
-use crate::instance::{HostLife, Instance, InstanceEnv, Launchers, StateHook};
+use crate::instance::{HostLife, Instance, InstanceEnv, Launchers, StateHook, finish_detached};
 use crate::isolation::spawn::Processes;
 use crate::isolation::supervisor::AgentLaunch;
 use crate::isolation::view::Views;
@@ -282,8 +282,14 @@ impl Host {
     /// their new settings (or updated while they run, when every change is live), unchanged ones
     /// left alone with their sessions. An invalid file, or one with no servers (unless
     /// `allow_empty`), changes nothing. A change that cannot be applied (a new port in use)
-    /// leaves that instance with its old config and is reported.
+    /// leaves that instance with its old config and is reported. Runs to its end even if the
+    /// caller stops waiting.
     pub async fn reload(&self, allow_empty: bool) -> Result<ReloadReport, ReloadError> {
+        let host = self.clone();
+        finish_detached(async move { host.reload_attached(allow_empty).await }).await
+    }
+
+    async fn reload_attached(&self, allow_empty: bool) -> Result<ReloadReport, ReloadError> {
         // One reload at a time, each reading the file when its turn comes: the last one asked
         // applies the file as it is last.
         let mut document = self.inner.writes.lock().await;
@@ -306,12 +312,32 @@ impl Host {
         if next.servers.is_empty() && !allow_empty {
             return Err(ReloadError::Empty);
         }
+        let next = self.with_overrides(next);
+        self.check_exposure(&next).map_err(ReloadError::Invalid)?;
         if let Some(text) = text {
             document.reread(text);
         }
-        let next = self.with_overrides(next);
         let plan = self.plan(&next).await;
         self.apply(next, plan, None).await
+    }
+
+    /// Whether `next` leaves the admin API open to other machines without a token: at the
+    /// address it names (from the next start) or at the one bound now (until then).
+    fn check_exposure(&self, next: &Config) -> Result<(), ConfigErrors> {
+        next.check_exposure()?;
+        let bound = self.current().config.admin.listen.clone();
+        if bound.is_local() || next.admin.requires_token() {
+            return Ok(());
+        }
+        Err(ConfigErrors(vec![ConfigError {
+            file: next.source.display_name(),
+            line: None,
+            server: None,
+            key: Some("admin.token".into()),
+            message: format!(
+                "the admin API listens on {bound}, reachable from other machines, until the next start; a config without `admin.token` or `admin.tokens` would leave it open"
+            ),
+        }]))
     }
 
     /// The command line's and the environment's settings, which win over any config's.

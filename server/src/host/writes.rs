@@ -12,6 +12,7 @@ use supersocket_proto::{ConfigCheck, PlanAction, PlanStep, ReloadReport};
 
 use super::{Host, Plan, ReloadError};
 use crate::config::{Config, ConfigErrors, Document, EditError, export};
+use crate::instance::finish_detached;
 
 /// Why a whole config without servers is refused.
 const NO_SERVERS: &str = "the config has no servers (send it with ?allow_empty=true to remove them all)";
@@ -98,8 +99,21 @@ impl Host {
     }
 
     /// Makes a change (see the module's text). `if_match` is the `If-Match` header; `timeout`
-    /// bounds the drain of what the change stops.
+    /// bounds the drain of what the change stops. Once begun, a change runs to its end (or is
+    /// undone) even if the caller stops waiting: a client that hangs up never leaves a change
+    /// half made.
     pub async fn change(
+        &self,
+        edit: Edit,
+        if_match: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Changed, ChangeError> {
+        let host = self.clone();
+        let if_match = if_match.map(str::to_owned);
+        finish_detached(async move { host.change_attached(edit, if_match.as_deref(), timeout).await }).await
+    }
+
+    async fn change_attached(
         &self,
         edit: Edit,
         if_match: Option<&str>,
@@ -165,7 +179,7 @@ impl Host {
             .await
             .map_err(|_| ChangeError::ShuttingDown)?;
         let next = self.with_overrides(parsed.map_err(|errors| ChangeError::Invalid(as_request(errors, one_server)))?);
-        next.check_exposure().map_err(ChangeError::Invalid)?;
+        self.check_exposure(&next).map_err(ChangeError::Invalid)?;
         Ok(next)
     }
 

@@ -28,7 +28,7 @@ use crate::timefmt::rfc3339;
 
 /// Runs `operation` on its own task so that it completes even if the caller's future is
 /// dropped, and waits for it.
-async fn finish_detached<T: Send + 'static>(operation: impl Future<Output = T> + Send + 'static) -> T {
+pub(crate) async fn finish_detached<T: Send + 'static>(operation: impl Future<Output = T> + Send + 'static) -> T {
     match tokio::spawn(operation).await {
         Ok(output) => output,
         Err(e) => match e.try_into_panic() {

@@ -2,6 +2,7 @@
 //! and the bearer token, served on TCP or a unix socket within limits of its own.
 
 mod changes;
+mod dashboard;
 mod error;
 mod guard;
 mod live;
@@ -57,6 +58,7 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route("/config", get(changes::get_config).put(changes::replace_config))
         .route("/config/check", post(changes::check_config));
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/livez", get(routes::livez))
         .route("/healthz", get(routes::livez))
         .route("/readyz", get(routes::readyz))

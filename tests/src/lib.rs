@@ -1,7 +1,8 @@
 //! Helpers for the end-to-end tests: run the real `supersocketd` (or another host binary) on
 //! ephemeral loopback ports, wait for its `ready` line, talk to it over TCP, TLS and HTTP, and
-//! kill it when the test ends, whether it passed or not.
+//! kill it when the test ends, whether it passed or not; and a real browser for the dashboard.
 
+pub mod browser;
 pub mod net;
 pub mod tls;
 

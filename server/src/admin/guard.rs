@@ -1,6 +1,7 @@
 //! The admin API's manners: Host and Origin checks against DNS rebinding and cross-site
-//! requests, a bearer token (constant-time) on every route but the probes', whose role must
-//! allow the request, the body limit, and a log line for every write with the token's name.
+//! requests, a bearer token (constant-time) on every route but the probes' and the dashboard's
+//! page, whose role must allow the request, the body limit, and a log line for every write with
+//! the token's name.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,8 +16,9 @@ use super::error::ApiError;
 use crate::config::Role;
 use crate::secret::constant_time_eq;
 
-/// Routes open without a token, for probes.
-const HEALTH_ROUTES: [&str; 3] = ["/livez", "/healthz", "/readyz"];
+/// Routes open without a token: the probes, and the dashboard's page, which holds no data (the
+/// requests it makes carry the token).
+const OPEN_ROUTES: [&str; 4] = ["/livez", "/healthz", "/readyz", "/"];
 
 /// Checks every request before it reaches a handler; logs every write with who asked, what
 /// (method, path and query as sent) and what came of it, even when the client left before the
@@ -126,7 +128,7 @@ fn check(
             }
         }
     }
-    if !HEALTH_ROUTES.contains(&uri.path()) {
+    if !OPEN_ROUTES.contains(&uri.path()) {
         let known = caller.insert(authorized(state, headers)?);
         let needed = needed(method, uri.path());
         if known.role < needed {

@@ -2,6 +2,7 @@
 //! and the bearer token, served on TCP or a unix socket within limits of its own.
 
 mod changes;
+mod dashboard;
 mod deadline;
 mod error;
 mod guard;
@@ -61,6 +62,7 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route("/events", get(live::events))
         .route(&format!("{server}/logs"), get(live::logs_of));
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/livez", get(routes::livez))
         .route("/healthz", get(routes::livez))
         .route("/readyz", get(routes::readyz))

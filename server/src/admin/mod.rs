@@ -6,6 +6,7 @@ mod error;
 mod guard;
 mod live;
 mod metrics;
+mod openapi;
 mod routes;
 mod serve;
 
@@ -30,6 +31,36 @@ pub struct AdminState {
     /// The bound TCP address, for Host checks; `None` on a unix socket.
     own: Option<SocketAddr>,
 }
+
+/// Every route of [`router`], method and path. The OpenAPI document describes exactly these
+/// (a test holds the document, this list and the router's `.route(` calls together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/livez"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/host"),
+    ("GET", "/api/v1/servers"),
+    ("POST", "/api/v1/servers"),
+    ("GET", "/api/v1/servers/{name}"),
+    ("PUT", "/api/v1/servers/{name}"),
+    ("DELETE", "/api/v1/servers/{name}"),
+    ("POST", "/api/v1/servers/{name}/start"),
+    ("POST", "/api/v1/servers/{name}/stop"),
+    ("POST", "/api/v1/servers/{name}/restart"),
+    ("GET", "/api/v1/servers/{name}/sessions"),
+    ("GET", "/api/v1/servers/{name}/history"),
+    ("GET", "/api/v1/servers/{name}/logs"),
+    ("GET", "/api/v1/events"),
+    ("DELETE", "/api/v1/servers/{name}/sessions/{id}"),
+    ("POST", "/api/v1/servers/{name}/sessions/{id}/send"),
+    ("GET", "/api/v1/route/{type}"),
+    ("POST", "/api/v1/reload"),
+    ("GET", "/api/v1/config"),
+    ("PUT", "/api/v1/config"),
+    ("POST", "/api/v1/config/check"),
+    ("GET", "/api/v1/openapi.json"),
+];
 
 /// The admin API's router over `host`, listening at `own` (`None` for a unix socket).
 pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
@@ -56,7 +87,8 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route("/route/{type}", get(routes::route))
         .route("/reload", post(routes::reload))
         .route("/config", get(changes::get_config).put(changes::replace_config))
-        .route("/config/check", post(changes::check_config));
+        .route("/config/check", post(changes::check_config))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .route("/livez", get(routes::livez))
         .route("/healthz", get(routes::livez))

@@ -44,7 +44,7 @@ pub async fn operate(
         }
     }
     if printer.output == Output::Json {
-        printer.show(&Value::Array(results), |_| String::new());
+        printer.show(&Value::Array(results), String::new);
     }
     match failures.len() {
         0 => Ok(()),

@@ -330,6 +330,14 @@ pub struct ConfigEvent {
     pub report: ReloadReport,
 }
 
+/// Data of the `error` event that ends an events or log stream whose reader fell behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamError {
+    /// Why the stream ended, and what to do (reconnect without `Last-Event-ID`).
+    pub reason: String,
+}
+
 /// One second of an instance's history (`GET /api/v1/servers/{name}/history`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

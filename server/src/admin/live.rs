@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use supersocket_proto::{ErrorBody, ErrorCode, HistorySample, LogLine, StateEvent, parse_duration};
+use supersocket_proto::{ErrorBody, ErrorCode, HistorySample, LogLine, StateEvent, StreamError, parse_duration};
 use utoipa::IntoParams;
 
 use super::AdminState;
@@ -41,7 +41,7 @@ static STREAMS: AtomicUsize = AtomicUsize::new(0);
 #[utoipa::path(get, path = "/api/v1/events", tag = "live",
     params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (the last a reconnecting client saw); an id this host never gave, or not a number, starts afresh.")),
     responses(
-        (status = 200, description = "Server-Sent Events without end: `state` (`StateEvent`; first one per server without an id), `stats` once a second (`StatsEvent`), `config` after each accepted change (`ConfigEvent`), and `error` (`{\"reason\"}`, then the end) for a client that fell behind.",
+        (status = 200, description = "Server-Sent Events without end: `state` (`StateEvent`; first one per server without an id), `stats` once a second (`StatsEvent`), `config` after each accepted change (`ConfigEvent`), and `error` (`StreamError`, then the end) for a client that fell behind.",
             body = super::openapi::LiveEvent, content_type = "text/event-stream"),
         (status = 503, description = "Too many event and log streams are open.", body = ErrorBody),
     ))]
@@ -261,7 +261,7 @@ impl<T: Item, J: AsRef<Journal<T>>> Follow<T, J> {
                     "fell behind: what came after {} was dropped (the oldest kept is {oldest}); reconnect without Last-Event-ID",
                     self.cursor
                 );
-                let data = serde_json::json!({ "reason": reason }).to_string();
+                let data = serde_json::to_string(&StreamError { reason }).unwrap_or_default();
                 Some((Ok(Event::default().event("error").data(data)), self))
             }
         }

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use supersocket_proto::{ConfigEvent, ErrorBody, ServerStats, StateEvent, StatsEvent};
+use supersocket_proto::{ConfigEvent, ErrorBody, ServerStats, StateEvent, StatsEvent, StreamError};
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, ResponseBuilder};
@@ -67,7 +67,7 @@ const BEARER: &str = "bearer";
         changes::check_config,
         document,
     ),
-    components(schemas(StateEvent, StatsEvent, ServerStats, ConfigEvent)),
+    components(schemas(StateEvent, StatsEvent, ServerStats, ConfigEvent, StreamError)),
     modifiers(&Manners),
     security(("bearer" = [])),
     tags(
@@ -213,8 +213,8 @@ fn error_answer(description: &str) -> utoipa::openapi::Response {
 pub struct LiveEvent {
     /// What the event tells.
     event: LiveEventKind,
-    /// JSON: a `StateEvent`, `StatsEvent` or `ConfigEvent` as `event` says; `{"reason"}` for
-    /// `error`, the last event of a stream whose reader fell behind.
+    /// JSON: a `StateEvent`, `StatsEvent` or `ConfigEvent` as `event` says; a `StreamError`
+    /// for `error`, the last event of a stream whose reader fell behind.
     data: String,
     /// Its id, to resume after with `Last-Event-ID` (none on the first state of each server).
     id: Option<String>,
@@ -239,10 +239,10 @@ pub enum LiveEventKind {
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub struct LogEvent {
-    /// `log` for a line; `error` (`{"reason"}`) ends the stream of a reader that fell behind.
+    /// `log` for a line; `error` (a `StreamError`) ends the stream of a reader that fell behind.
     #[schema(pattern = "^(log|error)$")]
     event: String,
-    /// JSON: a `LogLine`, or `{"reason"}` for `error`.
+    /// JSON: a `LogLine`, or a `StreamError` for `error`.
     data: String,
     /// Its id, to resume after with `Last-Event-ID`.
     id: Option<String>,

@@ -9,7 +9,7 @@ use serde_json::Value;
 use supersocket_proto::{ConfigCheck, ReloadReport, ServerInfo};
 
 use crate::client::{Body, Client, CtlError, decode, drain, query, segment};
-use crate::{Output, Printer, render};
+use crate::{Output, Printer, render, stdout};
 
 /// Reads a config file: TOML, or JSON for a `.json` file; `-` is standard input (JSON if it
 /// starts with `{`).
@@ -88,7 +88,7 @@ pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only:
         return show_check(printer, &json, &check);
     }
     if printer.output == Output::Table {
-        print!("{}", render::plan(&check.plan));
+        stdout::write(render::plan(&check.plan));
     }
     let answer = client
         .send(Method::PUT, "/api/v1/config", Some(body), seen.as_deref())
@@ -125,7 +125,7 @@ fn show_check(printer: &Printer, json: &Value, check: &ConfigCheck) -> Result<()
         printer.show(json, String::new);
     } else {
         for error in &check.errors {
-            println!("{error}");
+            stdout::write(format!("{error}\n"));
         }
     }
     Err(CtlError::Failed(format!(

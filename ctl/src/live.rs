@@ -3,7 +3,7 @@
 //! a terminal). Both read the admin API's Server-Sent Events and resume after a broken
 //! connection where they left off.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant, SystemTime};
 
 use supersocket_proto::{ConfigEvent, LogLine, ServerInfo, StateEvent, StatsEvent, StreamError};
@@ -135,8 +135,7 @@ async fn follow(
 
 /// Writes `text` to stdout; false once stdout is closed (a pager or `head` that quit).
 fn emit(text: &str) -> bool {
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_ok()
+    crate::stdout::write(text)
 }
 
 /// `logs NAME [-n N] [--since DUR] [-f]`.

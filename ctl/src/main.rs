@@ -1,7 +1,8 @@
 //! `supersocket`: the command-line client of the SuperSocket host's admin API (SPEC §7).
 //!
 //! Exit codes: 0 success; 1 the operation failed or a server/session does not exist; 2 usage;
-//! 3 host unreachable; 4 unauthorized. Every error is one line on stderr.
+//! 3 host unreachable; 4 unauthorized. Every error is one line on stderr. A closed stdout
+//! (`| head`) ends the output quietly and changes no exit code (see `stdout`).
 
 mod changes;
 mod cli;
@@ -9,6 +10,7 @@ mod client;
 mod live;
 mod operate;
 mod render;
+mod stdout;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
+        Ok(()) if stdout::failed() => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("supersocket: {error}");
@@ -65,9 +68,9 @@ impl Printer {
     /// Prints the API's JSON as it came, or the human rendering of what was read from it.
     fn show(&self, json: &Value, human: impl FnOnce() -> String) {
         match self.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
-            Output::Table => print!("{}", ensure_newline(human())),
-        }
+            Output::Json => stdout::write(serde_json::to_string_pretty(json).unwrap_or_default() + "\n"),
+            Output::Table => stdout::write(ensure_newline(human())),
+        };
     }
 }
 
@@ -81,7 +84,9 @@ fn ensure_newline(mut text: String) -> String {
 async fn run(cli: Cli) -> Result<(), CtlError> {
     let printer = Printer { output: cli.output };
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "supersocket", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "supersocket", &mut script);
+        stdout::write(script);
         return Ok(());
     }
     let client = Client::new(&cli.url, cli.token, cli.request_timeout)?;

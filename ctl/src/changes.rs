@@ -9,7 +9,7 @@ use serde_json::Value;
 use supersocket_proto::{ConfigCheck, ReloadReport, ServerInfo};
 
 use crate::client::{Body, Client, CtlError, decode, drain, query, segment};
-use crate::{Output, Printer, render};
+use crate::{Output, Printer, render, stdout};
 
 /// Reads a config file: TOML, or JSON for a `.json` file; `-` is standard input (JSON if it
 /// starts with `{`).
@@ -33,7 +33,7 @@ pub async fn add(client: &Client, printer: &Printer, file: &str) -> Result<(), C
         .await?
         .success()?;
     let server: ServerInfo = decode(answer.body.clone())?;
-    printer.show(&answer.body, |_| format!("{}: added, {}", server.name, server.state));
+    printer.show(&answer.body, || format!("{}: added, {}", server.name, server.state));
     Ok(())
 }
 
@@ -41,7 +41,7 @@ pub async fn add(client: &Client, printer: &Printer, file: &str) -> Result<(), C
 pub async fn remove(client: &Client, printer: &Printer, name: &str, timeout: Option<Duration>) -> Result<(), CtlError> {
     let path = format!("/api/v1/servers/{}{}", segment(name), query([drain(timeout)]));
     client.ok(Method::DELETE, &path, None).await?;
-    printer.show(&serde_json::json!({ "server": name, "removed": true }), |_| {
+    printer.show(&serde_json::json!({ "server": name, "removed": true }), || {
         format!("{name}: removed")
     });
     Ok(())
@@ -57,7 +57,7 @@ pub async fn get(client: &Client, printer: &Printer) -> Result<(), CtlError> {
     let toml =
         toml::to_string(&answer.body).map_err(|e| CtlError::Failed(format!("cannot show the config as TOML: {e}")))?;
     let etag = answer.etag.as_deref().unwrap_or_default();
-    printer.show(&answer.body, |_| format!("{ETAG_LINE}{etag}\n{toml}"));
+    printer.show(&answer.body, || format!("{ETAG_LINE}{etag}\n{toml}"));
     Ok(())
 }
 
@@ -70,8 +70,8 @@ fn etag_of(body: &Body) -> Option<String> {
 
 /// `config check FILE`: its errors, or its plan; fails (exit 1) when it is invalid.
 pub async fn check(client: &Client, printer: &Printer, file: &str) -> Result<(), CtlError> {
-    let check = dry_run(client, read(file)?).await?;
-    show_check(printer, &check)
+    let (json, check) = dry_run(client, read(file)?).await?;
+    show_check(printer, &json, &check)
 }
 
 /// `apply -f FILE [--dry-run]`: the plan, then (unless a dry run) the change, made only if the
@@ -83,12 +83,12 @@ pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only:
         Some(tag) => Some(tag),
         None => client.call(Method::GET, "/api/v1/config", None).await?.success()?.etag,
     };
-    let check = dry_run(client, body.clone()).await?;
+    let (json, check) = dry_run(client, body.clone()).await?;
     if dry_run_only || !check.valid {
-        return show_check(printer, &check);
+        return show_check(printer, &json, &check);
     }
     if printer.output == Output::Table {
-        print!("{}", render::plan(&check.plan));
+        stdout::write(render::plan(&check.plan));
     }
     let answer = client
         .send(Method::PUT, "/api/v1/config", Some(body), seen.as_deref())
@@ -100,31 +100,32 @@ pub async fn apply(client: &Client, printer: &Printer, file: &str, dry_run_only:
     }
     let answer = answer.success()?;
     let report: ReloadReport = decode(answer.body.clone())?;
-    printer.show(&answer.body, |_| render::reload_report(&report));
+    printer.show(&answer.body, || render::reload_report(&report));
     Ok(())
 }
 
-/// What the host would do with a whole config, changing nothing.
-async fn dry_run(client: &Client, body: Body) -> Result<ConfigCheck, CtlError> {
+/// What the host would do with a whole config, changing nothing: the answer as it came, and
+/// read.
+async fn dry_run(client: &Client, body: Body) -> Result<(Value, ConfigCheck), CtlError> {
     let answer = client
         .send(Method::POST, "/api/v1/config/check", Some(body), None)
         .await?
         .success()?;
-    decode(answer.body)
+    let check = decode(answer.body.clone())?;
+    Ok((answer.body, check))
 }
 
 /// Prints a check: the plan when valid, else every error; an invalid config fails.
-fn show_check(printer: &Printer, check: &ConfigCheck) -> Result<(), CtlError> {
-    let json = serde_json::to_value(check).unwrap_or(Value::Null);
+fn show_check(printer: &Printer, json: &Value, check: &ConfigCheck) -> Result<(), CtlError> {
     if check.valid {
-        printer.show(&json, |_| render::plan(&check.plan));
+        printer.show(json, || render::plan(&check.plan));
         return Ok(());
     }
     if printer.output == Output::Json {
-        printer.show(&json, |_| String::new());
+        printer.show(json, String::new);
     } else {
         for error in &check.errors {
-            println!("{error}");
+            stdout::write(format!("{error}\n"));
         }
     }
     Err(CtlError::Failed(format!(

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use serde::Deserialize;
 use serde_json::Value;
+use supersocket_proto::ErrorBody;
 
 /// A failure, with the exit code of SPEC §7.
 #[derive(Debug, thiserror::Error)]
@@ -222,9 +224,11 @@ impl Client {
         }
     }
 
-    /// `GET` that must succeed.
-    pub async fn get(&self, path: &str) -> Result<Value, CtlError> {
-        self.ok(Method::GET, path, None).await
+    /// `GET` that must succeed: the answer as it came (for `--output json`) and read as `T`.
+    pub async fn read<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<(Value, T), CtlError> {
+        let json = self.ok(Method::GET, path, None).await?;
+        let typed = decode(json.clone())?;
+        Ok((json, typed))
     }
 
     /// A request that must succeed, its answer read as `T`.
@@ -281,18 +285,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, CtlError
 
 /// The host's error message (with every detail), or the status.
 fn message(body: &Value, status: StatusCode) -> String {
-    let Some(error) = body.get("error") else {
+    let Ok(ErrorBody { error }) = ErrorBody::deserialize(body) else {
         return format!("the host answered {status}");
     };
-    let mut text = error["message"].as_str().unwrap_or("unknown error").to_owned();
-    for detail in error["details"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    let mut text = error.message;
+    for detail in error.details {
         text.push_str("; ");
-        text.push_str(detail);
+        text.push_str(&detail);
     }
     text
 }

@@ -3,10 +3,10 @@
 //! a terminal). Both read the admin API's Server-Sent Events and resume after a broken
 //! connection where they left off.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant, SystemTime};
 
-use supersocket_proto::{ConfigEvent, LogLine, ServerInfo, StateEvent, StatsEvent};
+use supersocket_proto::{ConfigEvent, LogLine, ServerInfo, StateEvent, StatsEvent, StreamError};
 
 use crate::cli::Output;
 use crate::client::{Client, CtlError, query, segment};
@@ -112,8 +112,7 @@ async fn follow(
         let broke = loop {
             match events.next().await {
                 Ok(Some(event)) if event.kind == "error" => {
-                    let reason: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
-                    let reason = reason["reason"].as_str().unwrap_or(&event.data).to_owned();
+                    let reason = serde_json::from_str::<StreamError>(&event.data).map_or(event.data, |e| e.reason);
                     return Err(CtlError::Failed(format!("the host ended the stream: {reason}")));
                 }
                 Ok(Some(event)) => {
@@ -136,8 +135,7 @@ async fn follow(
 
 /// Writes `text` to stdout; false once stdout is closed (a pager or `head` that quit).
 fn emit(text: &str) -> bool {
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_ok()
+    crate::stdout::write(text)
 }
 
 /// `logs NAME [-n N] [--since DUR] [-f]`.

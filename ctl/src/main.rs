@@ -1,7 +1,8 @@
 //! `supersocket`: the command-line client of the SuperSocket host's admin API (SPEC §7).
 //!
 //! Exit codes: 0 success; 1 the operation failed or a server/session does not exist; 2 usage;
-//! 3 host unreachable; 4 unauthorized. Every error is one line on stderr.
+//! 3 host unreachable; 4 unauthorized. Every error is one line on stderr. A closed stdout
+//! (`| head`) ends the output quietly and changes no exit code (see `stdout`).
 
 mod changes;
 mod cli;
@@ -9,6 +10,7 @@ mod client;
 mod live;
 mod operate;
 mod render;
+mod stdout;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use serde_json::{Value, json};
 use cli::{Cli, Command, ConfigCommand, Output};
 use client::{Client, CtlError, decode, drain, query, segment};
 use operate::operate;
-use supersocket_proto::ReloadReport;
+use supersocket_proto::{HostInfo, Readiness, ReloadReport, RouteInfo, SendReceipt, ServerInfo, SessionInfo};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
+        Ok(()) if stdout::failed() => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("supersocket: {error}");
@@ -62,12 +65,12 @@ struct Printer {
 }
 
 impl Printer {
-    /// Prints the API's JSON, or the human rendering of it.
-    fn show(&self, json: &Value, human: impl FnOnce(&Value) -> String) {
+    /// Prints the API's JSON as it came, or the human rendering of what was read from it.
+    fn show(&self, json: &Value, human: impl FnOnce() -> String) {
         match self.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
-            Output::Table => print!("{}", ensure_newline(human(json))),
-        }
+            Output::Json => stdout::write(serde_json::to_string_pretty(json).unwrap_or_default() + "\n"),
+            Output::Table => stdout::write(ensure_newline(human())),
+        };
     }
 }
 
@@ -81,30 +84,30 @@ fn ensure_newline(mut text: String) -> String {
 async fn run(cli: Cli) -> Result<(), CtlError> {
     let printer = Printer { output: cli.output };
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "supersocket", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "supersocket", &mut script);
+        stdout::write(script);
         return Ok(());
     }
     let client = Client::new(&cli.url, cli.token, cli.request_timeout)?;
     match cli.command {
         Command::List => {
-            let servers = client.get("/api/v1/servers").await?;
-            printer.show(&servers, render::servers);
+            let (json, servers) = client.read::<Vec<ServerInfo>>("/api/v1/servers").await?;
+            printer.show(&json, || render::servers(&servers));
         }
         Command::Status { name: Some(name) } => {
-            let server = client.get(&format!("/api/v1/servers/{}", segment(&name))).await?;
-            printer.show(&server, render::server_detail);
+            let path = format!("/api/v1/servers/{}", segment(&name));
+            let (json, server) = client.read::<ServerInfo>(&path).await?;
+            printer.show(&json, || render::server_detail(&server));
         }
         Command::Status { name: None } => {
-            let host = client.get("/api/v1/host").await?;
-            let ready = client.call(Method::GET, "/readyz", None).await?.body;
-            let servers = client.get("/api/v1/servers").await?;
-            let status = json!({ "host": host, "readiness": ready, "servers": servers });
-            printer.show(&status, |s| {
-                format!(
-                    "{}\n{}",
-                    render::host_summary(&s["host"], &s["readiness"]),
-                    render::servers(&s["servers"])
-                )
+            let (host_json, host) = client.read::<HostInfo>("/api/v1/host").await?;
+            let ready_json = client.call(Method::GET, "/readyz", None).await?.body;
+            let ready: Readiness = decode(ready_json.clone())?;
+            let (servers_json, servers) = client.read::<Vec<ServerInfo>>("/api/v1/servers").await?;
+            let status = json!({ "host": host_json, "readiness": ready_json, "servers": servers_json });
+            printer.show(&status, || {
+                format!("{}\n{}", render::host_summary(&host, &ready), render::servers(&servers))
             });
         }
         Command::Start { targets, save } => {
@@ -121,36 +124,36 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Restart { targets } => operate(&client, &printer, targets, "restart", "").await?,
         Command::Sessions { name, limit } => {
             let path = format!("/api/v1/servers/{}/sessions?limit={limit}", segment(&name));
-            let sessions = client.get(&path).await?;
-            printer.show(&sessions, render::sessions);
+            let (json, sessions) = client.read::<Vec<SessionInfo>>(&path).await?;
+            printer.show(&json, || render::sessions(&sessions));
         }
         Command::Send { name, session, text } => {
             let path = format!("/api/v1/servers/{}/sessions/{}/send", segment(&name), segment(&session));
             let body = json!({ "text": format!("{text}\r\n") });
-            let receipt = client.ok(Method::POST, &path, Some(&body)).await?;
-            printer.show(&receipt, |r| {
-                format!("sent {} bytes to session {session} of {name}", r["bytes"])
+            let json = client.ok(Method::POST, &path, Some(&body)).await?;
+            let receipt: SendReceipt = decode(json.clone())?;
+            printer.show(&json, || {
+                format!("sent {} bytes to session {} of {name}", receipt.bytes, receipt.session)
             });
         }
         Command::Kick { name, session } => {
             let path = format!("/api/v1/servers/{}/sessions/{}", segment(&name), segment(&session));
             client.ok(Method::DELETE, &path, None).await?;
-            printer.show(&json!({ "server": name, "session": session, "closed": true }), |_| {
+            printer.show(&json!({ "server": name, "session": session, "closed": true }), || {
                 format!("closed session {session} of {name}")
             });
         }
         Command::Route { server_type, key } => {
             let path = format!("/api/v1/route/{}?key={}", segment(&server_type), segment(&key));
-            let route = client.get(&path).await?;
-            printer.show(&route, |r| {
-                let n = r["index"].as_u64().unwrap_or(0);
-                format!("{} (index {n} of {})", r["server"].as_str().unwrap_or("?"), r["of"])
+            let (json, route) = client.read::<RouteInfo>(&path).await?;
+            printer.show(&json, || {
+                format!("{} (index {} of {})", route.server, route.index, route.of)
             });
         }
         Command::Reload => {
             let answer = client.ok(Method::POST, "/api/v1/reload", None).await?;
             let report: ReloadReport = decode(answer.clone())?;
-            printer.show(&answer, |_| render::reload_report(&report));
+            printer.show(&answer, || render::reload_report(&report));
         }
         Command::Logs {
             name,
@@ -189,16 +192,18 @@ async fn health(client: &Client, printer: &Printer, wait: Option<Duration>) -> R
         let done = Instant::now() >= deadline;
         match outcome {
             Ok(answer) if answer.status == StatusCode::OK => {
-                printer.show(&answer.body, |_| "ready".to_owned());
+                decode::<Readiness>(answer.body.clone())?;
+                printer.show(&answer.body, || "ready".to_owned());
                 return Ok(());
             }
             Ok(answer) if done => {
+                let readiness: Readiness = decode(answer.body.clone())?;
                 if printer.output == Output::Json {
-                    printer.show(&answer.body, |_| String::new());
+                    printer.show(&answer.body, String::new);
                 }
                 return Err(CtlError::Failed(format!(
                     "not ready: {}",
-                    render::not_ready(&answer.body)
+                    render::not_ready(&readiness)
                 )));
             }
             Err(error @ (CtlError::Unauthorized { .. } | CtlError::Forbidden { .. })) => return Err(error),

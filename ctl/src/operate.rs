@@ -7,7 +7,7 @@ use supersocket_proto::ServerInfo;
 
 use crate::cli::Targets;
 use crate::client::{Client, CtlError, decode, segment};
-use crate::{Output, Printer};
+use crate::{Output, Printer, stdout};
 
 /// Runs `verb` (with `query`, e.g. `?save=true`) on each target in turn: one line per server;
 /// fails (exit 1) if any did, after trying them all.
@@ -30,13 +30,14 @@ pub async fn operate(
         match client.ok(Method::POST, &path, None).await {
             Ok(server) => {
                 if printer.output == Output::Table {
-                    println!("{name}: {}", decode::<ServerInfo>(server.clone())?.state);
+                    let state = decode::<ServerInfo>(server.clone())?.state;
+                    stdout::write(format!("{name}: {state}\n"));
                 }
                 results.push(server);
             }
             Err(CtlError::Failed(message)) => {
                 if printer.output == Output::Table {
-                    println!("{name}: {verb} failed");
+                    stdout::write(format!("{name}: {verb} failed\n"));
                 }
                 failures.push(format!("{verb} {name}: {message}"));
             }
@@ -44,7 +45,7 @@ pub async fn operate(
         }
     }
     if printer.output == Output::Json {
-        printer.show(&Value::Array(results), |_| String::new());
+        printer.show(&Value::Array(results), String::new);
     }
     match failures.len() {
         0 => Ok(()),

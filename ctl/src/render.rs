@@ -1,8 +1,7 @@
 //! Tables and lines for people: servers, sessions, host status, plans and reload reports.
 //! Tables stay within 80 columns.
 
-use serde_json::Value;
-use supersocket_proto::{PlanStep, ReloadReport};
+use supersocket_proto::{HostInfo, PlanStep, Readiness, ReloadReport, ServerInfo, ServerState, SessionInfo};
 use tabled::settings::location::ByColumnName;
 use tabled::settings::object::Columns;
 use tabled::settings::peaker::PriorityMax;
@@ -67,12 +66,9 @@ struct SessionRow {
     bytes_out: String,
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// A value that may be missing, `-` when it is.
+fn or_none(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 fn table<T: Tabled>(rows: impl IntoIterator<Item = T>) -> String {
@@ -93,42 +89,39 @@ fn finish(mut table: Table) -> String {
 
 /// The bound ports, `/tls` marking TLS ones (the table has no room for addresses; `status
 /// NAME` shows them).
-fn ports(server: &Value) -> String {
-    let list: Vec<String> = server["listeners"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|l| format!("{}{}", l["port"], if l["tls"] == true { "/tls" } else { "" }))
+fn ports(server: &ServerInfo) -> String {
+    let list: Vec<String> = server
+        .listeners
+        .iter()
+        .map(|l| format!("{}{}", l.port, if l.tls { "/tls" } else { "" }))
         .collect();
     if list.is_empty() { "-".into() } else { list.join(",") }
 }
 
 /// `ip:port` of every listener, `+tls` marking TLS ones.
-pub fn listeners(server: &Value) -> String {
-    let list: Vec<String> = server["listeners"]
-        .as_array()
-        .into_iter()
-        .flatten()
+pub fn listeners(server: &ServerInfo) -> String {
+    let list: Vec<String> = server
+        .listeners
+        .iter()
         .map(|l| {
-            let ip = l["ip"].as_str().unwrap_or("?");
-            let ip = if ip.contains(':') {
-                format!("[{ip}]")
+            let ip = if l.ip.contains(':') {
+                format!("[{}]", l.ip)
             } else {
-                ip.to_owned()
+                l.ip.clone()
             };
-            let tls = if l["tls"] == true { "+tls" } else { "" };
-            format!("{ip}:{}{tls}", l["port"])
+            let tls = if l.tls { "+tls" } else { "" };
+            format!("{ip}:{}{tls}", l.port)
         })
         .collect();
     if list.is_empty() { "-".into() } else { list.join(" ") }
 }
 
 /// `45s`, `12m03s`, `3h04m`, `2d03h`; `-` for a server not running.
-pub fn uptime(server: &Value) -> String {
-    if server["state"] != "running" {
+pub fn uptime(server: &ServerInfo) -> String {
+    if server.state != ServerState::Running {
         return "-".into();
     }
-    let secs = server["uptime_secs"].as_u64().unwrap_or(0);
+    let secs = server.uptime_secs;
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
@@ -138,8 +131,8 @@ pub fn uptime(server: &Value) -> String {
 }
 
 /// `16M 1.0%`: what a server's agent uses; `-` without one.
-fn usage(server: &Value) -> String {
-    match (server["rss_bytes"].as_u64(), server["cpu_percent"].as_f64()) {
+fn usage(server: &ServerInfo) -> String {
+    match (server.rss_bytes, server.cpu_percent) {
         (Some(rss), Some(cpu)) => format!("{} {}", bytes(rss), percent(cpu)),
         (Some(rss), None) => bytes(rss),
         _ => "-".into(),
@@ -175,109 +168,95 @@ pub fn percent(value: f64) -> String {
 }
 
 /// The table of `list`.
-pub fn servers(servers: &Value) -> String {
-    let rows = servers.as_array().into_iter().flatten().map(|s| ServerRow {
-        name: text(&s["name"]),
-        server_type: text(&s["type"]),
-        state: text(&s["state"]),
-        isolation: text(&s["isolation"]),
-        pid: text(&s["pid"]),
+pub fn servers(servers: &[ServerInfo]) -> String {
+    let rows = servers.iter().map(|s| ServerRow {
+        name: s.name.clone(),
+        server_type: s.server_type.clone(),
+        state: s.state.to_string(),
+        isolation: s.isolation.to_string(),
+        pid: or_none(s.pid),
         listeners: ports(s),
-        sessions: text(&s["sessions"]),
+        sessions: s.sessions.to_string(),
         uptime: uptime(s),
-        restarts: text(&s["restarts"]),
+        restarts: s.restarts.to_string(),
         usage: usage(s),
     });
     let mut table = Table::new(rows);
     // Room for what agents use: a server with a value there is process-isolated (`status
     // NAME` shows every server's isolation).
-    let agents = servers
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|s| !s["rss_bytes"].is_null());
+    let agents = servers.iter().any(|s| s.rss_bytes.is_some());
     let column = if agents { "ISOLATION" } else { "MEM/CPU" };
     table.with(Remove::column(ByColumnName::new(column)));
     finish(table)
 }
 
 /// The table of `sessions`; times shown as `HH:MM:SS` UTC.
-pub fn sessions(sessions: &Value) -> String {
-    let time = |v: &Value| v.as_str().and_then(|t| t.get(11..19)).unwrap_or("-").to_owned();
-    let rows = sessions.as_array().into_iter().flatten().map(|s| SessionRow {
-        id: text(&s["id"]),
-        remote: text(&s["remote"]),
-        started: time(&s["started_at"]),
-        last_active: time(&s["last_active_at"]),
-        bytes_in: text(&s["bytes_in"]),
-        bytes_out: text(&s["bytes_out"]),
+pub fn sessions(sessions: &[SessionInfo]) -> String {
+    let time = |t: &str| t.get(11..19).unwrap_or("-").to_owned();
+    let rows = sessions.iter().map(|s| SessionRow {
+        id: s.id.clone(),
+        remote: s.remote.clone(),
+        started: time(&s.started_at),
+        last_active: time(&s.last_active_at),
+        bytes_in: s.bytes_in.to_string(),
+        bytes_out: s.bytes_out.to_string(),
     });
     table(rows)
 }
 
 /// One server in detail, one `key: value` line per field.
-pub fn server_detail(server: &Value) -> String {
+pub fn server_detail(server: &ServerInfo) -> String {
     let fields = [
-        ("Name", text(&server["name"])),
-        ("Type", text(&server["type"])),
-        ("State", text(&server["state"])),
-        ("Isolation", text(&server["isolation"])),
-        ("Autostart", text(&server["autostart"])),
-        ("PID", text(&server["pid"])),
+        ("Name", server.name.clone()),
+        ("Type", server.server_type.clone()),
+        ("State", server.state.to_string()),
+        ("Isolation", server.isolation.to_string()),
+        ("Autostart", server.autostart.to_string()),
+        ("PID", or_none(server.pid)),
         ("Listeners", listeners(server)),
-        (
-            "Sessions",
-            format!("{} of {}", text(&server["sessions"]), text(&server["max_connections"])),
-        ),
-        ("Total sessions", text(&server["total_sessions"])),
-        ("Packages", text(&server["total_packages"])),
-        (
-            "Bytes in/out",
-            format!("{} / {}", text(&server["bytes_in"]), text(&server["bytes_out"])),
-        ),
-        ("Started", text(&server["started_at"])),
+        ("Sessions", format!("{} of {}", server.sessions, server.max_connections)),
+        ("Total sessions", server.total_sessions.to_string()),
+        ("Packages", server.total_packages.to_string()),
+        ("Bytes in/out", format!("{} / {}", server.bytes_in, server.bytes_out)),
+        ("Started", or_none(server.started_at.as_ref())),
         ("Uptime", uptime(server)),
-        ("Restarts", text(&server["restarts"])),
-        ("Memory", server["rss_bytes"].as_u64().map_or_else(|| "-".into(), bytes)),
-        (
-            "CPU",
-            server["cpu_percent"].as_f64().map_or_else(|| "-".into(), percent),
-        ),
-        ("Last error", text(&server["last_error"])),
+        ("Restarts", server.restarts.to_string()),
+        ("Memory", server.rss_bytes.map_or_else(|| "-".into(), bytes)),
+        ("CPU", server.cpu_percent.map_or_else(|| "-".into(), percent)),
+        ("Last error", or_none(server.last_error.as_ref())),
     ];
     fields.iter().map(|(k, v)| format!("{k:<15} {v}\n")).collect()
 }
 
 /// The host summary above the table of `status`.
-pub fn host_summary(host: &Value, ready: &Value) -> String {
-    let readiness = if ready["ready"] == true {
+pub fn host_summary(host: &HostInfo, ready: &Readiness) -> String {
+    let readiness = if ready.ready {
         "ready".to_owned()
     } else {
         format!("not ready ({})", not_ready(ready))
     };
-    let usage = match (host["rss_bytes"].as_u64(), host["cpu_percent"].as_f64()) {
+    let usage = match (host.rss_bytes, host.cpu_percent) {
         (Some(rss), Some(cpu)) => format!(", {} memory, {} CPU", bytes(rss), percent(cpu)),
         (Some(rss), None) => format!(", {} memory", bytes(rss)),
         _ => String::new(),
     };
     format!(
         "Host     supersocketd {} (pid {}), {} for {}s{usage}\nConfig   {}\nReady    {readiness}\n",
-        text(&host["version"]),
-        text(&host["pid"]),
-        text(&host["state"]),
-        text(&host["uptime_secs"]),
-        host["config_path"].as_str().unwrap_or("<embedded default>"),
+        host.version,
+        host.pid,
+        host.state,
+        host.uptime_secs,
+        host.config_path.as_deref().unwrap_or("<embedded default>"),
     )
 }
 
 /// The failing checks of a readiness answer: `A is failed, B is stopped`.
-pub fn not_ready(ready: &Value) -> String {
-    let failing: Vec<String> = ready["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["ok"] != true)
-        .map(|c| format!("{} is {}", text(&c["name"]), text(&c["state"])))
+pub fn not_ready(ready: &Readiness) -> String {
+    let failing: Vec<String> = ready
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{} is {}", c.name, c.state))
         .collect();
     failing.join(", ")
 }
@@ -374,25 +353,42 @@ mod tests {
         assert_eq!(percent(123.4), "123%");
     }
 
+    /// A `Server` as the API sends it, with the fields `fields` sets.
+    fn server(fields: serde_json::Value) -> ServerInfo {
+        let mut json = serde_json::json!({
+            "name": "A", "type": "echo", "state": "running", "isolation": "none", "autostart": true,
+            "pid": 1, "listeners": [], "sessions": 0, "max_connections": 10, "total_sessions": 0,
+            "total_packages": 0, "bytes_in": 0, "bytes_out": 0, "started_at": null, "uptime_secs": 0,
+            "restarts": 0, "last_error": null,
+        });
+        for (key, value) in fields.as_object().expect("fields") {
+            json[key] = value.clone();
+        }
+        serde_json::from_value(json).expect("a Server")
+    }
+
     #[test]
     fn uptimes_are_short() {
-        let at = |secs: u64| uptime(&serde_json::json!({"state": "running", "uptime_secs": secs}));
+        let at = |secs: u64| uptime(&server(serde_json::json!({"state": "running", "uptime_secs": secs})));
         assert_eq!(at(5), "5s");
         assert_eq!(at(125), "2m05s");
         assert_eq!(at(3 * 3600 + 4 * 60), "3h04m");
         assert_eq!(at(2 * 86400 + 3 * 3600), "2d03h");
-        assert_eq!(uptime(&serde_json::json!({"state": "stopped", "uptime_secs": 0})), "-");
+        assert_eq!(
+            uptime(&server(serde_json::json!({"state": "stopped", "uptime_secs": 0}))),
+            "-"
+        );
     }
 
     #[test]
     fn a_wide_server_table_fits_80_columns() {
-        let server = serde_json::json!({
+        let wide = server(serde_json::json!({
             "name": "a-rather-long-server-name-indeed", "type": "connector", "state": "running",
             "isolation": "process", "pid": 123456, "sessions": 10000, "uptime_secs": 99999, "restarts": 3,
             "listeners": [{"ip": "fe80::1234:5678:9abc:def0", "port": 65535, "tls": true},
                           {"ip": "255.255.255.255", "port": 65535, "tls": false}]
-        });
-        let out = servers(&serde_json::json!([server.clone(), server]));
+        }));
+        let out = servers(&[wide.clone(), wide]);
         for line in out.lines() {
             assert!(line.chars().count() <= 80, "{} columns: {line:?}", line.chars().count());
         }
@@ -402,19 +398,19 @@ mod tests {
 
     #[test]
     fn agents_show_what_they_use_in_place_of_the_isolation() {
-        let mut server = serde_json::json!({
+        let mut agent = server(serde_json::json!({
             "name": "chat-connector-12", "type": "connector", "state": "running",
             "isolation": "process", "pid": 123456, "sessions": 10000, "uptime_secs": 99999, "restarts": 3,
             "listeners": [{"ip": "127.0.0.1", "port": 65535, "tls": true}],
             "rss_bytes": 1_234_567_890, "cpu_percent": 123.4
-        });
-        let out = servers(&serde_json::json!([server.clone()]));
+        }));
+        let out = servers(std::slice::from_ref(&agent));
         for line in out.lines() {
             assert!(line.chars().count() <= 80, "{} columns: {line:?}", line.chars().count());
         }
         assert!(out.lines().next().unwrap().ends_with("MEM/CPU"), "{out}");
         assert!(out.contains("1.1G 123%") && !out.contains("ISOLATION"), "{out}");
-        server["rss_bytes"] = serde_json::Value::Null;
-        assert!(servers(&serde_json::json!([server])).contains("ISOLATION"));
+        agent.rss_bytes = None;
+        assert!(servers(&[agent]).contains("ISOLATION"));
     }
 }

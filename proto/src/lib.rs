@@ -20,6 +20,7 @@ pub const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
 /// The life-cycle state of one server instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ServerState {
     /// Not running; listeners closed.
@@ -58,6 +59,7 @@ impl std::fmt::Display for ServerState {
 
 /// Where an instance runs relative to the host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     /// On the host's shared runtime.
@@ -88,6 +90,7 @@ impl std::fmt::Display for Isolation {
 
 /// One bound listener of a running instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListenerInfo {
     /// The bound IP address.
     pub ip: String,
@@ -99,6 +102,7 @@ pub struct ListenerInfo {
 
 /// `Server`: one instance as the admin API reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerInfo {
     /// Unique instance name.
     pub name: String,
@@ -149,6 +153,7 @@ pub struct ServerInfo {
 
 /// `Session`: one open connection of an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     /// Opaque id, unique in the host for its lifetime.
     pub id: String,
@@ -168,6 +173,7 @@ pub struct SessionInfo {
 
 /// The answer of `GET /api/v1/host`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostInfo {
     /// Version of `supersocketd`.
     pub version: String,
@@ -193,8 +199,17 @@ pub struct HostInfo {
     pub cpu_percent: Option<f64>,
 }
 
+/// The answer of `GET /livez` and `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Liveness {
+    /// Always `ok`: the host answers while it runs.
+    pub status: String,
+}
+
 /// One line of the readiness answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadyCheck {
     /// The instance (or `host`) checked.
     pub name: String,
@@ -209,6 +224,7 @@ pub struct ReadyCheck {
 
 /// The answer of `GET /readyz` (200 when `ready`, else 503).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
     /// True when every check passes.
     pub ready: bool,
@@ -218,6 +234,7 @@ pub struct Readiness {
 
 /// The answer of `GET /api/v1/route/{type}?key=K`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteInfo {
     /// The server type routed over.
     #[serde(rename = "type")]
@@ -234,6 +251,7 @@ pub struct RouteInfo {
 
 /// The answer of `POST .../sessions/{id}/send` (202).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendReceipt {
     /// The session the bytes were queued for.
     pub session: String,
@@ -243,6 +261,7 @@ pub struct SendReceipt {
 
 /// The answer of `POST /api/v1/reload`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReloadReport {
     /// Servers created.
     pub added: Vec<String>,
@@ -259,6 +278,7 @@ pub struct ReloadReport {
 
 /// Data of a `state` event of `GET /api/v1/events`: an instance changed state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateEvent {
     /// The instance.
     pub name: String,
@@ -270,6 +290,7 @@ pub struct StateEvent {
 
 /// One running instance's counters in a `stats` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerStats {
     /// The instance.
     pub name: String,
@@ -291,6 +312,7 @@ pub struct ServerStats {
 
 /// Data of a `stats` event: every running instance's counters, once a second.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatsEvent {
     /// The second it describes (RFC 3339 UTC).
     pub at: String,
@@ -300,6 +322,7 @@ pub struct StatsEvent {
 
 /// Data of a `config` event: a change of the config was applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigEvent {
     /// The `ETag` of the config now.
     pub etag: String,
@@ -307,8 +330,17 @@ pub struct ConfigEvent {
     pub report: ReloadReport,
 }
 
+/// Data of the `error` event that ends an events or log stream whose reader fell behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamError {
+    /// Why the stream ended, and what to do (reconnect without `Last-Event-ID`).
+    pub reason: String,
+}
+
 /// One second of an instance's history (`GET /api/v1/servers/{name}/history`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistorySample {
     /// The second, in seconds since the Unix epoch.
     pub at: u64,
@@ -325,6 +357,7 @@ pub struct HistorySample {
 /// One line of an instance's log (`GET /api/v1/servers/{name}/logs`, and the data of its `log`
 /// events with `follow`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     /// When the host took it (RFC 3339 UTC, milliseconds).
     pub at: String,
@@ -340,6 +373,7 @@ pub struct LogLine {
 
 /// What a config change does to one server (`POST /api/v1/config/check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PlanAction {
     /// Created (and started if `autostart`).
@@ -375,6 +409,7 @@ impl std::fmt::Display for PlanAction {
 
 /// One server in a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanStep {
     /// The server.
     pub name: String,
@@ -389,6 +424,7 @@ pub struct PlanStep {
 
 /// The answer of `POST /api/v1/config/check`: a dry run of a whole config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigCheck {
     /// Whether the config would be accepted.
     pub valid: bool,
@@ -401,6 +437,7 @@ pub struct ConfigCheck {
 
 /// Body of `POST .../sessions/{id}/send`: exactly one of the two fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// Text sent as is.
@@ -413,6 +450,7 @@ pub struct SendRequest {
 
 /// Machine-readable error codes of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400
@@ -462,6 +500,7 @@ impl ErrorCode {
 
 /// The `error` member of an error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// What kind of error.
     pub code: ErrorCode,
@@ -474,6 +513,7 @@ pub struct ErrorDetail {
 
 /// Every non-2xx answer of the admin API: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,

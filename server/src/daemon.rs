@@ -111,11 +111,11 @@ pub fn main(builder: HostBuilder) -> ExitCode {
         }
     };
     if args.check {
-        println!(
+        print_line(&format!(
             "{}: OK ({} servers)",
             config.source.display_name(),
             config.servers.len()
-        );
+        ));
         return ExitCode::SUCCESS;
     }
     raise_descriptor_limit(config.admin.limits.max_connections);
@@ -248,7 +248,7 @@ async fn run(builder: HostBuilder, config: Config) -> ExitCode {
         async move {
             host.start_autostart().await;
             tracing::info!(admin = %url, "host ready");
-            println!("supersocketd ready: admin={url}");
+            print_line(&format!("supersocketd ready: admin={url}"));
             let running = host
                 .instances()
                 .iter()
@@ -336,4 +336,13 @@ impl Signals {
             }
         }
     }
+}
+
+/// Prints one line on stdout. A reader that went away (`supersocketd --check | true`, a
+/// supervisor that closed the pipe after the ready line) is no failure of the host: the line is
+/// dropped and the host goes on, where `println!` would panic.
+fn print_line(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }

@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use supersocket_proto::{ConfigCheck, ErrorCode, ServerInfo};
+use supersocket_proto::{ConfigCheck, ErrorBody, ErrorCode, ReloadReport, ServerInfo};
+use utoipa::IntoParams;
 
 use super::AdminState;
 use super::error::ApiError;
@@ -17,15 +18,23 @@ use crate::config::{EditError, parse_body, parse_duration};
 use crate::host::{ChangeError, Changed, Edit};
 
 /// `GET /api/v1/config`: the config in the file's schema, secrets masked, with its `ETag`.
+#[utoipa::path(get, path = "/api/v1/config", tag = "config", responses(
+    (status = 200, description = "The effective config, secrets shown as `***`.", body = super::openapi::ConfigSpec,
+        headers(("ETag" = String, description = "The config's tag, for `If-Match`."))),
+))]
 pub async fn get_config(State(state): State<AdminState>) -> Response {
     let (config, etag) = state.host.config_json();
     with_etag(Json(config), &etag)
 }
 
 /// Query of the writes that stop servers.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WriteQuery {
+    /// How long the sessions of a server stopped by the change may drain (`500ms`, `10s`,
+    /// `5m`); the config's `shutdown_timeout` when not given.
     timeout: Option<String>,
+    /// A whole config: accept one without servers (every server is removed).
     allow_empty: Option<bool>,
 }
 
@@ -39,6 +48,16 @@ impl WriteQuery {
 }
 
 /// `POST /api/v1/servers`: 201 with the new server (started if `autostart`).
+#[utoipa::path(post, path = "/api/v1/servers", tag = "config", params(("If-Match" = Option<String>, Header, description = "The config's `ETag` the change was made against; 412 if it changed since.")),
+    request_body(description = "One server's config (SPEC §3), as JSON or as TOML with `Content-Type: application/toml`.",
+        content((super::openapi::ServerSpec = "application/json"), (String = "application/toml"))),
+    responses(
+        (status = 201, description = "The new server, started if `autostart`.", body = ServerInfo, headers(("ETag" = String, description = "The config's tag after the change, for `If-Match`."))),
+        (status = 400, description = "The config is invalid (every error in `details`), or a listener cannot be bound; nothing changed.", body = ErrorBody),
+        (status = 409, description = "The name is taken, the file changed on disk, or the host is shutting down.", body = ErrorBody),
+        (status = 412, description = "`If-Match` is not the config's `ETag`.", body = ErrorBody),
+        (status = 500, description = "The change could not be written or applied.", body = ErrorBody),
+    ))]
 pub async fn add_server(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -56,6 +75,17 @@ pub async fn add_server(
 }
 
 /// `PUT /api/v1/servers/{name}`: the server with its new config.
+#[utoipa::path(put, path = "/api/v1/servers/{name}", tag = "config", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), WriteQuery, ("If-Match" = Option<String>, Header, description = "The config's `ETag` the change was made against; 412 if it changed since.")),
+    request_body(description = "One server's config (SPEC §3), as JSON or as TOML with `Content-Type: application/toml`.",
+        content((super::openapi::ServerSpec = "application/json"), (String = "application/toml"))),
+    responses(
+        (status = 200, description = "The server with its new config, applied as a reload of it is.", body = ServerInfo, headers(("ETag" = String, description = "The config's tag after the change, for `If-Match`."))),
+        (status = 400, description = "The config is invalid (every error in `details`), or a listener cannot be bound; nothing changed.", body = ErrorBody),
+        (status = 404, description = "No such server.", body = ErrorBody),
+        (status = 409, description = "The server is a replica, the file changed on disk, or the host is shutting down.", body = ErrorBody),
+        (status = 412, description = "`If-Match` is not the config's `ETag`.", body = ErrorBody),
+        (status = 500, description = "The change could not be written or applied.", body = ErrorBody),
+    ))]
 pub async fn replace_server(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -69,6 +99,14 @@ pub async fn replace_server(
 }
 
 /// `DELETE /api/v1/servers/{name}?timeout=DUR`: drains it, then removes it; 204.
+#[utoipa::path(delete, path = "/api/v1/servers/{name}", tag = "config", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), WriteQuery, ("If-Match" = Option<String>, Header, description = "The config's `ETag` the change was made against; 412 if it changed since.")), responses(
+    (status = 204, description = "The server drained and was removed.", headers(("ETag" = String, description = "The config's tag after the change, for `If-Match`."))),
+    (status = 400, description = "A bad `timeout`.", body = ErrorBody),
+    (status = 404, description = "No such server.", body = ErrorBody),
+    (status = 409, description = "The server is a replica, the file changed on disk, or the host is shutting down.", body = ErrorBody),
+    (status = 412, description = "`If-Match` is not the config's `ETag`.", body = ErrorBody),
+    (status = 500, description = "The change could not be written or applied.", body = ErrorBody),
+))]
 pub async fn remove_server(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -80,6 +118,16 @@ pub async fn remove_server(
 }
 
 /// `PUT /api/v1/config`: a whole config, applied as a reload is; answers as a reload.
+#[utoipa::path(put, path = "/api/v1/config", tag = "config", params(WriteQuery, ("If-Match" = Option<String>, Header, description = "The config's `ETag` the change was made against; 412 if it changed since.")),
+    request_body(description = "A whole config (SPEC §3), as JSON or as TOML with `Content-Type: application/toml`.",
+        content((super::openapi::ConfigSpec = "application/json"), (String = "application/toml"))),
+    responses(
+        (status = 200, description = "What changed, as a reload answers.", body = ReloadReport, headers(("ETag" = String, description = "The config's tag after the change, for `If-Match`."))),
+        (status = 400, description = "The config is invalid (every error in `details`), has no servers, or a listener cannot be bound; nothing changed.", body = ErrorBody),
+        (status = 409, description = "The file changed on disk, or the host is shutting down.", body = ErrorBody),
+        (status = 412, description = "`If-Match` is not the config's `ETag`.", body = ErrorBody),
+        (status = 500, description = "The change could not be written, or some of it applied (`start_failed`, each in `details`).", body = ErrorBody),
+    ))]
 pub async fn replace_config(
     State(state): State<AdminState>,
     Query(query): Query<WriteQuery>,
@@ -96,6 +144,14 @@ pub async fn replace_config(
 }
 
 /// `POST /api/v1/config/check`: a dry run of a whole config.
+#[utoipa::path(post, path = "/api/v1/config/check", tag = "config", params(WriteQuery),
+    request_body(description = "A whole config, as JSON or as TOML with `Content-Type: application/toml`: any table, \
+        checked against the config's schema (`ConfigSpec`); what does not fit is reported in the answer's `errors`.",
+        content((Object = "application/json"), (String = "application/toml"))),
+    responses(
+        (status = 200, description = "Whether the config is valid, its errors, and what applying it would do.", body = ConfigCheck),
+        (status = 400, description = "The body is not a JSON or TOML table.", body = ErrorBody),
+    ))]
 pub async fn check_config(
     State(state): State<AdminState>,
     Query(query): Query<WriteQuery>,

@@ -24,6 +24,9 @@ static POLICY: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// `GET /`: the dashboard.
+#[utoipa::path(get, path = "/", tag = "meta", responses(
+    (status = 200, description = "The dashboard: one self-contained page, which asks for a token when the API needs one.", content_type = "text/html", body = String),
+))]
 pub async fn page() -> impl IntoResponse {
     (
         [

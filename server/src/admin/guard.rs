@@ -16,9 +16,15 @@ use super::error::ApiError;
 use crate::config::Role;
 use crate::secret::constant_time_eq;
 
-/// Routes open without a token: the probes, and the dashboard's page, which holds no data (the
-/// requests it makes carry the token).
-const OPEN_ROUTES: [&str; 4] = ["/livez", "/healthz", "/readyz", "/"];
+/// The probes' routes: open without a token.
+const HEALTH_ROUTES: [&str; 3] = ["/livez", "/healthz", "/readyz"];
+
+/// Whether `path` is open without a token: the probes; the dashboard's page, which holds no
+/// data (the requests it makes carry the token); and the OpenAPI document, which describes
+/// routes, never data.
+pub(super) fn open_without_token(path: &str) -> bool {
+    HEALTH_ROUTES.contains(&path) || path == "/" || path == super::openapi::PATH
+}
 
 /// Checks every request before it reaches a handler; logs every write with who asked, what
 /// (method, path and query as sent) and what came of it, even when the client left before the
@@ -128,7 +134,7 @@ fn check(
             }
         }
     }
-    if !OPEN_ROUTES.contains(&uri.path()) {
+    if !open_without_token(uri.path()) {
         let known = caller.insert(authorized(state, headers)?);
         let needed = needed(method, uri.path());
         if known.role < needed {

@@ -21,7 +21,8 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use supersocket_proto::{ErrorCode, HistorySample, LogLine, StateEvent, parse_duration};
+use supersocket_proto::{ErrorBody, ErrorCode, HistorySample, LogLine, StateEvent, StreamError, parse_duration};
+use utoipa::IntoParams;
 
 use super::AdminState;
 use super::error::ApiError;
@@ -37,6 +38,13 @@ const DEFAULT_LINES: usize = 100;
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// `GET /api/v1/events`.
+#[utoipa::path(get, path = "/api/v1/events", tag = "live",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (the last a reconnecting client saw); an id this host never gave, or not a number, starts afresh.")),
+    responses(
+        (status = 200, description = "Server-Sent Events without end: `state` (`StateEvent`; first one per server without an id), `stats` once a second (`StatsEvent`), `config` after each accepted change (`ConfigEvent`), and `error` (`StreamError`, then the end) for a client that fell behind.",
+            body = super::openapi::LiveEvent, content_type = "text/event-stream"),
+        (status = 503, description = "Too many event and log streams are open.", body = ErrorBody),
+    ))]
 pub async fn events(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let seat = Seat::take(state.host.max_streams())?;
     let live = state.host.live();
@@ -86,6 +94,12 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
 
 /// `GET /api/v1/servers/{name}/history`: the last ten minutes of its counters, a sample a
 /// second, oldest first.
+#[utoipa::path(get, path = "/api/v1/servers/{name}/history", tag = "live",
+    params(("name" = String, Path, description = "The server.", example = "EchoServerA")),
+    responses(
+        (status = 200, description = "Up to 600 per-second samples, oldest first.", body = Vec<HistorySample>),
+        (status = 404, description = "No such server.", body = ErrorBody),
+    ))]
 pub async fn history(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -95,9 +109,11 @@ pub async fn history(
 }
 
 /// The query of `logs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
-    /// The newest lines to give (at most the journal's [`LINES`]).
+    /// The newest lines to give (100 when not given, at most 1,000).
+    #[param(value_type = Option<u64>, format = "uint64", minimum = 0)]
     lines: Option<usize>,
     /// Only lines no older than this (`30s`, `10m`).
     since: Option<String>,
@@ -106,6 +122,15 @@ pub struct LogsQuery {
 }
 
 /// `GET /api/v1/servers/{name}/logs?lines=N[&since=DUR][&follow]`.
+#[utoipa::path(get, path = "/api/v1/servers/{name}/logs", tag = "live",
+    params(("name" = String, Path, description = "The server.", example = "EchoServerA"), LogsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "With `follow`: resume after this line's id; an id this host never gave, or not a number, starts afresh.")),
+    responses(
+        (status = 200, description = "The newest lines, oldest first; with `follow`, Server-Sent Events without end, a `log` event (`LogLine`) per line.",
+            content((Vec<LogLine> = "application/json"), (super::openapi::LogEvent = "text/event-stream"))),
+        (status = 404, description = "No such server.", body = ErrorBody),
+        (status = 503, description = "With `follow`: too many event and log streams are open.", body = ErrorBody),
+    ))]
 pub async fn logs_of(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -278,7 +303,7 @@ impl<T: Item, J: AsRef<Journal<T>>> Follow<T, J> {
                     "fell behind: what came after {} was dropped (the oldest kept is {oldest}); reconnect without Last-Event-ID",
                     self.cursor
                 );
-                let data = serde_json::json!({ "reason": reason }).to_string();
+                let data = serde_json::to_string(&StreamError { reason }).unwrap_or_default();
                 Some((Ok(Event::default().event("error").data(data)), self))
             }
         }

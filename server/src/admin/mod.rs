@@ -8,6 +8,7 @@ mod error;
 mod guard;
 mod live;
 mod metrics;
+mod openapi;
 mod routes;
 mod serve;
 
@@ -32,6 +33,37 @@ pub struct AdminState {
     /// The bound TCP address, for Host checks; `None` on a unix socket.
     own: Option<SocketAddr>,
 }
+
+/// Every route of [`router`], method and path. The OpenAPI document describes exactly these
+/// (a test holds the document, this list and the router's `.route(` calls together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/livez"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/host"),
+    ("GET", "/api/v1/servers"),
+    ("POST", "/api/v1/servers"),
+    ("GET", "/api/v1/servers/{name}"),
+    ("PUT", "/api/v1/servers/{name}"),
+    ("DELETE", "/api/v1/servers/{name}"),
+    ("POST", "/api/v1/servers/{name}/start"),
+    ("POST", "/api/v1/servers/{name}/stop"),
+    ("POST", "/api/v1/servers/{name}/restart"),
+    ("GET", "/api/v1/servers/{name}/sessions"),
+    ("GET", "/api/v1/servers/{name}/history"),
+    ("GET", "/api/v1/servers/{name}/logs"),
+    ("GET", "/api/v1/events"),
+    ("DELETE", "/api/v1/servers/{name}/sessions/{id}"),
+    ("POST", "/api/v1/servers/{name}/sessions/{id}/send"),
+    ("GET", "/api/v1/route/{type}"),
+    ("POST", "/api/v1/reload"),
+    ("GET", "/api/v1/config"),
+    ("PUT", "/api/v1/config"),
+    ("POST", "/api/v1/config/check"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/"),
+];
 
 /// The admin API's router over `host`, listening at `own` (`None` for a unix socket).
 pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
@@ -60,7 +92,8 @@ pub fn router(host: Host, own: Option<SocketAddr>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), deadline::bounded))
         // Streams last as long as their readers.
         .route("/events", get(live::events))
-        .route(&format!("{server}/logs"), get(live::logs_of));
+        .route(&format!("{server}/logs"), get(live::logs_of))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .route("/", get(dashboard::page))
         .route("/livez", get(routes::livez))

@@ -11,8 +11,10 @@ use axum::response::IntoResponse;
 use base64::Engine as _;
 use serde::Deserialize;
 use supersocket_proto::{
-    ErrorCode, HostInfo, Readiness, ReloadReport, RouteInfo, SendReceipt, SendRequest, ServerInfo, SessionInfo,
+    ErrorBody, ErrorCode, HostInfo, Liveness, Readiness, ReloadReport, RouteInfo, SendReceipt, SendRequest, ServerInfo,
+    SessionInfo,
 };
+use utoipa::IntoParams;
 
 use super::AdminState;
 use super::error::ApiError;
@@ -26,18 +28,26 @@ use crate::session::SessionId;
 const DEFAULT_SESSION_LIMIT: usize = 1000;
 
 /// `GET /livez`, `GET /healthz`: 200 while the host runs.
-pub async fn livez() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/livez", tag = "probes", responses((status = 200, description = "The host runs.", body = Liveness)))]
+pub async fn livez() -> Json<Liveness> {
+    Json(Liveness { status: "ok".into() })
 }
 
 /// Query of `GET /readyz`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReadyQuery {
+    /// Present (any value): each check says why it passes or fails; needs the token.
     verbose: Option<String>,
 }
 
 /// `GET /readyz`: 200 when every autostart server runs and the host is not stopping, else 503.
 /// Open to probes; `?verbose` (instance names, states and errors) needs the token.
+#[utoipa::path(get, path = "/readyz", tag = "probes", params(ReadyQuery), responses(
+    (status = 200, description = "Every autostart server runs and the host is not stopping.", body = Readiness),
+    (status = 503, description = "Some check fails.", body = Readiness),
+    (status = 401, description = "`verbose` without the token.", body = ErrorBody),
+))]
 pub async fn readyz(
     State(state): State<AdminState>,
     Query(query): Query<ReadyQuery>,
@@ -56,11 +66,15 @@ pub async fn readyz(
 }
 
 /// `GET /api/v1/host`.
+#[utoipa::path(get, path = "/api/v1/host", tag = "host", responses((status = 200, description = "The host.", body = HostInfo)))]
 pub async fn host_info(State(state): State<AdminState>) -> Json<HostInfo> {
     Json(state.host.info())
 }
 
 /// `GET /api/v1/servers`: every server in config order.
+#[utoipa::path(get, path = "/api/v1/servers", tag = "servers", responses(
+    (status = 200, description = "Every server, in config order.", body = Vec<ServerInfo>),
+))]
 pub async fn list_servers(State(state): State<AdminState>) -> Json<Vec<ServerInfo>> {
     Json(
         state
@@ -73,6 +87,10 @@ pub async fn list_servers(State(state): State<AdminState>) -> Json<Vec<ServerInf
 }
 
 /// `GET /api/v1/servers/{name}`.
+#[utoipa::path(get, path = "/api/v1/servers/{name}", tag = "servers", params(("name" = String, Path, description = "The server.", example = "EchoServerA")), responses(
+    (status = 200, description = "The server.", body = ServerInfo),
+    (status = 404, description = "No such server.", body = ErrorBody),
+))]
 pub async fn get_server(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -94,8 +112,11 @@ fn operable(state: &AdminState, name: &str) -> Result<Arc<Instance>, ApiError> {
 }
 
 /// Query of start, stop and restart.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StopQuery {
+    /// Stop and restart: how long sessions may drain (`500ms`, `10s`, `5m`); the config's
+    /// `shutdown_timeout` when not given.
     timeout: Option<String>,
     /// Also record the outcome as the server's `autostart` in the config (start and stop).
     save: Option<bool>,
@@ -114,6 +135,14 @@ impl StopQuery {
 /// `POST /api/v1/servers/{name}/start?save=true`: the server once running, or
 /// `start_failed`; with `save`, its `autostart` is first recorded as true (a record that cannot
 /// be made leaves the server as it was).
+#[utoipa::path(post, path = "/api/v1/servers/{name}/start", tag = "servers", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), StopQuery,
+        ("If-Match" = Option<String>, Header, description = "With `save`: the config's `ETag`; 412 if it changed since.")), responses(
+    (status = 200, description = "The server, running (a running server is left as it is).", body = ServerInfo),
+    (status = 404, description = "No such server.", body = ErrorBody),
+    (status = 409, description = "The host is shutting down, or `save` cannot record a replica.", body = ErrorBody),
+    (status = 412, description = "`save` with an `If-Match` that is not the config's `ETag`.", body = ErrorBody),
+    (status = 500, description = "`start_failed`, with the cause; or `save` could not write the config.", body = ErrorBody),
+))]
 pub async fn start(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -133,6 +162,14 @@ pub async fn start(
 /// `POST /api/v1/servers/{name}/stop?timeout=5s&save=true`: the server once stopped; with
 /// `save`, its `autostart` is first recorded as false (a record that cannot be made leaves the
 /// server as it was).
+#[utoipa::path(post, path = "/api/v1/servers/{name}/stop", tag = "servers", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), StopQuery,
+        ("If-Match" = Option<String>, Header, description = "With `save`: the config's `ETag`; 412 if it changed since.")), responses(
+    (status = 200, description = "The server, stopped.", body = ServerInfo),
+    (status = 404, description = "No such server.", body = ErrorBody),
+    (status = 409, description = "The host is shutting down, or `save` cannot record a replica.", body = ErrorBody),
+    (status = 412, description = "`save` with an `If-Match` that is not the config's `ETag`.", body = ErrorBody),
+    (status = 500, description = "`save` could not write the config.", body = ErrorBody),
+))]
 pub async fn stop(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -150,6 +187,12 @@ pub async fn stop(
 }
 
 /// `POST /api/v1/servers/{name}/restart`: the server once running again.
+#[utoipa::path(post, path = "/api/v1/servers/{name}/restart", tag = "servers", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), StopQuery), responses(
+    (status = 200, description = "The server, running again.", body = ServerInfo),
+    (status = 404, description = "No such server.", body = ErrorBody),
+    (status = 409, description = "The host is shutting down.", body = ErrorBody),
+    (status = 500, description = "`start_failed`, with the cause.", body = ErrorBody),
+))]
 pub async fn restart(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -164,12 +207,22 @@ pub async fn restart(
 }
 
 /// Query of `GET .../sessions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionsQuery {
+    /// The most sessions to list (1000 when not given).
+    #[param(value_type = Option<u64>, format = "uint64", minimum = 0)]
     limit: Option<String>,
 }
 
 /// `GET /api/v1/servers/{name}/sessions?limit=N`: open sessions, oldest first.
+#[utoipa::path(get, path = "/api/v1/servers/{name}/sessions", tag = "sessions", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), SessionsQuery), responses(
+    (status = 200, description = "Its open sessions, oldest first.", body = Vec<SessionInfo>),
+    (status = 404, description = "No such server.", body = ErrorBody),
+    (status = 409, description = "The server is not running.", body = ErrorBody),
+    (status = 500, description = "The server refused.", body = ErrorBody),
+    (status = 503, description = "The server did not answer in time (its agent is frozen or gone).", body = ErrorBody),
+))]
 pub async fn sessions(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -191,6 +244,15 @@ fn session_id(name: &str, id: &str) -> Result<SessionId, ApiError> {
 }
 
 /// `POST /api/v1/servers/{name}/sessions/{id}/send`: `{"text": ...}` or `{"base64": ...}`; 202.
+#[utoipa::path(post, path = "/api/v1/servers/{name}/sessions/{id}/send", tag = "sessions", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), ("id" = String, Path, description = "The session's id.")),
+    request_body(content = SendRequest, description = "Exactly one of `text` and `base64`."),
+    responses(
+        (status = 202, description = "The bytes are queued for the session.", body = SendReceipt),
+        (status = 404, description = "No such server or session.", body = ErrorBody),
+        (status = 409, description = "The server is not running, or the session's queue is full.", body = ErrorBody),
+        (status = 500, description = "The server refused.", body = ErrorBody),
+        (status = 503, description = "The server did not answer in time (its agent is frozen or gone).", body = ErrorBody),
+    ))]
 pub async fn send(
     State(state): State<AdminState>,
     Path((name, id)): Path<(String, String)>,
@@ -247,6 +309,13 @@ fn op_error(server: &str, session: Option<&str>, error: OpError) -> ApiError {
 }
 
 /// `DELETE /api/v1/servers/{name}/sessions/{id}`: closes it (`local_closing`); 204.
+#[utoipa::path(delete, path = "/api/v1/servers/{name}/sessions/{id}", tag = "sessions", params(("name" = String, Path, description = "The server.", example = "EchoServerA"), ("id" = String, Path, description = "The session's id.")), responses(
+    (status = 204, description = "The session is closed (`local_closing`)."),
+    (status = 404, description = "No such server or session.", body = ErrorBody),
+    (status = 409, description = "The server is not running.", body = ErrorBody),
+    (status = 500, description = "The server refused.", body = ErrorBody),
+    (status = 503, description = "The server did not answer in time (its agent is frozen or gone).", body = ErrorBody),
+))]
 pub async fn kick(
     State(state): State<AdminState>,
     Path((name, id)): Path<(String, String)>,
@@ -258,12 +327,21 @@ pub async fn kick(
 }
 
 /// Query of `GET /api/v1/route/{type}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RouteQuery {
+    /// The routing key (a uid, a room).
+    #[param(required = true, example = "room-1")]
     key: Option<String>,
 }
 
 /// `GET /api/v1/route/{type}?key=K`: the instance the dispatcher picks for the key.
+#[utoipa::path(get, path = "/api/v1/route/{type}", tag = "servers",
+    params(("type" = String, Path, description = "A server type.", example = "command"), RouteQuery),
+    responses(
+        (status = 200, description = "The instance picked: `crc32(key) % n` over the running ones of the type.", body = RouteInfo),
+        (status = 404, description = "No running server of that type.", body = ErrorBody),
+    ))]
 pub async fn route(
     State(state): State<AdminState>,
     Path(server_type): Path<String>,
@@ -288,14 +366,22 @@ pub async fn route(
 }
 
 /// Query of `POST /api/v1/reload`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReloadQuery {
+    /// Accept a config without servers (every server is removed).
     allow_empty: Option<bool>,
 }
 
 /// `POST /api/v1/reload`: what changed; 400 with every error of an invalid file (nothing
 /// changed); 400 for a file without servers unless `?allow_empty=true`; 500 `start_failed`
 /// listing each change that could not be applied (those servers keep their old config).
+#[utoipa::path(post, path = "/api/v1/reload", tag = "config", params(ReloadQuery), responses(
+    (status = 200, description = "What changed.", body = ReloadReport),
+    (status = 400, description = "The file is invalid (every error in `details`), or has no servers; nothing changed.", body = ErrorBody),
+    (status = 409, description = "The host is shutting down.", body = ErrorBody),
+    (status = 500, description = "`start_failed`: each change that could not be applied, in `details`.", body = ErrorBody),
+))]
 pub async fn reload(
     State(state): State<AdminState>,
     Query(query): Query<ReloadQuery>,
@@ -343,6 +429,10 @@ fn applied(report: &ReloadReport) -> String {
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses(
+    (status = 200, description = "Prometheus text exposition (0.0.4): per server state, sessions, accepted, rejected, bytes, packages; the host's uptime.",
+        body = String, content_type = "text/plain"),
+))]
 pub async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let body = super::metrics::render(&state.host);
     (

@@ -14,6 +14,9 @@ pub enum CtlError {
     /// The operation failed or a server/session does not exist: exit 1.
     #[error("{0}")]
     Failed(String),
+    /// The command line asks for something that cannot be sent: exit 2.
+    #[error("{0}")]
+    Usage(String),
     /// The host cannot be reached: exit 3.
     #[error("cannot reach the host at {url}: {cause}")]
     Unreachable {
@@ -45,6 +48,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Failed(_) => 1,
+            Self::Usage(_) => 2,
             Self::Unreachable { .. } => 3,
             Self::Unauthorized { .. } | Self::Forbidden { .. } => 4,
         }
@@ -99,6 +103,13 @@ pub struct Client {
 impl Client {
     /// A client for `url` (`http://IP:PORT` or `unix:/path`).
     pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<Self, CtlError> {
+        if let Some(token) = &token
+            && !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(CtlError::Usage(
+                "--token (or SUPERSOCKET_TOKEN) has a space, a control or a non-ASCII character; a bearer token is visible ASCII".into(),
+            ));
+        }
         let builder = reqwest::Client::builder().no_proxy();
         let (builder, base) = match url.strip_prefix("unix:") {
             Some(path) => (builder.unix_socket(path), "http://localhost".to_owned()),

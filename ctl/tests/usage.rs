@@ -31,6 +31,7 @@ fn usage_errors_exit_2_with_a_short_message() {
             &["sessions", "A", "--limit", "many"],
             "invalid value 'many' for '--limit <LIMIT>'",
         ),
+        (&["--token", "two words", "list"], "a bearer token is visible ASCII"),
     ] {
         let output = supersocket(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");

@@ -17,6 +17,8 @@
 //! - `dispatch`, `chat`: instances reaching each other (see `cluster`).
 //! - `soak`: mixed traffic with every message checked while faults hit the host, then its
 //!   SIGTERM; counts what was lost (see `soak`). Exits 1 if anything was.
+//! - `events`: N clients follow the host's event stream; every frame checked, each `stats`
+//!   frame's delay from the sample it describes to its reading, and the host's CPU meanwhile.
 //!
 //! The target is `--port P`, or `--admin URL` plus a server name looked up in the admin API.
 
@@ -24,6 +26,7 @@ mod changes;
 mod closed_loop;
 mod cluster;
 mod common;
+mod events;
 mod idle;
 mod lifecycle;
 mod soak;
@@ -214,6 +217,18 @@ enum Mode {
     },
     /// Chaos soak: checked traffic of every kind while faults hit the host, then SIGTERM.
     Soak(soak::Options),
+    /// Clients following `GET /api/v1/events`: every frame checked, `stats` frames timed.
+    Events {
+        /// Event streams (0: none, only the CPU of `--cpu-pid` is measured).
+        #[arg(long, default_value_t = 10, value_parser = count_or_none)]
+        clients: usize,
+        /// Servers every `stats` frame must list.
+        #[arg(long)]
+        servers: Option<usize>,
+        /// A process (the host) whose CPU use over the run is reported.
+        #[arg(long)]
+        cpu_pid: Option<u32>,
+    },
 }
 
 impl Cli {
@@ -247,6 +262,14 @@ fn count(text: &str) -> Result<usize, String> {
         Ok(n)
     } else {
         Err(format!("{n} is outside 1..={MAX_COUNT}"))
+    }
+}
+
+/// A count that may be 0: 0 to [`MAX_COUNT`].
+fn count_or_none(text: &str) -> Result<usize, String> {
+    match text {
+        "0" => Ok(0),
+        _ => count(text),
     }
 }
 
@@ -391,6 +414,18 @@ async fn main() -> Result<(), String> {
                 .await?
             }
         },
+        Mode::Events {
+            clients,
+            servers,
+            cpu_pid,
+        } => {
+            let plan = events::Plan {
+                clients: *clients,
+                servers: *servers,
+                cpu_pid: *cpu_pid,
+            };
+            events::follow(cli.admin()?, &plan, duration).await?
+        }
         Mode::Soak(options) => {
             let (report, passed) = soak::run(cli.admin()?, duration, options).await?;
             println!("{report}");
